@@ -1,0 +1,1 @@
+"""LoRA Studio's core: everything that is not the page (no Gradio here)."""

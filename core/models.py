@@ -1,0 +1,123 @@
+"""Base-model discovery and validation: is this folder something mlx-lm can load?
+
+Everything here reads only config.json, file names and safetensors headers, so checking a
+multi-gigabyte model costs milliseconds and never loads a weight.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+from .errors import StudioError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_SHARD = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    path: Path
+    architecture: str
+    num_layers: int
+    parameter_count: int
+    weight_names: frozenset[str]
+
+    def has_module(self, key: str) -> bool:
+        """Whether some transformer layer has the linear ``key`` (e.g. ``self_attn.q_proj``)."""
+        suffix = f".{key}.weight"
+        return any(name.endswith(suffix) and ".layers." in name for name in self.weight_names)
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files that make up the model's weights, all of them present.
+
+    Accepts one model.safetensors, an index whose shards all exist, or a complete set of
+    model-0000k-of-0000N.safetensors shards; raises StudioError naming what is missing.
+    """
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StudioError(f"{index} is not a valid safetensors index ({exc})") from None
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise StudioError(
+                f"{folder.name}: {len(missing)} weight shard(s) missing: {', '.join(missing[:5])}",
+                hint="finish downloading or copying the model",
+            )
+        return [folder / n for n in names]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    if shards:
+        match = _SHARD.fullmatch(shards[0].name)
+        total = int(match.group(2)) if match else 0
+        expected = [f"model-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+        missing = [n for n in expected if not (folder / n).is_file()]
+        if missing or not total:
+            raise StudioError(
+                f"{folder.name}: weight shard(s) missing: {', '.join(missing[:5])}",
+                hint="finish downloading or copying the model",
+            )
+        return [folder / n for n in expected]
+    raise StudioError(
+        f"{folder} has no weights (model.safetensors, an index, or model-*-of-*.safetensors)",
+        hint="convert the model to MLX/safetensors (mlx_lm.convert) or pick another folder",
+    )
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict]:
+    """The tensor table of a safetensors file (names, dtypes, shapes), without the data."""
+    try:
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error) as exc:
+        raise StudioError(f"{path} is not a readable safetensors file ({exc})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def inspect_model(folder: str | Path) -> ModelInfo:
+    """Check that ``folder`` holds an MLX-loadable model and describe it."""
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise StudioError(f"model folder {folder} does not exist")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise StudioError(f"{folder} has no config.json: it is not a model folder") from None
+    except ValueError as exc:
+        raise StudioError(f"{folder}/config.json is not valid JSON ({exc})") from None
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise StudioError(
+            f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)})",
+            hint="copy the tokenizer files from the original model",
+        )
+    text_config = config.get("text_config", config)
+    num_layers = text_config.get("num_hidden_layers") or text_config.get("n_layers")
+    if not isinstance(num_layers, int):
+        raise StudioError(f"{folder}/config.json does not say how many layers the model has")
+    names: set[str] = set()
+    count = 0
+    for file in weight_files(folder):
+        for name, tensor in read_safetensors_header(file).items():
+            names.add(name)
+            count += prod(tensor.get("shape", []))
+    return ModelInfo(
+        id=folder.name,
+        path=folder,
+        architecture=str(config.get("model_type", "unknown")),
+        num_layers=num_layers,
+        parameter_count=count,
+        weight_names=frozenset(names),
+    )

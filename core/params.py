@@ -1,0 +1,173 @@
+"""TrainingParams: the knobs of a LoRA run, their defaults and their guards.
+
+The same model feeds the training script's flags, the ``lora-studio train`` flags and (later)
+the page, so a rule is written once and every entry point reports it the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import StudioError
+from .models import ModelInfo
+
+ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+MLP_KEYS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+TARGET_KEYS = ATTENTION_KEYS + MLP_KEYS
+
+
+def default_rank(parameter_count: int) -> int:
+    """Rank by model size: 8 below 1B parameters, 16 below 10B, 32 from 10B up.
+
+    Small models saturate early and larger ranks only cost memory there; bigger models have
+    more capacity per layer to adapt, so a larger rank pays off.
+    """
+    if parameter_count < 1_000_000_000:
+        return 8
+    if parameter_count < 10_000_000_000:
+        return 16
+    return 32
+
+
+class TrainingParams(BaseModel):
+    """Parameters of one LoRA training run (``None`` means: derive it from the model)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    rank: int | None = Field(None, ge=1, le=256, description="LoRA rank (default: by model size)")
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; scale = alpha/rank (2 x rank)")
+    learning_rate: float = Field(1e-4, gt=0, le=1, description="Adam learning rate")
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the training set")
+    batch_size: int = Field(4, ge=1, le=1024, description="examples per step")
+    lora_layers: int = Field(8, ge=-1, description="last N transformer layers to adapt (-1: all)")
+    keys: list[str] = Field(
+        default_factory=lambda: list(ATTENTION_KEYS),
+        description="modules to adapt, comma-separated: " + ",".join(TARGET_KEYS),
+    )
+    validation_split: float = Field(
+        0.2, gt=0, lt=1, description="share held out for validation when no valid.jsonl"
+    )
+    max_seq_length: int = Field(2048, ge=16, le=131072, description="longer examples truncated")
+    seed: int = Field(0, ge=0, description="seed for the split, batching and LoRA init")
+    mask_prompt: bool = Field(
+        True, description="train on the answers only (prompt tokens are masked from the loss)"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+
+    @field_validator("lora_layers")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 layers would train nothing")
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _known_keys(cls, value: list[str]) -> list[str]:
+        unknown = [k for k in value if k not in TARGET_KEYS]
+        if unknown or not value:
+            raise ValueError(f"unknown or no target modules {unknown}")
+        return value
+
+    @property
+    def scale(self) -> float:
+        """mlx-lm's LoRA scale, alpha / rank (known once ``for_model`` filled both in)."""
+        if self.rank is None or self.alpha is None:
+            raise ValueError("rank and alpha are resolved by for_model()")
+        return self.alpha / self.rank
+
+    def for_model(self, model: ModelInfo) -> TrainingParams:
+        """Fill in what depends on the model (rank, alpha) and check what must fit it."""
+        if self.lora_layers > model.num_layers:
+            raise StudioError(
+                f"lora_layers = {self.lora_layers}: {model.id} has {model.num_layers} layers",
+                hint=f"choose 1 to {model.num_layers}, or -1 for all",
+            )
+        missing = [key for key in self.keys if not model.has_module(key)]
+        if missing:
+            raise StudioError(
+                f"keys: {model.id} has no {', '.join(missing)} modules to adapt",
+                hint="choose other target modules",
+            )
+        rank = self.rank if self.rank is not None else default_rank(model.parameter_count)
+        alpha = self.alpha if self.alpha is not None else 2.0 * rank
+        return self.model_copy(update={"rank": rank, "alpha": alpha})
+
+    def to_argv(self) -> list[str]:
+        """The flags that reproduce these parameters (see ``add_arguments``)."""
+        argv: list[str] = []
+        for name, value in self.model_dump(exclude_none=True).items():
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                argv.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                argv += [flag, ",".join(value)]
+            else:
+                argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+        return argv
+
+
+def allowed_range(name: str) -> str:
+    """The range a numeric field accepts, read from its declared constraints."""
+    low = high = ""
+    for rule in TrainingParams.model_fields[name].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            low = f"{rule.ge} <= "
+        elif isinstance(rule, annotated_types.Gt):
+            low = f"{rule.gt} < "
+        elif isinstance(rule, annotated_types.Le):
+            high = f" <= {rule.le}"
+        elif isinstance(rule, annotated_types.Lt):
+            high = f" < {rule.lt}"
+    return f"{low}{name}{high}"
+
+
+def validate_params(values: dict[str, Any]) -> TrainingParams:
+    """Build TrainingParams, turning every violation into one sentence naming the field,
+    the value and what is allowed."""
+    try:
+        return TrainingParams(**values)
+    except ValidationError as exc:
+        raise StudioError(
+            "invalid training parameters:\n" + "\n".join(map(_describe, exc.errors())),
+            hint="fix the values above and start again",
+        ) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "parameters"
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"- {name}: unknown parameter"
+    if error["type"].startswith(("greater", "less")):
+        return f"- {name} = {value!r} is out of range: allowed {allowed_range(name)}"
+    detail = error["msg"].removeprefix("Value error, ")
+    return f"- {name} = {value!r}: {detail}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per TrainingParams field, with its default and description as help."""
+    for name, field in TrainingParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help_text = field.description + ("" if default is None else f" (default: {default})")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, help=help_text)
+
+
+def params_from_args(args: argparse.Namespace) -> TrainingParams:
+    """TrainingParams from parsed flags; values stay strings until pydantic checks them, so a
+    bad number gets the same message as an out-of-range one."""
+    values: dict[str, Any] = {}
+    for name in TrainingParams.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        values[name] = value.split(",") if name == "keys" else value
+    return validate_params(values)

@@ -1,0 +1,100 @@
+"""The JSON-lines messages between the training process and the service.
+
+The worker prints exactly one of these per stdout line; the service parses each line back
+with ``parse_line``. Both sides import this module, so the format cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class _Message(BaseModel):
+    # Newer workers may add fields; an older service must still read the line.
+    model_config = ConfigDict(extra="ignore")
+
+    def to_line(self) -> str:
+        return self.model_dump_json() + "\n"
+
+
+class Start(_Message):
+    type: Literal["start"] = "start"
+    total_steps: int
+    epochs: int
+    steps_per_epoch: int
+    num_train: int
+    num_val: int
+    trainable_params: int
+    total_params: int
+    lora_modules: int = 0
+    blas: str = "unknown"
+
+
+class Progress(_Message):
+    type: Literal["progress"] = "progress"
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    learning_rate: float
+    tokens_per_second: float
+    peak_memory_gb: float
+    progress: float
+
+
+class Validation(_Message):
+    type: Literal["validation"] = "validation"
+    step: int
+    epoch: int
+    loss: float
+
+
+class Checkpoint(_Message):
+    type: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+
+
+class Complete(_Message):
+    type: Literal["complete"] = "complete"
+    adapter_path: str
+    steps: int
+    final_loss: float
+    adapter_id: str | None = None
+
+
+ErrorKind = Literal["params", "dataset", "model", "out_of_memory", "cancelled", "internal"]
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    error: str
+    kind: ErrorKind = "internal"
+    hint: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+
+Event = Annotated[
+    Start | Progress | Validation | Checkpoint | Complete | Error, Field(discriminator="type")
+]
+_event = TypeAdapter(Event)
+
+
+def parse_line(line: str) -> Event | None:
+    """One stdout line as an Event, or None for anything that is not a known message (stray
+    output, an unknown type, a malformed object): the stream must survive all of them."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        return _event.validate_python(json.loads(line))
+    except (ValueError, ValidationError):
+        log.warning("ignoring a line from the training process: %.200s", line)
+        return None

@@ -1,0 +1,49 @@
+"""Where the studio keeps things, with environment overrides.
+
+Everything lives under one home folder (``LORA_STUDIO_HOME``, else the platform's user data
+dir) so a studio can be moved, backed up or thrown away as a whole; each sub-folder can be
+pointed elsewhere on its own (``LORA_STUDIO_MODELS``, ``LORA_STUDIO_ADAPTERS``,
+``LORA_STUDIO_RUNS``, ``LORA_STUDIO_DATASETS``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    models: Path
+    adapters: Path
+    runs: Path
+    datasets: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
+        root = Path(
+            home or os.environ.get("LORA_STUDIO_HOME") or platformdirs.user_data_dir("lora-studio")
+        )
+
+        def folder(name: str) -> Path:
+            override = os.environ.get(f"LORA_STUDIO_{name.upper()}")
+            return Path(override) if override else root / name
+
+        return cls(
+            home=root,
+            models=folder("models"),
+            adapters=folder("adapters"),
+            runs=folder("runs"),
+            datasets=folder("datasets"),
+        )
+
+    def ensure(self) -> Settings:
+        """Create the folders; the runs and adapters folders must share a file system so
+        that publishing an adapter is one atomic rename."""
+        for path in (self.models, self.adapters, self.runs, self.datasets):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
