@@ -144,9 +144,9 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"- {name}: unknown parameter"
     if error["type"].startswith(("greater", "less")):
-        return f"- {name} = {value!r} is out of range: allowed {allowed_range(name)}"
+        return f"- {name} = {value} is out of range: allowed {allowed_range(name)}"
     detail = error["msg"].removeprefix("Value error, ")
-    return f"- {name} = {value!r}: {detail}"
+    return f"- {name} = {value}: {detail}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

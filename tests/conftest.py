@@ -1,0 +1,38 @@
+"""Shared fixtures: a real tiny llama built once per machine, a fresh studio per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from core.settings import Settings  # noqa: E402
+from core.toymodel import build_toy_llama  # noqa: E402
+from tests.helpers import colour_rows, write_jsonl  # noqa: E402
+
+TOY_MODEL_VERSION = "toy-llama-v1"  # bump when build_toy_llama changes
+
+
+@pytest.fixture(scope="session")
+def toy_model(request) -> Path:
+    """A ~180k-parameter llama with a locally trained tokenizer, cached across runs."""
+    folder = request.config.cache.mkdir(TOY_MODEL_VERSION) / "toy"
+    if not (folder / "model.safetensors").is_file():
+        build_toy_llama(folder)
+    return folder
+
+
+@pytest.fixture
+def studio(tmp_path, monkeypatch) -> Settings:
+    home = tmp_path / "studio"
+    monkeypatch.setenv("LORA_STUDIO_HOME", str(home))
+    return Settings.from_env(home).ensure()
+
+
+@pytest.fixture
+def colour_dataset(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "colours.jsonl", colour_rows())

@@ -1,0 +1,161 @@
+import json
+
+import pytest
+from mlx_lm.utils import load_tokenizer
+
+from core.datasets import DatasetError, load_dataset, minimum_examples, token_statistics
+from tests.helpers import colour_rows, write_jsonl
+
+GOOD_CHAT = {
+    "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+}
+
+
+def lines_file(tmp_path, lines: list[str | bytes], name="data.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+    return path
+
+
+def problems(path, **kwargs):
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path, batch_size=kwargs.pop("batch_size", 1), **kwargs)
+    return caught.value.problems
+
+
+def good_lines(n=8):
+    return [json.dumps(GOOD_CHAT)] * n
+
+
+@pytest.mark.parametrize(
+    "bad_line, expected",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "not an object"),
+        ("", "blank line"),
+        ('{"text": "plain"}', "text row in a chat dataset"),
+        ('{"foo": 1}', "no known fields"),
+        ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}',
+         '"content" must be a string'),
+        ('{"messages": [{"role": "wizard", "content": "x"}, '
+         '{"role": "assistant", "content": "y"}]}',
+         "unknown role 'wizard'"),
+        ('{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}',
+         "empty content"),
+        ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant turn"),
+        ('{"messages": []}', "non-empty list"),
+    ],
+)  # fmt: skip
+def test_each_bad_line_is_reported_with_its_number(tmp_path, bad_line, expected):
+    lines = good_lines(4) + [bad_line] + good_lines(4)
+    found = problems(lines_file(tmp_path, lines))
+    assert len(found) == 1
+    assert found[0].line == 5 and found[0].file == "data.jsonl"
+    assert expected in found[0].message
+    assert found[0].fix  # every problem says how to fix it
+
+
+def test_non_utf8_bytes(tmp_path):
+    lines = good_lines(2) + [b'{"text": "caf\xe9"}'] + good_lines(2)
+    [found] = problems(lines_file(tmp_path, lines))
+    assert found.line == 3 and "not UTF-8" in found.message and "0xe9" in found.message
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"prompt": "q", "completion": 3}, '"completion" must be a string'),
+        ({"prompt": "q", "completion": ""}, '"completion" is empty'),
+        ({"prompt": None, "completion": "a"}, '"prompt" must be a string'),
+    ],
+)
+def test_completion_fields(tmp_path, row, expected):
+    lines = [json.dumps({"prompt": "q", "completion": "a"})] * 3 + [json.dumps(row)]
+    [found] = problems(lines_file(tmp_path, lines))
+    assert found.line == 4 and expected in found.message
+
+
+def test_text_rows_need_text(tmp_path):
+    lines = [json.dumps({"text": "hello"}), json.dumps({"text": ""})]
+    [found] = problems(lines_file(tmp_path, lines))
+    assert found.line == 2 and '"text" is empty' in found.message
+
+
+def test_all_problems_are_reported_up_to_a_cap(tmp_path):
+    few = problems(lines_file(tmp_path, good_lines(1) + ["oops"] * 3))
+    assert [p.line for p in few] == [2, 3, 4]
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(lines_file(tmp_path, good_lines(1) + ["oops"] * 80), batch_size=1)
+    assert len(caught.value.problems) == 50
+    assert "and 30 more" in caught.value.message
+
+
+def test_empty_file(tmp_path):
+    [found] = problems(lines_file(tmp_path, []))
+    assert "empty" in found.message
+
+
+def test_too_few_examples_says_how_many_are_needed(tmp_path):
+    needed = minimum_examples(4, 0.2)
+    assert needed == 5  # 5 rows -> 1 validation + 4 train, one batch
+    [found] = problems(lines_file(tmp_path, good_lines(3)), batch_size=4)
+    assert f"needs at least {needed}" in found.message and "3 example" in found.message
+
+
+def test_not_a_jsonl_file(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n")
+    [found] = problems(path)
+    assert ".jsonl" in found.message
+
+
+@pytest.mark.parametrize(
+    "row, fmt",
+    [
+        ({"text": "hello world"}, "text"),
+        ({"prompt": "q", "completion": "a"}, "completions"),
+        (GOOD_CHAT, "chat"),
+        ({**GOOD_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "chat"),
+    ],
+)
+def test_formats_are_detected(tmp_path, row, fmt):
+    data = load_dataset(write_jsonl(tmp_path / "d.jsonl", [row] * 10), batch_size=4)
+    assert data.format == fmt
+    assert (len(data.train), len(data.valid)) == (8, 2)
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path):
+    rows = colour_rows(50)
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    a = load_dataset(path, batch_size=4, seed=1)
+    b = load_dataset(path, batch_size=4, seed=1)
+    c = load_dataset(path, batch_size=4, seed=2)
+    assert a.train == b.train and a.valid == b.valid
+    assert a.valid != c.valid
+    assert len(a.valid) == 10 and len(a.train) == 40
+    assert sorted(map(json.dumps, a.train + a.valid)) == sorted(map(json.dumps, rows))
+
+
+def test_folder_with_train_and_valid(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", colour_rows(8))
+    write_jsonl(folder / "valid.jsonl", colour_rows(3, seed=1))
+    data = load_dataset(folder, batch_size=4)
+    assert (len(data.train), len(data.valid), data.name) == (8, 3, "data")
+    (folder / "valid.jsonl").write_text('{"text": "x"}\n')
+    [found] = problems(folder)
+    assert found.file == "valid.jsonl" and found.line == 1
+
+
+def test_token_statistics_use_the_models_tokenizer(tmp_path, toy_model):
+    tokenizer = load_tokenizer(toy_model)
+    rows = colour_rows(10)
+    stats = token_statistics(rows, "chat", tokenizer, max_seq_length=12, mask_prompt=True)
+    expected = [len(tokenizer.apply_chat_template(r["messages"])) for r in rows]
+    assert stats.examples == 10
+    assert (stats.min_tokens, stats.max_tokens) == (min(expected), max(expected))
+    assert stats.over_max_length == sum(n > 12 for n in expected)
+    unmasked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=False)
+    masked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=True)
+    assert unmasked.trained_tokens == sum(expected) > masked.trained_tokens > 0

@@ -1,0 +1,1 @@
+"""LoRA Studio's front ends: the command line, and the page (composes ``core``)."""

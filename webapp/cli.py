@@ -1,0 +1,136 @@
+"""The ``lora-studio`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core import protocol
+from core.errors import StudioError
+from core.params import add_arguments, params_from_args
+from core.settings import Settings
+
+EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-studio",
+        description="Train LoRA adapters with MLX on local models. "
+        "The studio's folders live in $LORA_STUDIO_HOME (default: the user data dir).",
+    )
+    commands = parser.add_subparsers(dest="command")
+    train = commands.add_parser("train", help="train a LoRA adapter from the shell")
+    train.add_argument("--model", required=True, help="base model folder (MLX layout)")
+    train.add_argument(
+        "--data", required=True, help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)"
+    )
+    train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
+    add_arguments(train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        return train(args)
+    build_parser().print_help()
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    from core.training import TrainingService
+
+    settings = Settings.from_env()
+    try:
+        params = params_from_args(args)
+        service = TrainingService(settings)
+        run = service.start(args.model, args.data, params, name=args.name)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(describe_start(run, service.blas.hint, settings))
+    bar = ProgressBar()
+    try:
+        for event in run.follow():
+            bar.show(event)
+    except KeyboardInterrupt:
+        print("\ncancelling...", file=sys.stderr)
+        run.cancel()
+        run.wait()
+    bar.close()
+    final = run.last_event
+    if isinstance(final, protocol.Complete):
+        print(f"adapter saved to {final.adapter_path}")
+        print(f"model id: lora/{final.adapter_id}")
+        return 0
+    assert isinstance(final, protocol.Error)
+    print(f"error: {final.error}", file=sys.stderr)
+    if final.hint:
+        print(f"  hint: {final.hint}", file=sys.stderr)
+    return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
+    p = run.params
+    lines = [
+        f"studio: {settings.home}",
+        f"base model: {run.model.id} ({run.model.parameter_count / 1e6:.1f}M parameters, "
+        f"{run.model.num_layers} layers)",
+        f"dataset: {run.dataset.name}, {run.dataset.format} format, "
+        f"{len(run.dataset.train)} train / {len(run.dataset.valid)} validation examples",
+        f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
+        f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
+    ]
+    if blas_hint:
+        lines.append(f"note: {blas_hint}")
+    return "\n".join(lines)
+
+
+class ProgressBar:
+    """One status line, redrawn in place on a terminal, appended otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.live = stream.isatty()
+        self.val_loss: float | None = None
+
+    def show(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Start):
+            self._print(
+                f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
+                f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
+                f"BLAS: {event.blas}",
+                end="\n",
+            )
+        elif isinstance(event, protocol.Validation):
+            self.val_loss = event.loss
+            if not self.live:
+                self._print(f"validation loss {event.loss:.3f} (step {event.step})")
+        elif isinstance(event, protocol.Progress):
+            done = int(self.WIDTH * event.progress / 100)
+            val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
+            self._print(
+                f"[{'#' * done}{'.' * (self.WIDTH - done)}] {event.step}/{event.total_steps} "
+                f"epoch {event.epoch} loss {event.loss:.3f}{val} "
+                f"{event.tokens_per_second:.0f} tok/s {event.peak_memory_gb:.2f} GB"
+            )
+
+    def _print(self, text: str, end: str | None = None) -> None:
+        if self.live:
+            self.stream.write("\r\033[K" + text + (end or ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
