@@ -121,3 +121,21 @@ def inspect_model(folder: str | Path) -> ModelInfo:
         parameter_count=count,
         weight_names=frozenset(names),
     )
+
+
+def resolve_model(name_or_path: str | Path, models_folder: Path) -> Path:
+    """A model given as a folder path, or by name in the studio's models folder.
+
+    A name is one plain folder name: nothing in it may lead outside the models folder.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if name and Path(name).name == name and name not in (".", ".."):
+        candidate = models_folder / name
+        if candidate.is_dir():
+            return candidate
+    raise StudioError(
+        f"model {name_or_path} does not exist (not a folder, nor a model in {models_folder})"
+    )

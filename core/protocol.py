@@ -69,6 +69,8 @@ class Complete(_Message):
     adapter_id: str | None = None
 
 
+OOM_HINT = "lower the batch size, the rank, the max sequence length or the number of LoRA layers"
+
 ErrorKind = Literal["params", "dataset", "model", "out_of_memory", "cancelled", "internal"]
 
 

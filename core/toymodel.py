@@ -52,6 +52,7 @@ def build_tokenizer(folder: Path, vocab_size: int = 512):
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(

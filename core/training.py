@@ -254,17 +254,24 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
 
 
 def _silent_death(code: int, stderr_tail: str) -> protocol.Error:
-    """An error event for a process that ended without saying how."""
+    """An error event for a process that ended without saying how.
+
+    MLX's CPU backend cannot report a failed allocation: the process dies of SIGSEGV, or the
+    kernel's OOM killer sends SIGKILL. Both are reported as out of memory, with the advice.
+    """
+    kind: protocol.ErrorKind = "internal"
+    hint = None
     if code < 0:
         name = signal.Signals(-code).name
         what = f"the training process was killed by {name}"
-        hint = "if the machine ran out of memory, lower the batch size, rank or sequence length"
+        if -code in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS):
+            what += ", most likely because memory ran out"
+            kind, hint = "out_of_memory", protocol.OOM_HINT
     else:
         what = f"the training process exited with code {code} without a result"
-        hint = None
     if stderr_tail:
         what += f"; its last output:\n{stderr_tail}"
-    return protocol.Error(error=what, kind="internal", hint=hint)
+    return protocol.Error(error=what, kind=kind, hint=hint)
 
 
 class TrainingService:

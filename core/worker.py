@@ -30,8 +30,6 @@ from .params import TrainingParams, add_arguments, params_from_args
 
 log = logging.getLogger("lora_studio.worker")
 
-OOM_HINT = "lower the batch size, the rank, the max sequence length or the number of LoRA layers"
-
 
 class Cancelled(Exception):
     """Raised at a step boundary once SIGTERM has arrived."""
@@ -274,7 +272,9 @@ def error_message(exc: BaseException) -> protocol.Error:
     if isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and ("allocate" in text or "memory" in text.lower())
     ):
-        return protocol.Error(error=f"out of memory: {text}", kind="out_of_memory", hint=OOM_HINT)
+        return protocol.Error(
+            error=f"out of memory: {text}", kind="out_of_memory", hint=protocol.OOM_HINT
+        )
     return protocol.Error(error=f"{type(exc).__name__}: {text}", kind="internal")
 
 

@@ -151,7 +151,7 @@ def test_a_killed_worker_gives_an_error_and_no_adapter(studio, toy_model, tmp_pa
     os.kill(run._process.pid, signal.SIGKILL)
     final = run.wait(timeout=60)
     assert isinstance(final, protocol.Error)
-    assert "SIGKILL" in final.error and final.kind == "internal"
+    assert "SIGKILL" in final.error and final.kind == "out_of_memory"
     assert leftovers(studio) == []
 
 

@@ -8,6 +8,7 @@ import sys
 
 from core import protocol
 from core.errors import StudioError
+from core.models import resolve_model
 from core.params import add_arguments, params_from_args
 from core.settings import Settings
 
@@ -22,12 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a LoRA adapter from the shell")
-    train.add_argument("--model", required=True, help="base model folder (MLX layout)")
+    train.add_argument(
+        "--model", required=True, help="base model folder, or a model name in the models folder"
+    )
     train.add_argument(
         "--data", required=True, help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)"
     )
     train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
     add_arguments(train)
+    models = commands.add_parser("models", help="manage base models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    toy = models_commands.add_parser(
+        "toy", help="build a tiny random-weight llama (offline) to try the pipeline with"
+    )
+    toy.add_argument("--name", default="toy-llama", help="folder name in the models folder")
     return parser
 
 
@@ -36,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         return train(args)
+    if args.command == "models":
+        return build_toy(args.name)
     build_parser().print_help()
     return 0
 
@@ -47,11 +58,13 @@ def train(args: argparse.Namespace) -> int:
     try:
         params = params_from_args(args)
         service = TrainingService(settings)
-        run = service.start(args.model, args.data, params, name=args.name)
+        model = resolve_model(args.model, settings.models)
+        run = service.start(model, args.data, params, name=args.name)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(describe_start(run, service.blas.hint, settings))
+    print(describe_tokens(run))
     bar = ProgressBar()
     try:
         for event in run.follow():
@@ -73,6 +86,19 @@ def train(args: argparse.Namespace) -> int:
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
 
 
+def build_toy(name: str) -> int:
+    from core.toymodel import build_toy_llama
+
+    folder = Settings.from_env().ensure().models / name
+    if folder.exists():
+        print(f"error: {folder} already exists", file=sys.stderr)
+        return EXIT_REFUSED
+    build_toy_llama(folder)
+    print(f"built a toy llama (random weights, for trying the pipeline) in {folder}")
+    print(f"train on it with: lora-studio train --model {name} --lora-layers -1 --data FILE.jsonl")
+    return 0
+
+
 def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
     p = run.params
     lines = [
@@ -87,6 +113,33 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
     if blas_hint:
         lines.append(f"note: {blas_hint}")
     return "\n".join(lines)
+
+
+def describe_tokens(run) -> str:
+    """Token statistics with the base model's tokenizer (computed while the worker loads)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from core.datasets import token_statistics
+
+    tokenizer = load_tokenizer(run.model.path)
+    rows = run.dataset.train + run.dataset.valid
+    stats = token_statistics(
+        rows,
+        run.dataset.format,
+        tokenizer,
+        max_seq_length=run.params.max_seq_length,
+        mask_prompt=run.params.mask_prompt,
+    )
+    text = (
+        f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
+        f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"
+    )
+    if stats.over_max_length:
+        text += (
+            f"\nwarning: {stats.over_max_length} example(s) exceed max_seq_length "
+            f"{run.params.max_seq_length} and will be truncated"
+        )
+    return text
 
 
 class ProgressBar:
