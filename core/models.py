@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
 
@@ -26,12 +26,16 @@ class ModelInfo:
     architecture: str
     num_layers: int
     parameter_count: int
-    weight_names: frozenset[str]
+    tensors: dict[str, list[int]] = field(repr=False, compare=False, hash=False)
+    quantization: dict | None = field(default=None, compare=False, hash=False)
 
     def has_module(self, key: str) -> bool:
         """Whether some transformer layer has the linear ``key`` (e.g. ``self_attn.q_proj``)."""
         suffix = f".{key}.weight"
-        return any(name.endswith(suffix) and ".layers." in name for name in self.weight_names)
+        return any(name.endswith(suffix) and ".layers." in name for name in self.tensors)
+
+    def weight_shapes(self) -> dict[str, list[int]]:
+        return dict(self.tensors)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -87,8 +91,9 @@ def read_safetensors_header(path: Path) -> dict[str, dict]:
     return header
 
 
-def inspect_model(folder: str | Path) -> ModelInfo:
-    """Check that ``folder`` holds an MLX-loadable model and describe it."""
+def inspect_model(folder: str | Path, model_id: str | None = None) -> ModelInfo:
+    """Check that ``folder`` holds an MLX-loadable model and describe it. Its id is the
+    folder's name unless given (a hub model's id is its repo id)."""
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise StudioError(f"model folder {folder} does not exist")
@@ -107,20 +112,37 @@ def inspect_model(folder: str | Path) -> ModelInfo:
     num_layers = text_config.get("num_hidden_layers") or text_config.get("n_layers")
     if not isinstance(num_layers, int):
         raise StudioError(f"{folder}/config.json does not say how many layers the model has")
-    names: set[str] = set()
-    count = 0
+    tensors: dict[str, list[int]] = {}
     for file in weight_files(folder):
         for name, tensor in read_safetensors_header(file).items():
-            names.add(name)
-            count += prod(tensor.get("shape", []))
+            tensors[name] = list(tensor.get("shape", []))
     return ModelInfo(
-        id=folder.name,
+        id=model_id or folder.name,
         path=folder,
         architecture=str(config.get("model_type", "unknown")),
         num_layers=num_layers,
-        parameter_count=count,
-        weight_names=frozenset(names),
+        parameter_count=_parameter_count(tensors, config.get("quantization")),
+        tensors=tensors,
+        quantization=config.get("quantization"),
     )
+
+
+def _parameter_count(tensors: dict[str, list[int]], quantization: dict | None) -> int:
+    """Parameters the model has, counting a quantized weight by its unpacked size."""
+    bits = (quantization or {}).get("bits")
+    count = 0
+    for name, shape in tensors.items():
+        if name.endswith((".scales", ".biases")) and bits:
+            continue
+        size = prod(shape)
+        if (
+            bits
+            and name.endswith(".weight")
+            and name.removesuffix(".weight") + ".scales" in tensors
+        ):
+            size = size * 32 // bits
+        count += size
+    return count
 
 
 def resolve_model(name_or_path: str | Path, models_folder: Path) -> Path:

@@ -281,6 +281,19 @@ class TrainingService:
         self.settings = settings.ensure()
         self.blas = blas or choose_blas()
         self.current: TrainingRun | None = None
+        self._remove_abandoned_runs()
+
+    def _remove_abandoned_runs(self) -> None:
+        """Run folders left by a studio that crashed mid-training (none runs: the lock is free)."""
+        try:
+            lock = self._take_lock()
+        except StudioError:
+            return  # a training is running in this studio: its folder is not abandoned
+        with lock:
+            for folder in self.settings.runs.iterdir():
+                if folder.is_dir():
+                    log.warning("removing the abandoned run folder %s", folder)
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def worker_command(self) -> list[str]:
         """How the training process is started: this interpreter, the installed package."""

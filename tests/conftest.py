@@ -36,3 +36,18 @@ def studio(tmp_path, monkeypatch) -> Settings:
 @pytest.fixture
 def colour_dataset(tmp_path) -> Path:
     return write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, toy_model) -> Path:
+    """A real adapter folder, trained once per session on the toy model by the service."""
+    from core.params import TrainingParams
+    from core.training import TrainingService
+
+    home = tmp_path_factory.mktemp("adapter-studio")
+    data = write_jsonl(home / "colours.jsonl", colour_rows())
+    params = TrainingParams(learning_rate=5e-3, epochs=1, lora_layers=-1)
+    run = TrainingService(Settings.from_env(home)).start(toy_model, data, params, name="Colours")
+    final = run.wait(timeout=300)
+    assert final.type == "complete", final
+    return run.adapter_path

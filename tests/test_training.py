@@ -227,3 +227,11 @@ def test_complete_without_weights_is_not_published(studio, toy_model, colour_dat
     final = service.start(toy_model, colour_dataset, TrainingParams(**FAST)).wait(timeout=60)
     assert isinstance(final, protocol.Error)
     assert leftovers(studio) == []
+
+
+def test_run_folders_abandoned_by_a_crash_are_removed(studio):
+    abandoned = studio.runs / "0b7ed40e-d82d-49de-819e-5e6f04bc94bc"
+    abandoned.mkdir()
+    (abandoned / "adapters.safetensors").write_bytes(b"half")
+    TrainingService(studio)
+    assert not abandoned.exists()

@@ -1,0 +1,270 @@
+"""ModelRegistry: every model a person can chat with, kept current by itself.
+
+Base models come from the studio's models folder and the Hugging Face hub cache; adapters
+from the adapters folder, each tied to its base. A watchdog observer on the models and
+adapters folders triggers a (debounced) reload when something appears, disappears, is renamed
+or changes; a slow periodic rescan is only a safety net (the hub cache is not watched).
+Listeners hear of every change, and ``version`` increases with each, so a page can poll it
+cheaply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .adapters import AdapterStore
+from .errors import StudioError
+from .models import ModelInfo, inspect_model
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.05  # quiet time after the last file event before reloading
+MAX_DELAY_SECONDS = 0.25  # a steady stream of events still reloads this often
+RESCAN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model that can be picked: a base model or an adapter on its base."""
+
+    id: str
+    display_name: str
+    kind: Literal["base", "adapter"]
+    path: Path
+    base_id: str | None = None
+    base_path: Path | None = None
+    reason: str | None = None  # why it is unavailable; None when it can be used
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps downloads (HF_HUB_CACHE, HF_HOME/hub, or the default)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    return Path(home) / "hub"
+
+
+def _mlx_supports(model_type: str) -> bool:
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    name = MODEL_REMAPPING.get(model_type, model_type)
+    return importlib.util.find_spec(f"mlx_lm.models.{name}") is not None
+
+
+def _hub_snapshot(repo: Path) -> Path | None:
+    """The snapshot folder of a cached hub repo: the one refs/main names, else the newest."""
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        snapshot = repo / "snapshots" / ref.read_text().strip()
+        if snapshot.is_dir():
+            return snapshot
+    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
+    return snapshots[-1] if snapshots else None
+
+
+def discover_hub_models(cache: Path) -> dict[str, ModelInfo]:
+    """MLX-loadable models in the hub cache, by repo id; anything else there is skipped."""
+    found: dict[str, ModelInfo] = {}
+    for repo in sorted(cache.glob("models--*")):
+        snapshot = _hub_snapshot(repo)
+        if snapshot is None:
+            continue
+        repo_id = repo.name.removeprefix("models--").replace("--", "/")
+        try:
+            config = json.loads((snapshot / "config.json").read_text())
+            if _mlx_supports(str(config.get("model_type", ""))):
+                found[repo_id] = inspect_model(snapshot, model_id=repo_id)
+        except (OSError, ValueError, StudioError):
+            continue
+    return found
+
+
+class ModelRegistry:
+    """The models that can be chatted with, and who wants to hear when they change."""
+
+    def __init__(self, settings: Settings, hub: Path | None = None):
+        self.settings = settings.ensure()
+        self.hub = hub if hub is not None else hub_cache()
+        self.adapters = AdapterStore(settings.adapters)
+        self.version = 0
+        self._entries: dict[str, ModelEntry] = {}
+        self._listeners: list[Callable[[ModelRegistry], None]] = []
+        self._lock = threading.RLock()
+        self._dirty = threading.Event()
+        self._stopping = threading.Event()
+        self._observer: Observer | None = None
+        self._thread: threading.Thread | None = None
+        self.reload()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def entries(self) -> list[ModelEntry]:
+        """Base models (by name), then adapters (newest first)."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def get(self, model_id: str) -> ModelEntry:
+        with self._lock:
+            entry = self._entries.get(model_id)
+        if entry is None:
+            raise StudioError(f"unknown model {model_id!r}")
+        return entry
+
+    def base_info(self, base_id: str) -> ModelInfo:
+        """The base model ``base_id`` as it is on disk now (raises if it is not usable)."""
+        entry = self.get(base_id)
+        if entry.kind != "base" or not entry.available:
+            raise StudioError(f"{base_id} is not an available base model: {entry.reason}")
+        return inspect_model(entry.path, model_id=entry.id)
+
+    # -- listening -----------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[ModelRegistry], None]) -> Callable[[], None]:
+        """Call ``listener(registry)`` after every change; returns the unsubscribe function."""
+        with self._lock:
+            self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def reload(self) -> bool:
+        """Rescan everything; tell the listeners if anything changed. True when it did."""
+        entries = self._scan()
+        with self._lock:
+            if entries == self._entries:
+                return False
+            self._entries = entries
+            self.version += 1
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(self)
+            except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+                log.exception("a model registry listener failed")
+        return True
+
+    def _scan(self) -> dict[str, ModelEntry]:
+        bases: dict[str, ModelEntry] = {}
+        infos: dict[str, ModelInfo] = {}
+        if self.hub.is_dir():
+            infos.update(discover_hub_models(self.hub))
+        for folder in sorted(self.settings.models.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            try:
+                infos[folder.name] = inspect_model(folder)  # the studio's own wins a clash
+            except StudioError as exc:
+                bases[folder.name] = ModelEntry(
+                    folder.name, folder.name, "base", folder, reason=exc.message
+                )
+        for model_id, info in sorted(infos.items()):
+            bases[model_id] = ModelEntry(model_id, model_id, "base", info.path)
+        entries = dict(sorted(bases.items()))
+        for adapter in self.adapters.list():
+            entry = self._adapter_entry(adapter, bases)
+            entries[entry.id] = entry
+        return entries
+
+    @staticmethod
+    def _adapter_entry(adapter, bases: dict[str, ModelEntry]) -> ModelEntry:
+        model_id = f"lora/{adapter.id}"
+        meta = adapter.metadata
+        if meta is None:
+            return ModelEntry(model_id, adapter.id, "adapter", adapter.path, reason=adapter.problem)
+        base = bases.get(meta.baseModelId)
+        if base is None and meta.baseModelPath:
+            recorded = Path(meta.baseModelPath)
+            try:
+                info = inspect_model(recorded, model_id=meta.baseModelId)
+                base = ModelEntry(info.id, info.id, "base", info.path)
+            except StudioError:
+                base = None
+        reason = adapter.problem
+        if base is None:
+            reason = reason or f"base model {meta.baseModelId} not found"
+        elif not base.available:
+            reason = reason or f"base model {base.id} is unavailable: {base.reason}"
+        return ModelEntry(
+            model_id,
+            f"{meta.adapterName} (LoRA on {meta.baseModelId})",
+            "adapter",
+            adapter.path,
+            base_id=base.id if base else meta.baseModelId,
+            base_path=base.path if base else None,
+            reason=reason,
+        )
+
+    # -- watching ------------------------------------------------------------------------------
+
+    def start(self) -> ModelRegistry:
+        """Watch the models and adapters folders until ``stop()``."""
+        if self._observer is not None:
+            return self
+        handler = _Handler(self._dirty)
+        self._observer = Observer()
+        for folder in (self.settings.models, self.settings.adapters):
+            self._observer.schedule(handler, str(folder), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._watch, name="model-registry", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._observer is None:
+            return
+        self._stopping.set()
+        self._dirty.set()
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._thread.join(timeout=5)
+        self._observer = self._thread = None
+
+    def __enter__(self) -> ModelRegistry:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _watch(self) -> None:
+        while not self._stopping.is_set():
+            self._dirty.wait(timeout=RESCAN_SECONDS)
+            if self._stopping.is_set():
+                return
+            self._settle()
+            try:
+                self.reload()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any bad scan
+                log.exception("model registry reload failed; will retry on the next change")
+
+    def _settle(self) -> None:
+        """Wait until file events pause (a folder copied in fires many), within a bound."""
+        waited = 0.0
+        while self._dirty.is_set() and waited < MAX_DELAY_SECONDS:
+            self._dirty.clear()
+            self._stopping.wait(DEBOUNCE_SECONDS)
+            waited += DEBOUNCE_SECONDS
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, dirty: threading.Event):
+        self.dirty = dirty
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in ("opened", "closed_no_write"):  # reads change nothing
+            self.dirty.set()

@@ -1,0 +1,162 @@
+"""Adapter management on real adapters: rename, delete, export/import, mlx-lm imports, fuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import mlx.core as mx
+import pytest
+from mlx_lm import generate, load
+
+from core.adapters import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    AdapterStore,
+    check_adapter_id,
+)
+from core.errors import StudioError
+from core.models import inspect_model
+from core.registry import ModelRegistry
+from core.toymodel import build_toy_llama
+from tests.helpers import colour_rows, write_jsonl
+
+
+@pytest.fixture
+def store(studio, trained_adapter):
+    """A store holding one copy of the session's trained adapter."""
+    shutil.copytree(trained_adapter, studio.adapters / trained_adapter.name)
+    return AdapterStore(studio.adapters)
+
+
+def only_id(store):
+    [adapter] = store.list()
+    return adapter.id
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = mx.load(str(a / WEIGHTS_FILE)), mx.load(str(b / WEIGHTS_FILE))
+    return wa.keys() == wb.keys() and all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
+
+
+def test_list_and_read(store):
+    [adapter] = store.list()
+    assert adapter.name == "Colours" and adapter.problem is None
+    assert store.read(adapter.id).metadata.baseModelId == "toy"
+
+
+def test_rename_rewrites_the_name_only_and_keeps_unknown_fields(store):
+    adapter_id = only_id(store)
+    meta_file = store.path(adapter_id) / METADATA_FILE
+    data = json.loads(meta_file.read_text())
+    data["samOnlyField"] = {"kept": True}
+    meta_file.write_text(json.dumps(data))
+    store.rename(adapter_id, "  Pirate   colours ")
+    after = json.loads(meta_file.read_text())
+    assert after.pop("adapterName") == "Pirate colours"
+    data.pop("adapterName")
+    assert after == data
+    for bad in ("", "   ", "x" * 201):
+        with pytest.raises(StudioError):
+            store.rename(adapter_id, bad)
+    assert not list(meta_file.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_delete_and_the_registry_drops_it(store, studio, tmp_path):
+    adapter_id = only_id(store)
+    registry = ModelRegistry(studio, hub=tmp_path / "none")
+    assert f"lora/{adapter_id}" in [e.id for e in registry.entries()]
+    store.delete(adapter_id)
+    assert store.list() == [] and list(studio.adapters.iterdir()) == []
+    registry.reload()
+    assert f"lora/{adapter_id}" not in [e.id for e in registry.entries()]
+
+
+def test_ids_from_outside_are_checked(store):
+    for bad in ("../adapters", "lora/../../etc", "/etc/passwd", "", "a" * 36):
+        with pytest.raises(StudioError, match="not an adapter id"):
+            check_adapter_id(bad)
+        with pytest.raises(StudioError):
+            store.path(bad)
+    assert check_adapter_id(f"lora/{only_id(store)}") == only_id(store)
+
+
+def test_export_then_import_gives_the_same_weights(store, tmp_path):
+    original = store.path(only_id(store))
+    archive = store.export(only_id(store), tmp_path / "colours.zip")
+    with zipfile.ZipFile(archive) as zf:
+        assert {"adapters.safetensors", "adapter_config.json", "metadata.json"} <= set(
+            zf.namelist()
+        )
+    new_id = store.import_zip(archive)
+    assert new_id != original.name
+    assert same_weights(original, store.path(new_id))
+    assert store.read(new_id).metadata.adapterName == "Colours"
+
+
+def test_import_a_folder_made_by_mlx_lm_lora(store, studio, toy_model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "train.jsonl", colour_rows(16))
+    write_jsonl(data / "valid.jsonl", colour_rows(4, seed=1))
+    made = tmp_path / "mlx-lm-adapter"
+    subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "lora", "--model", str(toy_model), "--train",
+         "--data", str(data), "--iters", "4", "--num-layers", "2", "--adapter-path", str(made)],
+        check=True, capture_output=True, timeout=180,
+    )  # fmt: skip
+    base = inspect_model(toy_model)
+    with pytest.raises(StudioError, match="no metadata.json") as caught:
+        store.import_folder(made)
+    assert "base model" in caught.value.hint
+    new_id = store.import_folder(made, base=base, name="From mlx-lm")
+    meta = store.read(new_id).metadata
+    assert (meta.adapterName, meta.baseModelId, meta.loraLayers) == ("From mlx-lm", "toy", 2)
+    model, tokenizer = load(str(toy_model), adapter_path=str(store.path(new_id)))
+    assert generate(model, tokenizer, prompt="hi", max_tokens=3) is not None
+
+
+def test_import_checks_tensors_against_the_base(store, tmp_path):
+    other = inspect_model(build_toy_llama(tmp_path / "wider", hidden_size=96, num_heads=4))
+    archive = store.export(only_id(store), tmp_path / "a.zip")
+    with pytest.raises(StudioError, match="does not fit wider") as caught:
+        store.import_zip(archive, base=other)
+    assert "self_attn.q_proj.lora_a: shape [64, 8], wider needs [96, 8]" in caught.value.message
+    assert len(store.list()) == 1  # nothing was added
+
+
+def test_hostile_archives_are_refused_and_write_nothing(store, studio, tmp_path, monkeypatch):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("adapter_config.json", "{}")
+        zf.writestr("../../escaped.txt", "gotcha")
+    with pytest.raises(StudioError, match="unsafe path"):
+        store.import_zip(evil)
+    assert not (studio.home / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
+    not_zip = tmp_path / "fake.zip"
+    not_zip.write_text("hello")
+    with pytest.raises(StudioError, match="not a valid .zip"):
+        store.import_zip(not_zip)
+    monkeypatch.setattr("core.adapters.MAX_IMPORT_BYTES", 1000)
+    with pytest.raises(StudioError, match="too large"):
+        store.import_zip(store.export(only_id(store), tmp_path / "big.zip"))
+    assert len(store.list()) == 1
+    assert [p.name for p in studio.adapters.iterdir()] == [only_id(store)]  # no staging left
+
+
+def test_fuse_gives_a_base_model_that_answers_like_base_plus_adapter(store, studio, toy_model):
+    adapter_id = only_id(store)
+    fused = store.fuse(adapter_id, inspect_model(toy_model), studio.models, "toy-colours")
+    prompt = "What colour is the sky number 3?"
+    with_adapter, tokenizer = load(str(toy_model), adapter_path=str(store.path(adapter_id)))
+    fused_model, _ = load(str(fused))
+    assert generate(fused_model, tokenizer, prompt=prompt, max_tokens=10) == generate(
+        with_adapter, tokenizer, prompt=prompt, max_tokens=10
+    )
+    registry = ModelRegistry(studio, hub=studio.home / "none")
+    assert registry.get("toy-colours").available
+    with pytest.raises(StudioError, match="already exists"):
+        store.fuse(adapter_id, inspect_model(toy_model), studio.models, "toy-colours")
