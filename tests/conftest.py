@@ -46,7 +46,8 @@ def trained_adapter(tmp_path_factory, toy_model) -> Path:
 
     home = tmp_path_factory.mktemp("adapter-studio")
     data = write_jsonl(home / "colours.jsonl", colour_rows())
-    params = TrainingParams(learning_rate=5e-3, epochs=1, lora_layers=-1)
+    # trained enough that it answers with words (earlier, the toy model only says </s>)
+    params = TrainingParams(learning_rate=1e-2, epochs=3, lora_layers=-1)
     run = TrainingService(Settings.from_env(home)).start(toy_model, data, params, name="Colours")
     final = run.wait(timeout=300)
     assert final.type == "complete", final

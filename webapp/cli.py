@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from core import protocol
@@ -31,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
     add_arguments(train)
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API (no page)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", default=os.environ.get("LORA_STUDIO_API_KEY"),
+        help="require this bearer key (default: $LORA_STUDIO_API_KEY; none: no key)",
+    )  # fmt: skip
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     toy = models_commands.add_parser(
@@ -45,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         return train(args)
+    if args.command == "serve":
+        return serve(args)
     if args.command == "models":
         return build_toy(args.name)
     build_parser().print_help()
@@ -84,6 +94,25 @@ def train(args: argparse.Namespace) -> int:
     if final.hint:
         print(f"  hint: {final.hint}", file=sys.stderr)
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.api import create_app
+    from core.engine import InferenceEngine
+    from core.registry import ModelRegistry
+
+    settings = Settings.from_env()
+    with ModelRegistry(settings) as registry:
+        engine = InferenceEngine(registry)
+        app = create_app(registry, engine, api_key=args.api_key)
+        available = [e.id for e in registry.entries() if e.available]
+        print(f"studio: {settings.home}; {len(available)} model(s) available")
+        print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        engine.close()
+    return 0
 
 
 def build_toy(name: str) -> int:

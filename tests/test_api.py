@@ -1,0 +1,140 @@
+"""The OpenAI-compatible API on a real server on 127.0.0.1, driven by the openai package."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from core.api import MAX_BODY_BYTES, create_app
+from core.engine import InferenceEngine
+from core.registry import ModelRegistry
+
+KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, toy_model, trained_adapter):
+    from core.settings import Settings
+
+    settings = Settings.from_env(tmp_path_factory.mktemp("api-studio")).ensure()
+    shutil.copytree(toy_model, settings.models / "toy")
+    shutil.copytree(trained_adapter, settings.adapters / trained_adapter.name)
+    registry = ModelRegistry(settings, hub=settings.home / "no-hub").start()
+    engine = InferenceEngine(registry)
+    port = free_port()
+    config = uvicorn.Config(create_app(registry, engine, api_key=KEY), port=port, log_level="error")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", f"lora/{trained_adapter.name}", settings
+    uv.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+    registry.stop()
+
+
+@pytest.fixture
+def client(server):
+    url, _, _ = server
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+
+
+def test_models_are_listed(client, server):
+    _, adapter, _ = server
+    assert {m.id for m in client.models.list()} == {"toy", adapter}
+
+
+def test_streamed_chat_from_an_adapter(client, server):
+    _, adapter, _ = server
+    stream = client.chat.completions.create(
+        model=adapter,
+        messages=[{"role": "user", "content": "What colour is the sky?"}],
+        stream=True,
+        temperature=0,
+        max_tokens=10,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 10
+    whole = client.chat.completions.create(
+        model=adapter, messages=[{"role": "user", "content": "What colour is the sky?"}],
+        temperature=0, max_tokens=10,
+    )  # fmt: skip
+    assert whole.choices[0].message.content == text
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 10
+
+
+def post(url, body, **kwargs):
+    headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
+    return httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers, timeout=30)
+
+
+def chat_body(**overrides) -> str:
+    return json.dumps({"model": "toy", "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 3, **overrides})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, status, kind",
+    [
+        ("{not json", 400, "invalid_request_error"),
+        (chat_body(max_tokens=-5), 400, "invalid_request_error"),
+        (chat_body(temperature=7), 400, "invalid_request_error"),
+        (chat_body(messages=[]), 400, "invalid_request_error"),
+        (chat_body(messages=[{"role": "wizard", "content": "x"}]), 400, "invalid_request_error"),
+        (chat_body(model="no-such-model"), 404, "model_not_found"),
+        (chat_body(model="lora/../../etc/passwd"), 404, "model_not_found"),
+        (chat_body(model="../toy"), 404, "model_not_found"),
+        ("x" * (MAX_BODY_BYTES + 1), 413, "invalid_request_error"),
+    ],
+)
+def test_hostile_requests_get_the_right_4xx(server, body, status, kind):
+    url, _, _ = server
+    response = post(url, body)
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == kind
+    assert post(url, chat_body()).status_code == 200  # and the server keeps serving
+
+
+def test_a_wrong_key_is_refused(server):
+    url, _, _ = server
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert post(url, chat_body(), headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_an_unavailable_adapter_answers_409_with_the_reason(server):
+    url, adapter, settings = server
+    broken = settings.adapters / str(uuid.uuid4())
+    shutil.copytree(settings.adapters / adapter.removeprefix("lora/"), broken)
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta.update(baseModelId="gone", baseModelPath="/nowhere/gone")
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = post(url, chat_body(model=f"lora/{broken.name}"))
+        if response.status_code != 404:
+            break
+        time.sleep(0.05)
+    assert response.status_code == 409
+    assert "base model gone not found" in response.json()["error"]["message"]
+    assert post(url, chat_body(model=adapter)).status_code == 200

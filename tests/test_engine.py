@@ -1,0 +1,150 @@
+"""The inference engine on the toy llama with real adapters."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+
+import pytest
+from mlx_lm import generate, load
+
+from core.adapters import WEIGHTS_FILE, AdapterStore
+from core.engine import GenerationParams, InferenceEngine, ModelUnavailable, StopScanner
+from core.errors import StudioError
+from core.params import TrainingParams
+from core.registry import ModelRegistry
+from core.training import TrainingService
+from tests.helpers import colour_rows, write_jsonl
+
+GREEDY = GenerationParams(temperature=0.0, max_tokens=12)
+QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tmp_path_factory, toy_model):
+    """A studio with the toy base and two adapters trained differently on it."""
+    from core.settings import Settings
+
+    home = tmp_path_factory.mktemp("engine-studio")
+    settings = Settings.from_env(home).ensure()
+    shutil.copytree(toy_model, settings.models / "toy")
+    service = TrainingService(settings)
+    ids = []
+    for seed, lr in ((1, 5e-3), (2, 2e-2)):
+        data = write_jsonl(home / f"d{seed}.jsonl", colour_rows(seed=seed))
+        params = TrainingParams(learning_rate=lr, epochs=1, lora_layers=-1, seed=seed)
+        run = service.start(settings.models / "toy", data, params)
+        assert run.wait(timeout=120).type == "complete"
+        ids.append(f"lora/{run.id}")
+    return settings, ids
+
+
+@pytest.fixture
+def engine(two_adapters, tmp_path):
+    settings, _ = two_adapters
+    registry = ModelRegistry(settings, hub=tmp_path / "no-hub")
+    engine = InferenceEngine(registry)
+    yield engine
+    engine.close()
+
+
+def reference(settings, model_id=None) -> str:
+    """What mlx-lm itself generates, greedy, for QUESTION."""
+    adapter = str(settings.adapters / model_id.removeprefix("lora/")) if model_id else None
+    model, tokenizer = load(str(settings.models / "toy"), adapter_path=adapter)
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)
+    return generate(model, tokenizer, prompt=prompt, max_tokens=GREEDY.max_tokens)
+
+
+def test_greedy_output_equals_mlx_lm_with_the_adapter(engine, two_adapters):
+    settings, (first, _) = two_adapters
+    text, last = engine.chat(first, QUESTION, GREEDY)
+    assert text == reference(settings, first)
+    assert last.completion_tokens == GREEDY.max_tokens and last.finish_reason == "length"
+
+
+def test_switching_adapters_swaps_weights_without_reloading_the_base(engine, two_adapters):
+    settings, (a, b) = two_adapters
+    answers = {m: engine.chat(m, QUESTION, GREEDY)[0] for m in ("toy", a, b)}
+    assert len(set(answers.values())) == 3  # three different models
+    for model_id in ("toy", a, b, "toy", b, a):
+        assert engine.chat(model_id, QUESTION, GREEDY)[0] == answers[model_id]
+    assert engine.stats["base_loads"] == 1
+    assert engine.stats["adapter_reads"] == 2  # each adapter read once, then cached
+    assert answers["toy"] == reference(settings)
+    assert answers[b] == reference(settings, b)
+
+
+def test_the_prompt_cache_serves_the_next_turn(engine, two_adapters):
+    _, (a, _) = two_adapters
+    first_turn = [{"role": "user", "content": "Tell me a long story about the sky " * 4}]
+    reply, _ = engine.chat(a, first_turn, GREEDY)
+    processed = engine.stats["prompt_tokens_processed"]
+    second_turn = [*first_turn, {"role": "assistant", "content": reply},
+                   {"role": "user", "content": "And the sea?"}]  # fmt: skip
+    cached_reply, last = engine.chat(a, second_turn, GREEDY)
+    fresh = engine.stats["prompt_tokens_processed"] - processed
+    assert fresh < last.prompt_tokens / 2  # most of the prompt came from the cache
+    engine.prompt_caches.drop(lambda key: True)
+    assert engine.chat(a, second_turn, GREEDY)[0] == cached_reply  # same answer without it
+
+
+def test_an_unavailable_adapter_is_a_message_and_the_engine_goes_on(engine, two_adapters):
+    settings, (a, _) = two_adapters
+    store = AdapterStore(settings.adapters)
+    broken_id = store.import_zip(store.export(a, settings.home / "a.zip"))
+    (settings.adapters / broken_id / WEIGHTS_FILE).write_bytes(b"\x08" + b"\x00" * 7 + b"{}")
+    engine.registry.reload()
+    with pytest.raises(ModelUnavailable, match="adapter unavailable"):
+        engine.chat(f"lora/{broken_id}", QUESTION, GREEDY)
+    with pytest.raises(StudioError, match="unknown model"):
+        engine.chat(f"lora/{uuid.uuid4()}", QUESTION, GREEDY)
+    assert engine.chat(a, QUESTION, GREEDY)[0] == reference(settings, a)
+
+
+def test_corrupt_weights_behind_a_valid_header_are_caught_at_load(engine, two_adapters):
+    settings, (a, _) = two_adapters
+    store = AdapterStore(settings.adapters)
+    broken_id = store.import_zip(store.export(a, settings.home / "b.zip"))
+    weights = settings.adapters / broken_id / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated tensor data
+    engine.registry.reload()
+    with pytest.raises(ModelUnavailable, match="adapter unavailable"):
+        engine.chat(f"lora/{broken_id}", QUESTION, GREEDY)
+    assert engine.chat("toy", QUESTION, GREEDY)[0] == reference(settings)
+
+
+def test_concurrent_chats_are_served_one_after_another(engine, two_adapters):
+    _, (a, b) = two_adapters
+    expected = {m: engine.chat(m, QUESTION, GREEDY)[0] for m in ("toy", a, b)}
+    results, errors = [], []
+
+    def ask(model_id):
+        try:
+            results.append((model_id, engine.chat(model_id, QUESTION, GREEDY)[0]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in ("toy", a, b) * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(results) == 9
+    assert all(text == expected[m] for m, text in results)
+
+
+def test_closing_a_stream_stops_the_generation(engine, two_adapters):
+    _, (a, _) = two_adapters
+    stream = engine.stream(a, QUESTION, GenerationParams(temperature=0.0, max_tokens=500))
+    next(stream)
+    stream.close()
+    assert engine.chat(a, QUESTION, GREEDY)[1].completion_tokens == GREEDY.max_tokens
+
+
+def test_stop_sequences_cut_the_text_even_across_chunks():
+    scanner = StopScanner(["STOP"])
+    out = [scanner.feed(piece) for piece in ("hello ST", "O", "P and more")]
+    assert "".join(text for text, _ in out) == "hello " and out[-1][1] is True
+    assert StopScanner([]).feed("abc") == ("abc", False)
