@@ -97,3 +97,22 @@ def loaded_blas() -> str:
     if "libopenblas" in maps:
         return "openblas"
     return "stock"
+
+
+def reexec_with_fast_blas(argv: list[str]) -> None:
+    """Restart this process with the fast BLAS preloaded, if it is not loaded yet.
+
+    LD_PRELOAD only acts at process start, so a server that generates text (the page, the
+    API) re-executes itself once; a marker variable prevents a loop. Call it before MLX is
+    imported. Returns (without doing anything) when there is nothing to gain.
+    """
+    if os.environ.get("LORA_STUDIO_BLAS_REEXEC") or loaded_blas() != "stock":
+        return
+    blas = choose_blas()
+    if blas.name == "stock":
+        return
+    env = with_blas(dict(os.environ), blas)
+    env["LORA_STUDIO_BLAS_REEXEC"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *argv], env)

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import openai
@@ -138,3 +139,39 @@ def test_an_unavailable_adapter_answers_409_with_the_reason(server):
     assert response.status_code == 409
     assert "base model gone not found" in response.json()["error"]["message"]
     assert post(url, chat_body(model=adapter)).status_code == 200
+
+
+def test_lora_studio_serve_runs_the_api_with_the_fast_blas(tmp_path, toy_model):
+    import os
+    import subprocess
+    import sys
+
+    from core.blas import choose_blas
+
+    home = tmp_path / "studio"
+    shutil.copytree(toy_model, home / "models" / "toy")
+    port = free_port()
+    env = {**os.environ, "LORA_STUDIO_HOME": str(home), "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env.pop("LD_PRELOAD", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webapp", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr
+                time.sleep(0.2)
+        assert [m["id"] for m in models["data"]] == ["toy"]
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        fast = choose_blas().name
+        if fast != "stock":
+            assert {"mkl": "libmkl_rt", "openblas": "libopenblas"}[fast] in maps
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert "127.0.0.1" in process.stdout.read()

@@ -97,6 +97,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from core.blas import reexec_with_fast_blas
+
+    reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
     import uvicorn
 
     from core.api import create_app
