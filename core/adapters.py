@@ -176,6 +176,25 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
         )
 
 
+def loss_history(folder: Path) -> list[dict]:
+    """The loss curve of a published run, redrawn from its events.jsonl: one row per
+    training report and validation pass (step, loss, series)."""
+    rows = []
+    try:
+        lines = (folder / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("type") in ("progress", "validation"):
+            series = "train" if event["type"] == "progress" else "validation"
+            rows.append({"step": event.get("step"), "loss": event.get("loss"), "series": series})
+    return rows
+
+
 class AdapterStore:
     """The adapters folder: every operation on published adapters."""
 

@@ -7,8 +7,10 @@ problem is reported with its file, line number and the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,18 +306,22 @@ class TokenStats:
     lengths: list[int]
 
 
-def token_statistics(
-    rows: list[dict], fmt: str, tokenizer: Any, *, max_seq_length: int, mask_prompt: bool
-) -> TokenStats:
-    """Token counts as the trainer will see them: rows go through mlx-lm's own dataset
+def _processed(rows: list[dict], fmt: str, tokenizer: Any, mask_prompt: bool):
+    """(tokens, offset of the first trained token) per row, from mlx-lm's own dataset
     classes (chat template, prompt masking), so the numbers match training exactly."""
     from mlx_lm.tuner.datasets import create_dataset
 
     config = SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
     processed = create_dataset(rows, tokenizer, config)
+    return [processed.process(row) for row in rows]
+
+
+def token_statistics(
+    rows: list[dict], fmt: str, tokenizer: Any, *, max_seq_length: int, mask_prompt: bool
+) -> TokenStats:
+    """Token counts as the trainer will see them."""
     lengths, trained = [], 0
-    for row in rows:
-        tokens, offset = processed.process(row)
+    for tokens, offset in _processed(rows, fmt, tokenizer, mask_prompt):
         lengths.append(len(tokens))
         trained += max(0, min(len(tokens), max_seq_length) - offset)
     return TokenStats(
@@ -327,3 +333,27 @@ def token_statistics(
         trained_tokens=trained,
         lengths=lengths,
     )
+
+
+def preview(
+    rows: list[dict], fmt: str, tokenizer: Any, *, mask_prompt: bool
+) -> list[tuple[str, str]]:
+    """For each row: (the text masked from the loss, the text trained on), as the model
+    sees them after its chat template."""
+    return [
+        (tokenizer.decode(tokens[:offset]), tokenizer.decode(tokens[offset:]))
+        for tokens, offset in _processed(rows, fmt, tokenizer, mask_prompt)
+    ]
+
+
+def store_upload(source: Path, folder: Path) -> Path:
+    """Keep an uploaded dataset as ``<sha256>.jsonl``: the same content is stored once, and
+    nothing of the uploaded file's name reaches the path."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{digest}.jsonl"
+    if not target.exists():
+        partial = folder / f".{digest}.partial"
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    return target

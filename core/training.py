@@ -299,18 +299,16 @@ class TrainingService:
         """How the training process is started: this interpreter, the installed package."""
         return [sys.executable, "-m", "core.worker"]
 
-    def start(
+    def check(
         self,
         model: str | Path,
         data: str | Path,
         params: TrainingParams | None = None,
         *,
-        name: str | None = None,
-    ) -> TrainingRun:
-        """Check everything, then start the training process; returns the running run.
-
-        Raises StudioError (DatasetError for data problems) before any process starts.
-        """
+        dataset_name: str | None = None,
+    ) -> tuple[ModelInfo, TrainingParams, Dataset]:
+        """Everything ``start`` checks, without starting: the model, the parameters against
+        it, and every line of the dataset. Raises StudioError (DatasetError for data)."""
         info = inspect_model(model)
         params = (params or TrainingParams()).for_model(info)
         dataset = load_dataset(
@@ -319,6 +317,25 @@ class TrainingService:
             validation_split=params.validation_split,
             seed=params.seed,
         )
+        if dataset_name:
+            dataset.name = dataset_name
+        return info, params, dataset
+
+    def start(
+        self,
+        model: str | Path,
+        data: str | Path,
+        params: TrainingParams | None = None,
+        *,
+        name: str | None = None,
+        dataset_name: str | None = None,
+    ) -> TrainingRun:
+        """Check everything, then start the training process; returns the running run.
+
+        Raises StudioError (DatasetError for data problems) before any process starts.
+        ``dataset_name`` is the name to record when ``data`` is a stored upload.
+        """
+        info, params, dataset = self.check(model, data, params, dataset_name=dataset_name)
         lock = self._take_lock()
         run_id = str(uuid.uuid4())
         folder = self.settings.runs / run_id

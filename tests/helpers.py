@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import httpx
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -24,3 +32,46 @@ def colour_rows(n: int = 64, seed: int = 0) -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def lora_studio_server(home: Path, *args: str, probe: str = "/v1/models", timeout: float = 90):
+    """Run the real ``lora-studio`` command on a free port until the block ends.
+
+    Yields (process, base URL, log file) once ``probe`` answers. Output goes to a file, not a
+    pipe: a pipe nobody drains would block a server that logs a lot.
+    """
+    port = free_port()
+    log = home / f"lora-studio-{port}.log"
+    env = {**os.environ, "LORA_STUDIO_HOME": str(home), "HF_HUB_CACHE": str(home / "no-hub")}
+    env.pop("LD_PRELOAD", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webapp", *args, "--port", str(port)],
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx.get(url + probe, timeout=2)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    message = f"lora-studio did not start: {log.read_text()}"
+                    raise RuntimeError(message) from None
+                time.sleep(0.2)
+        yield process, url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise

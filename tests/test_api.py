@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -18,14 +17,9 @@ import uvicorn
 from core.api import MAX_BODY_BYTES, create_app
 from core.engine import InferenceEngine
 from core.registry import ModelRegistry
+from tests.helpers import free_port, lora_studio_server
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -142,36 +136,14 @@ def test_an_unavailable_adapter_answers_409_with_the_reason(server):
 
 
 def test_lora_studio_serve_runs_the_api_with_the_fast_blas(tmp_path, toy_model):
-    import os
-    import subprocess
-    import sys
-
     from core.blas import choose_blas
 
-    home = tmp_path / "studio"
-    shutil.copytree(toy_model, home / "models" / "toy")
-    port = free_port()
-    env = {**os.environ, "LORA_STUDIO_HOME": str(home), "HF_HUB_CACHE": str(tmp_path / "hub")}
-    env.pop("LD_PRELOAD", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "webapp", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr
-                time.sleep(0.2)
+    shutil.copytree(toy_model, tmp_path / "models" / "toy")
+    with lora_studio_server(tmp_path, "serve") as (process, url, log):
+        models = httpx.get(f"{url}/v1/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["toy"]
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         fast = choose_blas().name
         if fast != "stock":
             assert {"mkl": "libmkl_rt", "openblas": "libopenblas"}[fast] in maps
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-    assert "127.0.0.1" in process.stdout.read()
+    assert "127.0.0.1" in log.read_text()

@@ -22,6 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train LoRA adapters with MLX on local models. "
         "The studio's folders live in $LORA_STUDIO_HOME (default: the user data dir).",
     )
+    parser.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument(
+        "--lan", action="store_true",
+        help="serve on the local network (binds 0.0.0.0); needs --auth or --no-auth",
+    )  # fmt: skip
+    parser.add_argument(
+        "--auth", default=os.environ.get("LORA_STUDIO_AUTH"),
+        help="user:password for the page (default: $LORA_STUDIO_AUTH)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-auth", action="store_true", help="allow --lan without credentials (not advised)"
+    )
+    parser.add_argument("--share", action="store_true", help="try a public Gradio share link")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("LORA_STUDIO_API_KEY"),
+        help="bearer key for /v1 (default: $LORA_STUDIO_API_KEY; with --lan: the password)",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a LoRA adapter from the shell")
     train.add_argument(
@@ -57,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "models":
         return build_toy(args.name)
-    build_parser().print_help()
-    return 0
+    return launch(args)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -94,6 +111,81 @@ def train(args: argparse.Namespace) -> int:
     if final.hint:
         print(f"  hint: {final.hint}", file=sys.stderr)
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Start the page (and the API on the same port)."""
+    auth = None
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        if not user or not password:
+            print("error: --auth must be user:password", file=sys.stderr)
+            return EXIT_REFUSED
+        auth = (user, password)
+    if args.lan and auth is None and not args.no_auth:
+        print(
+            "error: --lan serves the studio to your whole network; give --auth user:password "
+            "(or LORA_STUDIO_AUTH), or --no-auth if you really mean it",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    from core.blas import reexec_with_fast_blas
+
+    reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
+    import uvicorn
+
+    from webapp.app import create_server
+    from webapp.studio import Studio
+
+    host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
+    api_key = args.api_key or (auth[1] if auth and args.lan else None)
+    settings = Settings.from_env()
+    notice = share_notice(args.port) if args.share else ""
+    studio = Studio.open(settings)
+    app = create_server(studio, auth=auth, api_key=api_key, notice=notice)
+    print(f"studio: {settings.home}")
+    print(f"LoRA Studio on http://127.0.0.1:{args.port} (API: http://127.0.0.1:{args.port}/v1)")
+    if host == "0.0.0.0":
+        print(f"on your network: http://{lan_address()}:{args.port}")
+    if notice:
+        print(notice)
+    try:
+        # open page connections (queue streams) must not hold the shutdown for long
+        uvicorn.run(
+            app, host=host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
+        )
+    finally:
+        studio.close()
+    return 0
+
+
+def lan_address() -> str:
+    """This machine's address on the local network (the one a default route would use)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP connect sends nothing
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def share_notice(port: int) -> str:
+    """Try to open Gradio's share tunnel; offline it fails fast and the page says so."""
+    import secrets
+
+    from gradio.networking import setup_tunnel
+
+    try:
+        url = setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no share link
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return (
+            f"Share link unavailable ({reason}). The local link (and the LAN link, with --lan) "
+            "keep working."
+        )
+    return f"Public share link: {url}"
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,159 @@
+"""The page in real headless Chromium, against the real `lora-studio` server.
+
+Screenshots of each tab go to test-artifacts/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.helpers import colour_rows, lora_studio_server, write_jsonl
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pirate-colours.jsonl"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install chromium (scripts/test does it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory, toy_model):
+    home = tmp_path_factory.mktemp("page-studio")
+    shutil.copytree(toy_model, home / "models" / "toy")
+    with lora_studio_server(home) as (_, url, _log):
+        yield url
+
+
+@pytest.fixture
+def page(browser, studio_url) -> Page:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(studio_url)
+    page.get_by_role("tab", name="Train").wait_for()
+    yield page
+    page.close()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def pick(page: Page, label: str, option: str) -> None:
+    page.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def fill_number(page: Page, label: str, value: str) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Tab")
+
+
+def test_a_broken_dataset_shows_its_line_numbers(page, tmp_path):
+    pick(page, "Base model", "toy")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "also fine"}\nnot json\n{"text": ""}\n')
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("broken.jsonl: 2 problem(s)", timeout=20000)
+    expect(summary).to_contain_text("line 3: not valid JSON")
+    expect(summary).to_contain_text('line 4: "text" is empty')
+    expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+    shot(page, "train-broken-dataset")
+
+
+def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
+    pick(page, "Base model", "toy")
+    expect(page.get_by_label("LoRA layers (-1: all)")).to_have_value("4")  # the model has 4
+    page.locator("input[type=file]").first.set_input_files(str(EXAMPLE))
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("chat", timeout=20000)
+    expect(summary).to_contain_text("120")
+    expect(page.locator(".ls-trained").first).to_be_visible()  # trained vs masked preview
+    fill_number(page, "Learning rate", "0.01")
+    fill_number(page, "Epochs", "6")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    shot(page, "train-ready")
+    start.click()
+
+    progress = page.locator("#ls-progress-text")
+    train_line = page.locator("#ls-loss-chart polyline.ls-train")
+    seen, plotted = set(), set()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if progress.count():
+            seen.add(progress.inner_text().split("·")[0].strip())
+        if train_line.count():
+            plotted.add(int(train_line.get_attribute("data-points")))
+        if page.locator("#ls-status").inner_text().startswith("Done"):
+            break
+        time.sleep(0.05)
+    assert "100%" in seen and len(seen) >= 3, seen  # the bar moved through several values
+    assert len(plotted) >= 3, plotted  # and the loss curve grew while training ran
+    validation_points = page.locator("#ls-loss-chart polyline.ls-validation")
+    assert int(validation_points.get_attribute("data-points")) == 7  # before + 6 epoch ends
+    expect(page.locator("#ls-result")).to_contain_text("lora/")
+    adapter_id = page.locator("#ls-result code").first.inner_text()
+    shot(page, "train-done")
+
+    page.get_by_role("tab", name="Adapters").click()
+    expect(page.locator("#ls-adapters")).to_contain_text("pirate-colours.jsonl", timeout=10000)
+    pick(page, "Adapter", f"Trained on pirate-colours.jsonl ({adapter_id[5:13]})")
+    expect(page.locator("#ls-adapter-curve polyline.ls-train")).to_be_visible()
+    shot(page, "adapters")
+
+    page.get_by_role("tab", name="Chat").click()  # no reload: the picker refreshed by itself
+    pick(page, "Model", "Trained on pirate-colours.jsonl (LoRA on toy)")
+    page.locator("#ls-msg textarea").fill("What colour is the sky?")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
+    lengths = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if reply.count():
+            lengths.add(len(reply.inner_text().strip()))
+        if page.get_by_role("button", name="Send").is_enabled() and max(lengths, default=0):
+            time.sleep(0.3)
+            if len(reply.inner_text().strip()) == max(lengths):
+                break
+        time.sleep(0.02)
+    assert max(lengths) > 0 and len(lengths - {0}) >= 2, lengths  # it streamed in pieces
+    shot(page, "chat")
+    assert adapter_id.startswith("lora/")
+
+
+def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
+    data = write_jsonl(tmp_path / "long.jsonl", colour_rows(64))
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(studio_url)
+    pick(page, "Base model", "toy")
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    fill_number(page, "Epochs", "400")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    start.click()
+    expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=60000)
+    page.reload()
+    expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=30000)
+    expect(page.locator("#ls-status")).to_contain_text("Training")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#ls-status")).to_contain_text("Cancelled", timeout=60000)
+    page.close()

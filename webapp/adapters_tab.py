@@ -1,0 +1,137 @@
+"""The Adapters tab: every adapter with its figures and state; manage one at a time."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.adapters import loss_history
+from core.errors import StudioError
+
+from . import charts
+from .studio import Studio, explain
+
+COLUMNS = ["name", "base", "dataset", "created", "steps", "final loss", "best val loss", "state"]
+
+
+@dataclass
+class AdaptersTab:
+    table: gr.Dataframe
+    picker: gr.Dropdown
+    import_base: gr.Dropdown
+
+
+def table(studio: Studio) -> pd.DataFrame:
+    rows = []
+    entries = {e.id: e for e in studio.registry.entries()}
+    for adapter in studio.adapters.list():
+        meta = adapter.metadata
+        entry = entries.get(f"lora/{adapter.id}")
+        state = "available" if entry and entry.available else (
+            f"unavailable: {entry.reason if entry else adapter.problem}")  # fmt: skip
+        rows.append([
+            adapter.name, meta.baseModelId if meta else "?",
+            meta.trainingDataset if meta else "", (meta.createdAt[:16] if meta else ""),
+            meta.trainingSteps if meta else None,
+            round(meta.finalLoss, 4) if meta and meta.finalLoss is not None else None,
+            round(meta.bestValidationLoss, 4) if meta and meta.bestValidationLoss else None,
+            state,
+        ])  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def picker_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(f"{a.name} ({a.id[:8]})", a.id) for a in studio.adapters.list()]
+
+
+def build(studio: Studio) -> AdaptersTab:
+    grid = gr.Dataframe(table(studio), interactive=False, label="Adapters", elem_id="ls-adapters")
+    with gr.Row():
+        with gr.Column():
+            picker = gr.Dropdown(picker_choices(studio), label="Adapter", value=None)
+            details = gr.JSON(label="metadata.json")
+        with gr.Column():
+            curve = gr.HTML(elem_id="ls-adapter-curve")
+    message = gr.Markdown(elem_id="ls-adapters-message")
+    with gr.Row():
+        new_name = gr.Textbox(label="New name", scale=3)
+        rename = gr.Button("Rename", scale=1)
+    with gr.Row():
+        sure = gr.Checkbox(False, label="Yes, delete this adapter for good")
+        delete = gr.Button("Delete", variant="stop")
+        export = gr.Button("Export .zip")
+        download = gr.File(label="Exported adapter", interactive=False)
+    with gr.Row():
+        fused_name = gr.Textbox(label="Fused model name", scale=3)
+        fuse = gr.Button("Fuse into a base model", scale=1)
+    with gr.Accordion("Import an adapter", open=False):
+        archive = gr.File(label=".zip exported here, or a zipped mlx-lm adapter folder",
+                          file_types=[".zip"], type="filepath")  # fmt: skip
+        import_base = gr.Dropdown(studio.base_choices(), label="Base model (for mlx-lm adapters)")
+        import_name = gr.Textbox(label="Name (for mlx-lm adapters)")
+        do_import = gr.Button("Import")
+
+    def show(adapter_id):
+        if not adapter_id:
+            return None, None
+        adapter = studio.adapters.read(adapter_id)
+        meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
+        return meta, charts.loss_chart(loss_history(adapter.path))
+
+    def act(action):
+        """Run one store action; report its outcome (or the error) and refresh the view."""
+
+        def handler(*args):
+            try:
+                done = action(*args)
+            except StudioError as exc:
+                return explain(exc), gr.skip(), gr.skip(), gr.skip()
+            studio.registry.reload()
+            return done, table(studio), gr.update(choices=picker_choices(studio)), gr.skip()
+
+        return handler
+
+    def rename_it(adapter_id, name):
+        studio.adapters.rename(adapter_id or "", name)
+        return f"Renamed to **{name.strip()}**."
+
+    def delete_it(adapter_id, confirmed):
+        if not confirmed:
+            raise StudioError("tick the box to confirm the deletion")
+        studio.adapters.delete(adapter_id or "")
+        return "Deleted."
+
+    def fuse_it(adapter_id, name):
+        entry = studio.registry.get(f"lora/{adapter_id}")
+        path = studio.adapters.fuse(adapter_id, studio.registry.base_info(entry.base_id),
+                                    studio.settings.models, name)  # fmt: skip
+        return f"Fused into the base model **{path.name}**."
+
+    def import_it(path, base_id, name):
+        if not path:
+            raise StudioError("choose a .zip to import")
+        base = studio.registry.base_info(base_id) if base_id else None
+        new_id = studio.adapters.import_zip(Path(path), base, name or None)
+        return f"Imported as `lora/{new_id}`."
+
+    def export_it(adapter_id):
+        try:
+            folder = Path(tempfile.mkdtemp(prefix="lora-export-"))
+            name = studio.adapters.read(adapter_id or "").name
+            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60]
+            return studio.adapters.export(adapter_id, folder / f"{safe or 'adapter'}.zip"), ""
+        except StudioError as exc:
+            return None, explain(exc)
+
+    outputs = [message, grid, picker, download]
+    picker.change(show, picker, [details, curve])
+    rename.click(act(rename_it), [picker, new_name], outputs)
+    delete.click(act(delete_it), [picker, sure], outputs)
+    fuse.click(act(fuse_it), [picker, fused_name], outputs)
+    do_import.click(act(import_it), [archive, import_base, import_name], outputs)
+    export.click(export_it, picker, [download, message])
+    return AdaptersTab(table=grid, picker=picker, import_base=import_base)

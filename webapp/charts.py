@@ -1,0 +1,83 @@
+"""Small inline SVG charts: the loss curve and the token-length histogram.
+
+Drawn server-side because Gradio's plot components do not redraw reliably while their data
+streams in during a run; an SVG string in an HTML component always shows what it is given.
+"""
+
+from __future__ import annotations
+
+import html
+
+WIDTH, HEIGHT, PAD = 640, 240, 40
+COLOURS = {"train": "#6366f1", "validation": "#f97316"}
+
+
+def _frame(body: str, x_label: str, y_label: str, title: str) -> str:
+    return (
+        f"<svg class='ls-chart' role='img' aria-label='{html.escape(title)}' "
+        f"viewBox='0 0 {WIDTH} {HEIGHT}' width='100%' xmlns='http://www.w3.org/2000/svg' "
+        f"style='font:11px sans-serif'>"
+        f"<line x1='{PAD}' y1='{HEIGHT - PAD}' x2='{WIDTH - 10}' y2='{HEIGHT - PAD}' "
+        "stroke='#999'/>"
+        f"<line x1='{PAD}' y1='10' x2='{PAD}' y2='{HEIGHT - PAD}' stroke='#999'/>"
+        f"<text x='{WIDTH / 2}' y='{HEIGHT - 8}' text-anchor='middle'>{x_label}</text>"
+        f"<text x='12' y='{HEIGHT / 2}' transform='rotate(-90 12 {HEIGHT / 2})' "
+        f"text-anchor='middle'>{y_label}</text>{body}</svg>"
+    )
+
+
+def loss_chart(rows: list[dict]) -> str:
+    """Train and validation loss against the step; ``rows`` hold step, loss and series."""
+    points = [r for r in rows if r.get("loss") is not None and r.get("step") is not None]
+    if not points:
+        return _frame("", "step", "loss", "loss chart (no data yet)")
+    max_step = max(r["step"] for r in points) or 1
+    low, high = min(r["loss"] for r in points), max(r["loss"] for r in points)
+    span = (high - low) or 1.0
+
+    def xy(r: dict) -> str:
+        x = PAD + (WIDTH - PAD - 10) * r["step"] / max_step
+        y = 10 + (HEIGHT - PAD - 10) * (high - r["loss"]) / span
+        return f"{x:.1f},{y:.1f}"
+
+    body = [
+        f"<text x='{PAD - 4}' y='14' text-anchor='end'>{high:.2f}</text>",
+        f"<text x='{PAD - 4}' y='{HEIGHT - PAD}' text-anchor='end'>{low:.2f}</text>",
+        f"<text x='{WIDTH - 10}' y='{HEIGHT - PAD + 14}' text-anchor='end'>{max_step}</text>",
+    ]
+    for i, (series, colour) in enumerate(COLOURS.items()):
+        mine = sorted((r for r in points if r["series"] == series), key=lambda r: r["step"])
+        if mine:
+            coords = " ".join(xy(r) for r in mine)
+            body.append(f"<polyline class='ls-{series}' data-points='{len(mine)}' fill='none' "
+                        f"stroke='{colour}' stroke-width='2' points='{coords}'/>")  # fmt: skip
+            body += [f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' "
+                     f"fill='{colour}'/>" for c in coords.split()]  # fmt: skip
+        body.append(f"<text x='{WIDTH - 120 + 60 * i}' y='22' fill='{colour}'>{series}</text>")
+    return _frame("".join(body), "step", "loss", "loss chart")
+
+
+def histogram(lengths: list[int], bins: int = 12) -> str:
+    """How many examples have how many tokens."""
+    if not lengths:
+        return ""
+    low, high = min(lengths), max(lengths)
+    width = max(1, -(-(high - low + 1) // bins))
+    counts = [0] * (-(-(high - low + 1) // width))
+    for n in lengths:
+        counts[(n - low) // width] += 1
+    bar_w = (WIDTH - PAD - 10) / len(counts)
+    tallest = max(counts)
+    body = []
+    for i, count in enumerate(counts):
+        h = (HEIGHT - PAD - 20) * count / tallest
+        x = PAD + i * bar_w
+        body.append(f"<rect x='{x + 1:.1f}' y='{HEIGHT - PAD - h:.1f}' width='{bar_w - 2:.1f}' "
+                    f"height='{h:.1f}' fill='#6366f1'><title>{low + i * width}-"
+                    f"{low + (i + 1) * width - 1} tokens: {count}</title></rect>")  # fmt: skip
+    body += [
+        f"<text x='{PAD}' y='{HEIGHT - PAD + 14}'>{low}</text>",
+        f"<text x='{WIDTH - 10}' y='{HEIGHT - PAD + 14}' text-anchor='end'>{high}</text>",
+        f"<text x='{PAD - 4}' y='24' text-anchor='end'>{tallest}</text>",
+    ]
+    return _frame("".join(body), "tokens per example", "examples", "token histogram")

@@ -1,0 +1,61 @@
+"""Studio: the core services one running app shares (page, API and CLI compose it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.adapters import AdapterStore
+from core.engine import InferenceEngine
+from core.registry import ModelRegistry
+from core.settings import Settings
+from core.training import TrainingService
+
+
+@dataclass
+class Studio:
+    settings: Settings
+    registry: ModelRegistry
+    training: TrainingService
+    engine: InferenceEngine
+    adapters: AdapterStore
+
+    @classmethod
+    def open(cls, settings: Settings, hub: Path | None = None) -> Studio:
+        """Start the services: the registry's watcher and the engine's thread."""
+        registry = ModelRegistry(settings, hub=hub).start()
+        return cls(
+            settings=settings,
+            registry=registry,
+            training=TrainingService(settings),
+            engine=InferenceEngine(registry),
+            adapters=AdapterStore(settings.adapters),
+        )
+
+    def close(self) -> None:
+        run = self.training.current
+        if run is not None and not run.done:
+            run.cancel()
+            run.wait(timeout=30)
+        self.engine.close()
+        self.registry.stop()
+
+    def base_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of the base models that can be trained or chatted with."""
+        return [(e.display_name, e.id) for e in self.registry.entries() if e.kind == "base"
+                and e.available]  # fmt: skip
+
+    def chat_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of every model, unavailable ones marked with their reason."""
+        return [
+            (e.display_name if e.available else f"{e.display_name} - unavailable", e.id)
+            for e in self.registry.entries()
+        ]
+
+
+def explain(exc: Exception) -> str:
+    """A StudioError (or anything) as Markdown for the page: the message and the hint."""
+    message = getattr(exc, "message", str(exc))
+    hint = getattr(exc, "hint", None)
+    text = "**Error:** " + message.replace("\n", "  \n")
+    return text + (f"  \n*Hint:* {hint}" if hint else "")
