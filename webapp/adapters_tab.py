@@ -64,7 +64,7 @@ def build(studio: Studio) -> AdaptersTab:
         sure = gr.Checkbox(False, label="Yes, delete this adapter for good")
         delete = gr.Button("Delete", variant="stop")
         export = gr.Button("Export .zip")
-        download = gr.File(label="Exported adapter", interactive=False)
+        download = gr.File(label="Exported adapter", interactive=False, height=80)
     with gr.Row():
         fused_name = gr.Textbox(label="Fused model name", scale=3)
         fuse = gr.Button("Fuse into a base model", scale=1)

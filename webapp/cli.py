@@ -215,8 +215,8 @@ def build_toy(name: str) -> int:
 
     folder = Settings.from_env().ensure().models / name
     if folder.exists():
-        print(f"error: {folder} already exists", file=sys.stderr)
-        return EXIT_REFUSED
+        print(f"{folder} already exists")
+        return 0
     build_toy_llama(folder)
     print(f"built a toy llama (random weights, for trying the pipeline) in {folder}")
     print(f"train on it with: lora-studio train --model {name} --lora-layers -1 --data FILE.jsonl")

@@ -1,0 +1,109 @@
+"""The page's events without a browser (gradio_client), and how the app is launched."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from tests.helpers import colour_rows, lora_studio_server, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, toy_model):
+    home = tmp_path_factory.mktemp("client-studio")
+    shutil.copytree(toy_model, home / "models" / "toy")
+    with lora_studio_server(home) as (_, url, _log):
+        yield home, Client(url, verbose=False)
+
+
+PARAMS = dict(
+    param_5=8, param_6=16, param_7=0.01, param_8=1, param_9=4, param_10=-1,
+    param_11=["self_attn.q_proj", "self_attn.v_proj"], param_12=0.2, param_13=2048,
+    param_14=0, param_15=True, param_16=0.0,
+)  # fmt: skip
+
+
+def train_job(client, home, epochs=1):
+    data = write_jsonl(home / f"colours-{epochs}.jsonl", colour_rows())
+    return client.submit(
+        "toy", str(data), data.name, "via client",
+        *[v if k != "param_8" else epochs for k, v in PARAMS.items()],
+        api_name="/train",
+    )  # fmt: skip
+
+
+def test_refresh_start_and_the_new_adapter_in_the_pickers(served):
+    home, client = served
+    before = client.predict(api_name="/refresh")
+    job = train_job(client, home)
+    outputs = job.result(timeout=180)
+    status = outputs[2]
+    assert status.startswith("Done"), status
+    adapter_id = re.search(r"lora/[0-9a-f-]{36}", outputs[3]).group(0)
+    time.sleep(0.5)  # the watcher lists the new adapter
+    after = client.predict(api_name="/refresh")
+    chat_choices = [choice[1] for choice in after[1]["choices"]]
+    assert adapter_id in chat_choices
+    assert before != after
+
+
+def test_cancel_stops_a_run_started_from_the_client(served):
+    home, client = served
+    job = train_job(client, home, epochs=500)
+    for _ in range(600):
+        if any("step" in (update[0] or "") for update in job.outputs()):
+            break
+        time.sleep(0.05)
+    client.predict(api_name="/cancel")
+    outputs = job.result(timeout=60)
+    assert outputs[2].startswith("Cancelled")
+    assert not any((home / "runs").glob("*-*"))
+
+
+def test_chat_event_streams_a_reply(served):
+    _, client = served
+    history, _, box = client.predict("hello", [], [], "toy", False, "", 0.0, 1.0, 8,
+                                     api_name="/chat")  # fmt: skip
+    assert history[-1]["role"] == "assistant" and box == ""
+
+
+def run_cli(*args, env_extra=None, timeout=30):
+    env = {**os.environ, **(env_extra or {})}
+    env.pop("LORA_STUDIO_AUTH", None)
+    return subprocess.run([sys.executable, "-m", "webapp", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)  # fmt: skip
+
+
+def test_lan_mode_refuses_to_start_without_credentials(tmp_path):
+    result = run_cli("--lan", env_extra={"LORA_STUDIO_HOME": str(tmp_path)})
+    assert result.returncode == 2 and "--auth" in result.stderr
+    bad = run_cli("--auth", "nopassword", env_extra={"LORA_STUDIO_HOME": str(tmp_path)})
+    assert bad.returncode == 2 and "user:password" in bad.stderr
+
+
+def test_credentials_protect_the_page_and_the_api(tmp_path, toy_model):
+    shutil.copytree(toy_model, tmp_path / "models" / "toy")
+    with lora_studio_server(tmp_path, "--auth", "ann:secret", "--lan") as (_, url, log):
+        assert httpx.get(f"{url}/config").status_code in (401, 403)
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        ok = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer secret"})
+        assert ok.status_code == 200
+        login = httpx.post(f"{url}/login", data={"username": "ann", "password": "secret"})
+        assert login.status_code == 200
+        assert "on your network: http://" in log.read_text()
+
+
+def test_share_fails_fast_offline_and_the_local_link_works(tmp_path, toy_model):
+    shutil.copytree(toy_model, tmp_path / "models" / "toy")
+    with lora_studio_server(tmp_path, "--share", timeout=60) as (_, url, log):
+        assert "Share link unavailable" in log.read_text()
+        assert httpx.get(url).status_code == 200
+        assert "Share link unavailable" in httpx.get(f"{url}/config").text
