@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from core.adapters import AdapterStore
 from core.engine import InferenceEngine
@@ -21,9 +20,9 @@ class Studio:
     adapters: AdapterStore
 
     @classmethod
-    def open(cls, settings: Settings, hub: Path | None = None) -> Studio:
+    def open(cls, settings: Settings) -> Studio:
         """Start the services: the registry's watcher and the engine's thread."""
-        registry = ModelRegistry(settings, hub=hub).start()
+        registry = ModelRegistry(settings).start()
         return cls(
             settings=settings,
             registry=registry,
