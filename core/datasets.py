@@ -51,6 +51,7 @@ class DatasetError(StudioError):
             hint="fix the lines above and load the dataset again",
         )
         self.problems = problems
+        self.total = len(problems) + more
 
 
 @dataclass

@@ -63,7 +63,10 @@ def _summary(studio: Studio, model_id, path, name, params_values):
     except DatasetError as exc:
         lines = "\n".join(f"- line {p.line}: {p.message} ({p.fix})" if p.line else f"- {p}"
                           for p in exc.problems)  # fmt: skip
-        text = f"### {name}: {len(exc.problems)} problem(s)\n{lines}"
+        more = exc.total - len(exc.problems)
+        text = f"### {name}: {exc.total} problem(s)\n{lines}" + (
+            f"\n- ... and {more} more" if more else ""
+        )
         return text, no_plot, "", "Fix the dataset first.", gr.update(interactive=False)
     except StudioError as exc:
         return "", no_plot, "", explain(exc), gr.update(interactive=False)
