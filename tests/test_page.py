@@ -162,3 +162,12 @@ def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator("#ls-status")).to_contain_text("Cancelled", timeout=60000)
     page.close()
+
+
+def test_alpha_follows_rank_until_it_is_edited(page):
+    fill_number(page, "Rank (1-256)", "16")
+    expect(page.get_by_label("Alpha (2 x rank)")).to_have_value("32")
+    fill_number(page, "Alpha (2 x rank)", "5")
+    fill_number(page, "Rank (1-256)", "4")
+    page.wait_for_timeout(500)
+    expect(page.get_by_label("Alpha (2 x rank)")).to_have_value("5")

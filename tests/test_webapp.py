@@ -40,19 +40,52 @@ def train_job(client, home, epochs=1):
     )  # fmt: skip
 
 
-def test_refresh_start_and_the_new_adapter_in_the_pickers(served):
+@pytest.fixture(scope="module")
+def trained(served):
+    """An adapter trained through the page's train event; (its id, refresh before, after)."""
     home, client = served
     before = client.predict(api_name="/refresh")
-    job = train_job(client, home)
-    outputs = job.result(timeout=180)
-    status = outputs[2]
-    assert status.startswith("Done"), status
+    outputs = train_job(client, home).result(timeout=180)
+    assert outputs[2].startswith("Done"), outputs[2]
     adapter_id = re.search(r"lora/[0-9a-f-]{36}", outputs[3]).group(0)
     time.sleep(0.5)  # the watcher lists the new adapter
-    after = client.predict(api_name="/refresh")
+    return adapter_id, before, client.predict(api_name="/refresh")
+
+
+def test_refresh_start_and_the_new_adapter_in_the_pickers(trained):
+    adapter_id, before, after = trained
     chat_choices = [choice[1] for choice in after[1]["choices"]]
     assert adapter_id in chat_choices
     assert before != after
+
+
+def test_compare_answers_with_the_adapter_and_its_base(served, trained):
+    _, client = served
+    adapter_id = trained[0]
+    history, base_history, _ = client.predict(
+        "What colour is the sky?", [], [], adapter_id, True, "", 0.0, 1.0, 8, api_name="/chat"
+    )
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert [m["role"] for m in base_history] == ["user", "assistant"]
+    alone, _, _ = client.predict("What colour is the sky?", [], [], "toy", False, "", 0.0, 1.0,
+                                 8, api_name="/chat")  # fmt: skip
+    assert base_history[-1]["content"] == alone[-1]["content"]  # the right side is the base
+
+
+def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
+    home, client = served
+    adapter_id = trained[0]
+    weights = home / "adapters" / adapter_id.removeprefix("lora/") / "adapters.safetensors"
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(b"corrupt")
+        time.sleep(0.5)
+        history, _, _ = client.predict("hi", [], [], adapter_id, False, "", 0.0, 1.0, 8,
+                                       api_name="/chat")  # fmt: skip
+        reply = str(history[-1]["content"])
+        assert "adapter unavailable" in reply and "unreadable" in reply
+    finally:
+        weights.write_bytes(saved)
 
 
 def test_cancel_stops_a_run_started_from_the_client(served):
