@@ -148,3 +148,18 @@ def test_stop_sequences_cut_the_text_even_across_chunks():
     out = [scanner.feed(piece) for piece in ("hello ST", "O", "P and more")]
     assert "".join(text for text, _ in out) == "hello " and out[-1][1] is True
     assert StopScanner([]).feed("abc") == ("abc", False)
+
+
+def test_another_base_replaces_the_old_one_unless_more_are_allowed(two_adapters, tmp_path):
+    settings, _ = two_adapters
+    second = settings.models / "toy-copy"
+    shutil.copytree(settings.models / "toy", second)
+    try:
+        for max_bases, loads in ((1, 3), (2, 2)):
+            engine = InferenceEngine(ModelRegistry(settings, hub=tmp_path), max_bases=max_bases)
+            for model_id in ("toy", "toy-copy", "toy"):
+                engine.chat(model_id, QUESTION, GREEDY)
+            assert engine.stats["base_loads"] == loads
+            engine.close()
+    finally:
+        shutil.rmtree(second)

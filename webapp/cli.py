@@ -143,8 +143,6 @@ def launch(args: argparse.Namespace) -> int:
     from core.blas import reexec_with_fast_blas
 
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
-    import uvicorn
-
     from webapp.app import create_server
     from webapp.studio import Studio
 
@@ -160,14 +158,7 @@ def launch(args: argparse.Namespace) -> int:
         print(f"on your network: http://{lan_address()}:{args.port}")
     if notice:
         print(notice)
-    try:
-        # open page connections (queue streams) must not hold the shutdown for long
-        uvicorn.run(
-            app, host=host, port=args.port, log_level="warning", timeout_graceful_shutdown=3
-        )
-    finally:
-        studio.close()
-    return 0
+    return run_server(app, studio, host, args.port)
 
 
 def lan_address() -> str:
@@ -200,24 +191,29 @@ def share_notice(port: int) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Serve the OpenAI-compatible API alone."""
     from core.blas import reexec_with_fast_blas
 
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
+    from core.api import create_app
+    from webapp.studio import Studio
+
+    studio = Studio.open(Settings.from_env())
+    app = create_app(studio.registry, studio.engine, api_key=args.api_key)
+    available = [e.id for e in studio.registry.entries() if e.available]
+    print(f"studio: {studio.settings.home}; {len(available)} model(s) available")
+    print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1")
+    return run_server(app, studio, args.host, args.port)
+
+
+def run_server(app, studio, host: str, port: int) -> int:
     import uvicorn
 
-    from core.api import create_app
-    from core.engine import InferenceEngine
-    from core.registry import ModelRegistry
-
-    settings = Settings.from_env()
-    with ModelRegistry(settings) as registry:
-        engine = InferenceEngine(registry)
-        app = create_app(registry, engine, api_key=args.api_key)
-        available = [e.id for e in registry.entries() if e.available]
-        print(f"studio: {settings.home}; {len(available)} model(s) available")
-        print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1")
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-        engine.close()
+    try:
+        # open page connections (queue streams) must not hold the shutdown for long
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        studio.close()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from core.adapters import AdapterStore
@@ -27,7 +28,10 @@ class Studio:
             settings=settings,
             registry=registry,
             training=TrainingService(settings),
-            engine=InferenceEngine(registry),
+            # how many base models stay in memory at once (each serves all its adapters)
+            engine=InferenceEngine(
+                registry, max_bases=int(os.environ.get("LORA_STUDIO_MAX_BASES", 1))
+            ),
             adapters=AdapterStore(settings.adapters),
         )
 
