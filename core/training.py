@@ -164,12 +164,16 @@ class TrainingRun:
         """Publish on success; otherwise remove the run folder and explain the failure."""
         succeeded = isinstance(ending, protocol.Complete) and code == 0 and not self._cancelled
         if succeeded and (self.folder / WEIGHTS_FILE).is_file():
-            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as history:
-                history.write(ending.to_line())
-            self.adapter_path = self._publish(ending)
-            return ending.model_copy(
-                update={"adapter_path": str(self.adapter_path), "adapter_id": self.id}
+            final = ending.model_copy(
+                update={
+                    "adapter_path": str(self._settings.adapters / self.id),
+                    "adapter_id": self.id,
+                }
             )
+            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as history:
+                history.write(final.to_line())
+            self.adapter_path = self._publish(final)
+            return final
         tail = _tail(self.folder / "train.log")
         shutil.rmtree(self.folder, ignore_errors=True)
         if self._cancelled:

@@ -119,6 +119,7 @@ def test_metadata_holds_the_real_values(trained):
     recorded = [json.loads(line) for line in (service.settings.adapters / run.id / "events.jsonl")
                 .read_text().splitlines()]  # fmt: skip
     assert [r["type"] for r in recorded] == [e.type for e in events]
+    assert recorded[-1]["adapter_path"] == str(service.settings.adapters / run.id)
 
 
 def long_run(service, toy_model, tmp_path):
