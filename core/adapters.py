@@ -159,7 +159,7 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
     if config.get("fine_tune_type", "lora") != "lora":
         raise StudioError(f"only LoRA adapters can be imported, not {config['fine_tune_type']}")
     tensors = read_safetensors_header(folder / WEIGHTS_FILE)
-    expected = expected_lora_shapes(config, base, base.weight_shapes())
+    expected = expected_lora_shapes(config, base, base.tensors)
     wrong = []
     for name, tensor in tensors.items():
         if name not in expected:

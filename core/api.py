@@ -8,6 +8,7 @@ Errors use OpenAI's error shape and fitting status codes: 400 bad request, 401 b
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -203,7 +204,7 @@ def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chun
     try:
         yield delta({"role": "assistant", "content": ""})
         last = first
-        for chunk in _chain(first, rest):
+        for chunk in itertools.chain([first], rest):
             last = chunk
             if chunk.text:
                 yield delta({"content": chunk.text})
@@ -215,11 +216,6 @@ def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chun
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error'}})}\n\n"
     finally:
         rest.close()
-
-
-def _chain(first: Chunk, rest: Iterator[Chunk]) -> Iterator[Chunk]:
-    yield first
-    yield from rest
 
 
 def create_app(

@@ -34,9 +34,6 @@ class ModelInfo:
         suffix = f".{key}.weight"
         return any(name.endswith(suffix) and ".layers." in name for name in self.tensors)
 
-    def weight_shapes(self) -> dict[str, list[int]]:
-        return dict(self.tensors)
-
 
 def weight_files(folder: Path) -> list[Path]:
     """The safetensors files that make up the model's weights, all of them present.

@@ -11,7 +11,7 @@ from pathlib import Path
 from core import protocol
 from core.params import TrainingParams
 from core.training import TrainingService
-from tests.helpers import colour_rows, write_jsonl
+from tests.helpers import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train_lora.py"
@@ -109,9 +109,3 @@ def test_out_of_memory_gets_advice_and_leaves_no_adapter(studio, toy_model, tmp_
     assert isinstance(final, protocol.Error) and final.kind == "out_of_memory"
     assert "batch size" in final.hint
     assert not any(p.is_dir() for p in (*studio.runs.iterdir(), *studio.adapters.iterdir()))
-
-
-def test_colour_rows_are_valid_training_data(tmp_path):
-    # guards the fixture the other tests rely on
-    assert len(colour_rows()) == 64
-    assert write_jsonl(tmp_path / "x.jsonl", colour_rows(2)).read_text().count("\n") == 2
