@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import protocol
 from .errors import StudioError
 from .files import write_json_atomic
 from .models import ModelInfo, read_safetensors_header
@@ -179,20 +180,15 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
 def loss_history(folder: Path) -> list[dict]:
     """The loss curve of a published run, redrawn from its events.jsonl: one row per
     training report and validation pass (step, loss, series)."""
-    rows = []
-    try:
-        lines = (folder / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if event.get("type") in ("progress", "validation"):
-            series = "train" if event["type"] == "progress" else "validation"
-            rows.append({"step": event.get("step"), "loss": event.get("loss"), "series": series})
-    return rows
+    return [
+        {
+            "step": event.step,
+            "loss": event.loss,
+            "series": "train" if isinstance(event, protocol.Progress) else "validation",
+        }
+        for event in protocol.read_events(folder / EVENTS_FILE)
+        if isinstance(event, protocol.Progress | protocol.Validation)
+    ]
 
 
 class AdapterStore:

@@ -7,7 +7,7 @@ the page, so a rule is written once and every entry point reports it the same wa
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +57,18 @@ class TrainingParams(BaseModel):
         True, description="train on the answers only (prompt tokens are masked from the loss)"
     )
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    save_every: int | None = Field(
+        None, ge=1, description="steps between checkpoints (default: every epoch)"
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="steps between validations (default: every epoch)"
+    )
+    keep: Literal["best", "last"] = Field(
+        "best", description="publish the step with the best validation loss, or the last step"
+    )
+    early_stop: int = Field(
+        0, ge=0, description="stop after N validations without improvement (0: never)"
+    )
 
     @field_validator("lora_layers")
     @classmethod
@@ -157,6 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = field.description + ("" if default is None else f" (default: {default})")
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif get_origin(field.annotation) is Literal:
+            parser.add_argument(flag, choices=get_args(field.annotation), help=help_text)
         else:
             parser.add_argument(flag, help=help_text)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -34,6 +35,7 @@ class Start(_Message):
     total_params: int
     lora_modules: int = 0
     blas: str = "unknown"
+    resumed_from: int | None = None  # the checkpoint's step when the run continues one
 
 
 class Progress(_Message):
@@ -67,11 +69,18 @@ class Complete(_Message):
     steps: int
     final_loss: float
     adapter_id: str | None = None
+    kept: Literal["best", "last"] = "last"  # which weights became the adapter
+    kept_step: int | None = None
+    best_step: int | None = None
+    best_loss: float | None = None
+    stopped_early: bool = False
 
 
 OOM_HINT = "lower the batch size, the rank, the max sequence length or the number of LoRA layers"
 
-ErrorKind = Literal["params", "dataset", "model", "out_of_memory", "cancelled", "internal"]
+ErrorKind = Literal[
+    "params", "dataset", "model", "out_of_memory", "disk_full", "cancelled", "internal"
+]
 
 
 class Error(_Message):
@@ -100,3 +109,13 @@ def parse_line(line: str) -> Event | None:
     except (ValueError, ValidationError):
         log.warning("ignoring a line from the training process: %.200s", line)
         return None
+
+
+def read_events(path: Path) -> list[Event]:
+    """A saved event stream (a run's events.jsonl); a missing file is an empty history, and
+    lines that do not parse are skipped as they are on the live stream."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [event for event in map(parse_line, lines) if event is not None]

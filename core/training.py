@@ -2,8 +2,9 @@
 
 The service, not a browser tab or a terminal, owns a run: a reader thread drains the
 process's stdout into the run's event history, and any number of viewers ``follow()`` it from
-the start. On success the run folder gets metadata.json and is renamed into the adapters
-folder in one step, so an adapter is complete or absent, never half-written.
+the start. A run lives in ``runs/<id>/`` with its state (``core.runs``) and checkpoints until
+it succeeds; then it is published into the adapters folder in one rename (``core.publish``).
+Stopped, interrupted and failed runs stay, to be resumed, published again or discarded.
 """
 
 from __future__ import annotations
@@ -21,53 +22,59 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from statistics import fmean
 from typing import IO
 
 from . import protocol
-from .adapters import EVENTS_FILE, WEIGHTS_FILE, AdapterMetadata
+from .adapters import EVENTS_FILE, WEIGHTS_FILE
 from .blas import Blas, choose_blas, with_blas
 from .datasets import Dataset, load_dataset
 from .errors import StudioError
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams
+from .publish import publish, write_events
+from .runs import CHECKPOINTS, DATA, RunRecord, RunState, RunStore, latest_checkpoint_step
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CANCEL_GRACE_SECONDS = 15.0
+STOP_GRACE_SECONDS = 30.0
 STDERR_TAIL_LINES = 20
+LOG_FILE = "train.log"
+# errors that resuming would meet again: the run is failed, not interrupted
+PERMANENT_ERRORS = ("params", "dataset", "model")
 
 
 class TrainingRun:
-    """One training process and everything it has said so far."""
+    """One training process on a run folder, and everything the run has said so far."""
 
     def __init__(
         self,
         *,
-        run_id: str,
+        record: RunRecord,
         folder: Path,
-        name: str,
         model: ModelInfo,
         dataset: Dataset,
         params: TrainingParams,
         settings: Settings,
         lock: IO,
+        history: list[protocol.Event] | None = None,
     ):
-        self.id = run_id
+        self.record = record
+        self.id = record.id
+        self.name = record.name
         self.folder = folder
-        self.name = name
         self.model = model
         self.dataset = dataset
         self.params = params
         self.started = time.time()
-        self.events: list[protocol.Event] = []
+        self._elapsed_before = record.elapsed_seconds  # earlier sessions of a resumed run
+        self.events: list[protocol.Event] = list(history or [])
         self.adapter_path: Path | None = None
         self._settings = settings
         self._lock = lock
         self._changed = threading.Condition()
         self._done = False
-        self._cancelled = False
+        self._stop_as: RunState | None = None
         self._process: subprocess.Popen | None = None
 
     # -- what viewers use ------------------------------------------------------------------
@@ -79,6 +86,10 @@ class TrainingRun:
     @property
     def last_event(self) -> protocol.Event | None:
         return self.events[-1] if self.events else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
 
     def follow(self, timeout: float | None = None) -> Iterator[protocol.Event]:
         """Every event of the run from the first, then new ones as they come, until it ends.
@@ -98,13 +109,18 @@ class TrainingRun:
             if finished and index >= len(self.events):
                 return
 
-    def cancel(self) -> None:
-        """Stop the run: SIGTERM (the worker stops at the next step), SIGKILL after a grace
-        period. Returns at once; the run ends with an error event of kind ``cancelled``."""
-        self._cancelled = True
+    def stop(self, state: RunState = "stopped") -> None:
+        """Stop the run, keeping it resumable: SIGTERM (the worker checkpoints the last
+        finished step and exits), SIGKILL after a grace period. Returns at once.
+
+        ``state`` is what the run folder records: ``stopped`` when a person asked, or
+        ``interrupted`` when the studio itself is closing. A run that has already finished
+        is left alone: its adapter is published, whatever arrives now.
+        """
         process = self._process
-        if process is None or process.poll() is not None:
+        if process is None or process.poll() is not None or self._done:
             return
+        self._stop_as = state
         _signal_group(process, signal.SIGTERM)
         threading.Thread(target=self._kill_after_grace, daemon=True).start()
 
@@ -114,26 +130,34 @@ class TrainingRun:
             self._changed.wait_for(lambda: self._done, timeout)
         return self.last_event
 
-    # -- the reader thread ------------------------------------------------------------------
+    # -- the process and the reader thread ----------------------------------------------------
 
-    def _launch(self, command: list[str], env: dict[str, str]) -> None:
-        stderr = (self.folder / "train.log").open("wb")
-        self._process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # its own process group: cancel reaches every child
-        )
-        stderr.close()
+    def launch(self, command: list[str], env: dict[str, str]) -> None:
+        """Start the worker. Its stdin is a pipe this process holds: when the studio dies,
+        the pipe closes and the worker stops after a checkpoint instead of training on
+        unwatched. It also holds the runs lock, so no other studio takes the run over."""
+        try:
+            with (self.folder / LOG_FILE).open("ab") as stderr:
+                self._process = subprocess.Popen(
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    stdin=subprocess.PIPE,
+                    env=env,
+                    pass_fds=(self._lock.fileno(),),
+                    start_new_session=True,  # its own process group: a stop reaches every child
+                )
+        except OSError as exc:
+            error = protocol.Error(error=f"the training process did not start: {exc}")
+            self._record("interrupted", error)
+            raise StudioError(error.error) from exc
         threading.Thread(target=self._read, name=f"training-{self.id[:8]}", daemon=True).start()
 
     def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         ending: protocol.Complete | protocol.Error | None = None
         try:
-            with (self.folder / EVENTS_FILE).open("w", encoding="utf-8") as history:
+            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as history:
                 for raw in self._process.stdout:
                     event = protocol.parse_line(raw.decode("utf-8", errors="replace"))
                     if isinstance(event, protocol.Complete | protocol.Error):
@@ -146,8 +170,10 @@ class TrainingRun:
         except Exception as exc:  # noqa: BLE001 - the run must end with an event, whatever
             log.exception("training run %s failed in the service", self.id)
             final = protocol.Error(error=f"the studio failed to finish the run: {exc}")
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self._record("interrupted", final)
         finally:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
         with self._changed:
@@ -156,89 +182,81 @@ class TrainingRun:
             self._changed.notify_all()
 
     def _add(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Start):
+            self.record.total_steps = event.total_steps
+        elif isinstance(event, protocol.Progress):
+            self.record.step = event.step
+            self._write_record()
+        elif isinstance(event, protocol.Checkpoint):
+            self.record.checkpoint_step = event.step
+            self.record.step = max(self.record.step, event.step)
+            self._write_record()
+        elif isinstance(event, protocol.Validation) and event.step > 0:
+            best = self.record.best_validation_loss
+            self.record.best_validation_loss = event.loss if best is None else min(best, event.loss)
         with self._changed:
             self.events.append(event)
             self._changed.notify_all()
 
+    def _write_record(self) -> None:
+        self.record.elapsed_seconds = self._elapsed()
+        self.record.write(self.folder)
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.time() - self.started
+
     def _finish(self, code: int, ending: protocol.Event | None) -> protocol.Event:
-        """Publish on success; otherwise remove the run folder and explain the failure."""
-        succeeded = isinstance(ending, protocol.Complete) and code == 0 and not self._cancelled
-        if succeeded and (self.folder / WEIGHTS_FILE).is_file():
-            final = ending.model_copy(
-                update={
-                    "adapter_path": str(self._settings.adapters / self.id),
-                    "adapter_id": self.id,
-                }
+        """Publish a run that completed; otherwise record how it ended, and keep it."""
+        if isinstance(ending, protocol.Complete) and code == 0:
+            if (self.folder / WEIGHTS_FILE).is_file():
+                return self.publish(ending)
+            ending = protocol.Error(error="the training process wrote no adapter weights")
+        if self._stop_as is not None:
+            step = self.record.checkpoint_step
+            final = protocol.Error(
+                error=f"training stopped at step {step or 0}",
+                kind="cancelled",
+                hint="resume it from the runs list, or with "
+                f"`lora-studio train --resume {self.id}`",
             )
-            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as history:
-                history.write(final.to_line())
-            self.adapter_path = self._publish(final)
+            self._record(self._stop_as, final)
             return final
-        tail = _tail(self.folder / "train.log")
-        shutil.rmtree(self.folder, ignore_errors=True)
-        if self._cancelled:
-            return protocol.Error(error="training cancelled", kind="cancelled")
-        if isinstance(ending, protocol.Error):
-            return ending
-        return _silent_death(code, tail)
+        if not isinstance(ending, protocol.Error):
+            ending = _silent_death(code, _tail(self.folder / LOG_FILE))
+        self._record("failed" if ending.kind in PERMANENT_ERRORS else "interrupted", ending)
+        return ending
 
-    def _publish(self, complete: protocol.Complete) -> Path:
-        shutil.rmtree(self.folder / "data", ignore_errors=True)
-        self.metadata(complete).write(self.folder)
-        target = self._settings.adapters / self.id
+    def _record(self, state: RunState, error: protocol.Error, publishable: bool = False) -> None:
+        self.record.state = state
+        self.record.error, self.record.hint = error.error, error.hint
+        self.record.publishable = publishable
+        self.record.checkpoint_step = latest_checkpoint_step(self.folder)
         try:
-            os.rename(self.folder, target)
+            self._write_record()
         except OSError:
-            # Another file system: copy beside the target, then rename there in one step.
-            staging = self._settings.adapters / f".{self.id}.partial"
-            shutil.copytree(self.folder, staging)
-            os.rename(staging, target)
-            shutil.rmtree(self.folder, ignore_errors=True)
-        log.info("published adapter %s to %s", self.id, target)
-        return target
+            log.exception("could not record the state of run %s", self.id)
 
-    def metadata(self, complete: protocol.Complete) -> AdapterMetadata:
-        """metadata.json from the run's parameters and the figures its events reported."""
-        start = next(e for e in self.events if isinstance(e, protocol.Start))
-        progress = [e for e in self.events if isinstance(e, protocol.Progress)]
-        validations = [e.loss for e in self.events if isinstance(e, protocol.Validation)]
-        trained = validations[1:]  # the first pass measures the untrained model
-        return AdapterMetadata(
-            adapterName=self.name,
-            baseModelId=self.model.id,
-            baseModelPath=str(self.model.path),
-            trainingDataset=self.dataset.name,
-            epochs=self.params.epochs,
-            rank=self.params.rank,
-            alpha=self.params.alpha,
-            learningRate=self.params.learning_rate,
-            batchSize=self.params.batch_size,
-            loraLayers=self.model.num_layers
-            if self.params.lora_layers == -1
-            else self.params.lora_layers,
-            trainingSteps=complete.steps,
-            finalLoss=complete.final_loss,
-            finalValidationLoss=trained[-1] if trained else None,
-            bestValidationLoss=min(trained) if trained else None,
-            initialValidationLoss=validations[0] if validations else None,
-            layerCount=start.lora_modules,
-            parameterCount=start.trainable_params,
-            durationSeconds=round(time.time() - self.started, 2),
-            tokensPerSecond=round(fmean(e.tokens_per_second for e in progress), 1)
-            if progress
-            else None,
-            datasetFormat=self.dataset.format,
-            trainExamples=start.num_train,
-            validationExamples=start.num_val,
-            targetModules=self.params.keys,
-            maxSeqLength=self.params.max_seq_length,
-            blas=start.blas,
-        )
+    def publish(self, complete: protocol.Complete) -> protocol.Event:
+        """Publish the finished run; on failure keep it (failed, publishable) and say why."""
+        self.record.elapsed_seconds = self._elapsed()
+        try:
+            final = publish(self.record, self.folder, self._settings.adapters, complete)
+        except Exception as exc:  # noqa: BLE001 - the weights must survive any failure here
+            log.exception("publishing run %s failed", self.id)
+            error = protocol.Error(
+                error=f"the adapter was trained but could not be published: {exc}",
+                hint=f"fix the cause (free disk space?), then `lora-studio runs publish {self.id}`",
+            )
+            self.record.completed = complete.model_dump(mode="json")
+            self._record("failed", error, publishable=True)
+            return error
+        self.adapter_path = Path(final.adapter_path)
+        return final
 
     def _kill_after_grace(self) -> None:
         process = self._process
         try:
-            process.wait(CANCEL_GRACE_SECONDS)
+            process.wait(STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             log.warning("training %s ignored SIGTERM; killing it", self.id)
             _signal_group(process, signal.SIGKILL)
@@ -279,25 +297,31 @@ def _silent_death(code: int, stderr_tail: str) -> protocol.Error:
 
 
 class TrainingService:
-    """Starts trainings, one at a time per studio, and remembers the current one."""
+    """Starts and resumes trainings, one at a time per studio, and remembers the current one."""
 
     def __init__(self, settings: Settings, blas: Blas | None = None):
         self.settings = settings.ensure()
         self.blas = blas or choose_blas()
+        self.runs = RunStore(self.settings.runs)
         self.current: TrainingRun | None = None
-        self._remove_abandoned_runs()
+        self.mark_interrupted()
 
-    def _remove_abandoned_runs(self) -> None:
-        """Run folders left by a studio that crashed mid-training (none runs: the lock is free)."""
+    def mark_interrupted(self) -> None:
+        """Runs left ``running`` by a studio that died are ``interrupted`` (with their last
+        checkpoint). Only while no training holds the runs lock: then none of them runs."""
         try:
             lock = self._take_lock()
         except StudioError:
-            return  # a training is running in this studio: its folder is not abandoned
+            return
         with lock:
-            for folder in self.settings.runs.iterdir():
-                if folder.is_dir():
-                    log.warning("removing the abandoned run folder %s", folder)
-                    shutil.rmtree(folder, ignore_errors=True)
+            for record in self.runs.mark_interrupted():
+                step = record.checkpoint_step
+                log.warning("run %s was interrupted (last checkpoint: step %s)", record.id, step)
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every unfinished run, newest first, with up-to-date states."""
+        self.mark_interrupted()
+        return self.runs.list()
 
     def worker_command(self) -> list[str]:
         """How the training process is started: this interpreter, the installed package."""
@@ -343,32 +367,96 @@ class TrainingService:
         lock = self._take_lock()
         run_id = str(uuid.uuid4())
         folder = self.settings.runs / run_id
+        record = RunRecord(
+            id=run_id,
+            name=(name or "").strip() or f"Trained on {dataset.name}",
+            state="running",
+            model_id=info.id,
+            model_path=str(info.path),
+            model_layers=info.num_layers,
+            dataset_name=dataset.name,
+            dataset_format=dataset.format,
+            params=params.model_dump(mode="json"),
+        )
         try:
             folder.mkdir(parents=True)
-            dataset.write(folder / "data")
-            run = TrainingRun(
-                run_id=run_id,
-                folder=folder,
-                name=(name or "").strip() or f"Trained on {dataset.name}",
-                model=info,
-                dataset=dataset,
-                params=params,
-                settings=self.settings,
-                lock=lock,
-            )
-            command = self.worker_command() + [
-                "--model", str(info.path),
-                "--data", str(folder / "data"),
-                "--output", str(folder),
-                *params.to_argv(),
-            ]  # fmt: skip
-            run._launch(command, with_blas(dict(os.environ), self.blas))
+            dataset.write(folder / DATA)
+            record.write(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             lock.close()
             raise
-        self.current = run
+        run = self._launch(record, folder, info, dataset, params, lock, history=[])
         log.info("training %s started (BLAS: %s)", run_id, self.blas.name)
+        return run
+
+    def resume(self, run_id: str) -> TrainingRun:
+        """Continue a stopped or interrupted run from its last checkpoint (from the start if
+        it has none): same step numbering, data order, optimizer state and history."""
+        lock = self._take_lock()
+        try:
+            self.runs.mark_interrupted()
+            record = self.runs.get(run_id)
+            if not record.resumable:
+                raise _not_resumable(record)
+            folder = self.runs.path(run_id)
+            info = inspect_model(record.model_path)
+            params = TrainingParams(**record.params)
+            dataset = load_dataset(folder / DATA, batch_size=params.batch_size, seed=params.seed)
+            dataset.name = record.dataset_name
+            step = latest_checkpoint_step(folder)
+            history = _history_until(protocol.read_events(folder / EVENTS_FILE), step)
+            write_events(folder / EVENTS_FILE, history)
+            record.state, record.error, record.hint = "running", None, None
+            record.step = record.checkpoint_step = step
+            record.write(folder)
+        except BaseException:
+            lock.close()
+            raise
+        run = self._launch(record, folder, info, dataset, params, lock, history=history)
+        log.info("training %s resumed from step %s", run_id, step or 0)
+        return run
+
+    def publish_again(self, run_id: str) -> protocol.Complete:
+        """Publish a run whose training completed but whose publishing failed."""
+        with self._take_lock():
+            record = self.runs.get(run_id)
+            if not record.publishable or record.completed is None:
+                raise StudioError(
+                    f"run {run_id} has no finished adapter to publish ({record.state})",
+                    hint="resume it instead" if record.resumable else None,
+                )
+            try:
+                return publish(
+                    record,
+                    self.runs.path(run_id),
+                    self.settings.adapters,
+                    protocol.Complete(**record.completed),
+                )
+            except OSError as exc:
+                raise StudioError(f"publishing run {run_id} failed again: {exc}") from exc
+
+    def _launch(self, record, folder, info, dataset, params, lock, history) -> TrainingRun:
+        run = TrainingRun(
+            record=record,
+            folder=folder,
+            model=info,
+            dataset=dataset,
+            params=params,
+            settings=self.settings,
+            lock=lock,
+            history=history,
+        )
+        command = [*self.worker_command(), "--model", str(info.path), "--data", str(folder / DATA)]
+        command += ["--output", str(folder), "--stop-on-stdin-eof", *params.to_argv()]
+        if record.checkpoint_step is not None:
+            command += ["--resume", str(folder / CHECKPOINTS)]
+        try:
+            run.launch(command, with_blas(dict(os.environ), self.blas))
+        except BaseException:
+            lock.close()
+            raise
+        self.current = run
         return run
 
     def _take_lock(self) -> IO:
@@ -394,3 +482,33 @@ class TrainingService:
                 hint="wait for it to finish or cancel it, then start again",
             ) from None
         return lock
+
+
+def _not_resumable(record: RunRecord) -> StudioError:
+    if record.state == "running":
+        return StudioError(f"run {record.id} is running", hint="stop it first")
+    if record.publishable:
+        return StudioError(
+            f"run {record.id} finished training; only publishing failed ({record.error})",
+            hint=f"lora-studio runs publish {record.id}",
+        )
+    return StudioError(
+        f"run {record.id} failed and resuming would fail the same way: {record.error}",
+        hint="fix the cause and start a new run, or discard this one",
+    )
+
+
+def _history_until(events: list[protocol.Event], step: int | None) -> list[protocol.Event]:
+    """The events a resumed run keeps: everything up to its checkpoint's step, so the loss
+    history (and the chart) continue where the worker will."""
+    if step is None:
+        return []
+    return [
+        e
+        for e in events
+        if isinstance(e, protocol.Start)
+        or (
+            isinstance(e, protocol.Progress | protocol.Validation | protocol.Checkpoint)
+            and e.step <= step
+        )
+    ]

@@ -1,17 +1,22 @@
-"""The training process: mlx-lm LoRA training that speaks the JSON-lines protocol.
+"""The training process: LoRA training with mlx-lm's parts that speaks the JSON-lines protocol.
 
 Run as ``python -m core.worker`` (the service does this) or ``scripts/train_lora.py``. Stdout
 carries protocol lines only: at start-up the real stdout is set aside for them and everything
 else that writes to stdout, rich consoles and C libraries included, is sent to stderr.
+
+SIGTERM stops the run at the next step boundary, after a checkpoint of the last finished step,
+so a stopped run resumes without losing work. With ``--stop-on-stdin-eof`` the same happens
+when stdin closes: the service keeps a pipe open, so the worker never outlives its studio.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -21,18 +26,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TextIO
 
-from . import protocol
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm import load
+from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+from . import checkpoints, protocol
+from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .blas import loaded_blas
 from .datasets import Dataset, DatasetError, load_dataset
 from .errors import StudioError
+from .loop import Schedule, Stopped, TrainingLoop
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams, add_arguments, params_from_args
 
 log = logging.getLogger("lora_studio.worker")
-
-
-class Cancelled(Exception):
-    """Raised at a step boundary once SIGTERM has arrived."""
 
 
 class WorkerError(StudioError):
@@ -54,43 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)"
     )
     parser.add_argument("--output", required=True, help="folder for the adapter files")
+    parser.add_argument(
+        "--checkpoints", help="folder for checkpoints (default: OUTPUT/checkpoints)"
+    )
+    parser.add_argument(
+        "--resume", help="continue from this checkpoint (or the newest one in this folder)"
+    )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="stop (after a checkpoint) when stdin closes: the parent process has gone",
+    )
     add_arguments(parser)
     return parser
 
 
-class _QuietUI:
-    """Stands in for mlx-lm's TrainUI, whose rich progress display we do not want."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def advance(self):
-        pass
-
-    def report_train(self, *args):
-        pass
-
-    @contextlib.contextmanager
-    def val_task(self, total):
-        yield lambda: None
-
-    def report_val(self, *args):
-        pass
-
-    def report_save(self, *args):
-        pass
-
-
-def report_interval(steps_per_epoch: int, target: int = 10) -> int:
-    """Steps between progress lines: the largest divisor of an epoch up to ``target``, so
-    every epoch ends on a report (where validation runs)."""
-    return max(d for d in range(1, min(target, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+def lora_parameters(params: TrainingParams) -> dict:
+    """mlx-lm's ``lora_parameters``: what ``linear_to_lora_layers`` and adapter_config.json take."""
+    return {
+        "rank": params.rank,
+        "scale": params.scale,
+        "dropout": params.dropout,
+        "keys": params.keys,
+    }
 
 
 def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
@@ -99,12 +98,7 @@ def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
     return {
         "fine_tune_type": "lora",
         "num_layers": params.lora_layers,
-        "lora_parameters": {
-            "rank": params.rank,
-            "scale": params.scale,
-            "dropout": params.dropout,
-            "keys": params.keys,
-        },
+        "lora_parameters": lora_parameters(params),
         "model": str(info.path),
         "base_model_id": info.id,
         "max_seq_length": params.max_seq_length,
@@ -132,133 +126,100 @@ def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Datas
 def train(
     args: argparse.Namespace,
     emit: Callable[[protocol._Message], None],
-    cancel: threading.Event,
+    stop: threading.Event,
 ) -> None:
-    """Validate, load, wrap in LoRA, train with mlx-lm's trainer, save; emitting events."""
+    """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
     params, info, dataset = _prepare(args)
-
-    import mlx.core as mx
-    import mlx.optimizers as optim
-    import numpy as np
-    from mlx.utils import tree_flatten
-    from mlx_lm import load
-    from mlx_lm.tuner import trainer
-    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
-    from mlx_lm.tuner.lora import LoRALinear
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    try:
-        model, tokenizer = load(str(info.path))
-    except Exception as exc:  # noqa: BLE001 - any load failure is the model's problem
-        raise WorkerError("model", f"mlx-lm could not load {info.path}: {exc}") from exc
-
-    mx.random.seed(params.seed)
-    np.random.seed(params.seed)
-    model.freeze()
-    linear_to_lora_layers(
-        model,
-        params.lora_layers,
-        {
-            "rank": params.rank,
-            "scale": params.scale,
-            "dropout": params.dropout,
-            "keys": params.keys,
-        },
+    model, train_set, valid_set = _load(info, params, dataset)
+    schedule = Schedule.for_run(params, len(train_set) // params.batch_size)
+    output = Path(args.output)
+    loop = TrainingLoop(
+        model=model,
+        optimizer=optim.Adam(learning_rate=params.learning_rate),
+        train_set=train_set,
+        valid_set=valid_set,
+        params=params,
+        schedule=schedule,
+        checkpoint_folder=Path(args.checkpoints or output / "checkpoints"),
+        emit=emit,
+        stop=stop,
     )
-    config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
-    train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
-    valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
-
-    steps_per_epoch = len(train_set) // params.batch_size
-    total_steps = steps_per_epoch * params.epochs
+    if args.resume:
+        loop.restore(_checkpoint(Path(args.resume)))
     emit(
         protocol.Start(
-            total_steps=total_steps,
+            total_steps=schedule.total_steps,
             epochs=params.epochs,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=schedule.steps_per_epoch,
             num_train=len(train_set),
             num_val=len(valid_set),
             trainable_params=sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
             total_params=sum(v.size for _, v in tree_flatten(model.parameters())),
             lora_modules=sum(isinstance(m, LoRALinear) for m in model.modules()),
             blas=loaded_blas(),
+            resumed_from=loop.state.step or None,
         )
     )
+    loop.run()
+    emit(_write_adapter(loop, output, adapter_config(params, info)))
 
-    def batches(**kwargs):
-        for batch in trainer.iterate_batches(**kwargs):
-            if cancel.is_set():
-                raise Cancelled
-            yield batch
 
-    def validate(step: int) -> None:
-        loss = trainer.evaluate(
-            model,
-            valid_set,
-            batch_size=min(params.batch_size, len(valid_set)),
-            num_batches=-1,
-            max_seq_length=params.max_seq_length,
-            iterate_batches=batches,
-        )
-        model.train()
-        emit(protocol.Validation(step=step, epoch=step // steps_per_epoch, loss=loss))
+def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
+    """The base model with LoRA layers (seeded init), and the tokenized train/valid sets."""
+    try:
+        model, tokenizer = load(str(info.path))
+    except Exception as exc:  # noqa: BLE001 - any load failure is the model's problem
+        raise WorkerError("model", f"mlx-lm could not load {info.path}: {exc}") from exc
+    maybe_set_recommended_wired_limit()
+    mx.random.seed(params.seed)
+    np.random.seed(params.seed)
+    model.freeze()
+    linear_to_lora_layers(model, params.lora_layers, lora_parameters(params))
+    config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
+    train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
+    valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
+    return model, train_set, valid_set
 
-    output = Path(args.output)
+
+def _write_adapter(loop: TrainingLoop, output: Path, config: dict) -> protocol.Complete:
+    """The adapter files: the best checkpoint's weights (``--keep best``) or the last step's."""
+    state = loop.state
+    kept = "best" if loop.params.keep == "best" and state.best_step is not None else "last"
+    kept_step = state.best_step if kept == "best" else state.step
     output.mkdir(parents=True, exist_ok=True)
-    adapter_file = output / "adapters.safetensors"
-    last_loss = float("nan")
-
-    class Reporter(trainer.TrainingCallback):
-        def on_train_loss_report(self, info: dict) -> None:
-            nonlocal last_loss
-            step, last_loss = info["iteration"], info["train_loss"]
-            emit(
-                protocol.Progress(
-                    step=step,
-                    total_steps=total_steps,
-                    epoch=(step - 1) // steps_per_epoch + 1,
-                    loss=last_loss,
-                    learning_rate=info["learning_rate"],
-                    tokens_per_second=info["tokens_per_second"],
-                    peak_memory_gb=info["peak_memory"],
-                    progress=100.0 * step / total_steps,
-                )
-            )
-            if step % steps_per_epoch == 0:
-                validate(step)
-                if step < total_steps:  # the trainer itself saves after the last step
-                    weights = dict(tree_flatten(model.trainable_parameters()))
-                    mx.save_safetensors(str(adapter_file), weights)
-                    emit(protocol.Checkpoint(step=step, path=str(adapter_file)))
-
-    if cancel.is_set():
-        raise Cancelled
-    validate(0)
-    trainer.TrainUI = _QuietUI
-    trainer.train(
-        model=model,
-        optimizer=optim.Adam(learning_rate=params.learning_rate),
-        train_dataset=train_set,
-        val_dataset=None,  # validation runs at epoch ends, from the callback
-        args=trainer.TrainingArgs(
-            batch_size=params.batch_size,
-            iters=total_steps,
-            steps_per_report=report_interval(steps_per_epoch),
-            steps_per_save=total_steps + 1,
-            adapter_file=str(adapter_file),
-            max_seq_length=params.max_seq_length,
-        ),
-        iterate_batches=batches,
-        training_callback=Reporter(),
+    if kept_step == state.step:
+        weights = dict(tree_flatten(loop.model.trainable_parameters()))
+        mx.save_safetensors(str(output / WEIGHTS_FILE), weights)
+    else:
+        best = checkpoints.step_folder(loop.checkpoint_folder, kept_step) / WEIGHTS_FILE
+        shutil.copyfile(best, output / WEIGHTS_FILE)
+    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return protocol.Complete(
+        adapter_path=str(output),
+        steps=state.step,
+        final_loss=loop.last_loss,
+        kept=kept,
+        kept_step=kept_step,
+        best_step=state.best_step,
+        best_loss=state.best_loss,
+        stopped_early=loop.stopped_early,
     )
-    (output / "adapter_config.json").write_text(json.dumps(adapter_config(params, info), indent=2))
-    emit(protocol.Complete(adapter_path=str(output), steps=total_steps, final_loss=last_loss))
+
+
+def _checkpoint(path: Path) -> Path:
+    """``--resume`` takes a checkpoint folder, or a folder of checkpoints (the newest)."""
+    if (path / checkpoints.STATE_FILE).is_file():
+        return path
+    newest = checkpoints.latest(path)
+    if newest is None:
+        raise WorkerError("params", f"no checkpoint to resume from in {path}")
+    return newest
 
 
 def error_message(exc: BaseException) -> protocol.Error:
     """The protocol's error line for whatever stopped the run."""
-    if isinstance(exc, Cancelled):
-        return protocol.Error(error="training cancelled", kind="cancelled")
+    if isinstance(exc, Stopped):
+        return protocol.Error(error="training stopped", kind="cancelled")
     if isinstance(exc, DatasetError):
         first = exc.problems[0]
         return protocol.Error(
@@ -269,6 +230,12 @@ def error_message(exc: BaseException) -> protocol.Error:
     if isinstance(exc, StudioError):
         return protocol.Error(error=exc.message, kind="params", hint=exc.hint)
     text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return protocol.Error(
+            error=f"the disk is full: {text}",
+            kind="disk_full",
+            hint="free some disk space, then resume the run from its last checkpoint",
+        )
     if isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError) and ("allocate" in text or "memory" in text.lower())
     ):
@@ -287,25 +254,42 @@ def _protocol_stream() -> TextIO:
     return stream
 
 
+def _stop_when_stdin_closes(stop: threading.Event) -> None:
+    def watch() -> None:
+        # the raw descriptor, not sys.stdin: a buffered reader blocked in a daemon thread
+        # aborts the interpreter at exit
+        while os.read(0, 4096):
+            pass
+        log.warning("stdin closed: the studio has gone; stopping after a checkpoint")
+        stop.set()
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     out = _protocol_stream()
 
     def emit(message: protocol._Message) -> None:
-        out.write(message.to_line())
-        out.flush()
+        try:
+            out.write(message.to_line())
+            out.flush()
+        except BrokenPipeError:
+            stop.set()  # nobody reads the events any more: stop, keeping a checkpoint
 
-    cancel = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: cancel.set())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.stop_on_stdin_eof:
+        _stop_when_stdin_closes(stop)
     started = time.monotonic()
     try:
-        train(args, emit, cancel)
+        train(args, emit, stop)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one error line
-        if not isinstance(exc, (Cancelled, StudioError)):
+        if not isinstance(exc, (Stopped, StudioError)):
             log.exception("training failed")
         emit(error_message(exc))
-        return 130 if isinstance(exc, (Cancelled, KeyboardInterrupt)) else 1
+        return 130 if isinstance(exc, (Stopped, KeyboardInterrupt)) else 1
     log.info("training finished in %.1f s", time.monotonic() - started)
     return 0
 

@@ -136,24 +136,36 @@ def leftovers(studio):
     return [p for p in (*studio.runs.iterdir(), *studio.adapters.iterdir()) if p.is_dir()]
 
 
-def test_cancel_stops_the_process_and_leaves_nothing(studio, toy_model, tmp_path):
+def no_adapters(studio) -> bool:
+    return not any(p.is_dir() for p in studio.adapters.iterdir())
+
+
+def test_stop_ends_the_process_and_publishes_nothing(studio, toy_model, tmp_path):
     service = TrainingService(studio)
     run = long_run(service, toy_model, tmp_path)
-    run.cancel()
+    run.stop()
     final = run.wait(timeout=60)
     assert isinstance(final, protocol.Error) and final.kind == "cancelled"
-    assert run._process.poll() is not None
-    assert leftovers(studio) == []
+    assert process_gone(run.pid)
+    assert no_adapters(studio) and service.runs.get(run.id).state == "stopped"
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def test_a_killed_worker_gives_an_error_and_no_adapter(studio, toy_model, tmp_path):
     service = TrainingService(studio)
     run = long_run(service, toy_model, tmp_path)
-    os.kill(run._process.pid, signal.SIGKILL)
+    os.kill(run.pid, signal.SIGKILL)
     final = run.wait(timeout=60)
     assert isinstance(final, protocol.Error)
     assert "SIGKILL" in final.error and final.kind == "out_of_memory"
-    assert leftovers(studio) == []
+    assert no_adapters(studio) and service.runs.get(run.id).state == "interrupted"
 
 
 def test_one_training_at_a_time(studio, toy_model, tmp_path):
@@ -167,7 +179,7 @@ def test_one_training_at_a_time(studio, toy_model, tmp_path):
             TrainingService(studio).start(toy_model, tmp_path / "colours.jsonl",
                                           TrainingParams(**FAST))  # fmt: skip
     finally:
-        run.cancel()
+        run.stop()
         run.wait(timeout=60)
     again = service.start(toy_model, tmp_path / "colours.jsonl", TrainingParams(**FAST))
     assert isinstance(again.wait(timeout=120), protocol.Complete)
@@ -217,7 +229,7 @@ def test_the_stream_survives_garbage_and_a_silent_death(studio, toy_model, colou
     assert [e.type for e in events] == ["start", "error"]
     assert "exited with code 3" in events[-1].error
     assert "Segmentation fault (pretend)" in events[-1].error
-    assert leftovers(studio) == []
+    assert no_adapters(studio) and service.runs.get(run.id).state == "interrupted"
 
 
 def test_complete_without_weights_is_not_published(studio, toy_model, colour_dataset):
@@ -226,13 +238,31 @@ def test_complete_without_weights_is_not_published(studio, toy_model, colour_dat
         """print('{"type": "complete", "adapter_path": "x", "steps": 1, "final_loss": 1.0}')""",
     )
     final = service.start(toy_model, colour_dataset, TrainingParams(**FAST)).wait(timeout=60)
-    assert isinstance(final, protocol.Error)
-    assert leftovers(studio) == []
+    assert isinstance(final, protocol.Error) and "no adapter weights" in final.error
+    assert no_adapters(studio)
 
 
-def test_run_folders_abandoned_by_a_crash_are_removed(studio):
-    abandoned = studio.runs / "0b7ed40e-d82d-49de-819e-5e6f04bc94bc"
-    abandoned.mkdir()
-    (abandoned / "adapters.safetensors").write_bytes(b"half")
-    TrainingService(studio)
-    assert not abandoned.exists()
+def test_a_stop_that_meets_the_end_of_the_run_keeps_the_adapter(studio, toy_model, colour_dataset):
+    """A stop arriving while the worker finishes must not throw the finished adapter away."""
+    service = ScriptedService(
+        studio,
+        """
+        import pathlib, signal, sys, time
+        asked = []
+        signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
+        print('{"type": "start", "total_steps": 1, "epochs": 1, "steps_per_epoch": 1,'
+              ' "num_train": 4, "num_val": 1, "trainable_params": 1, "total_params": 2}',
+              flush=True)
+        while not asked:
+            time.sleep(0.01)
+        output = pathlib.Path(sys.argv[sys.argv.index("--output") + 1])
+        (output / "adapters.safetensors").write_bytes(b"weights")
+        print('{"type": "complete", "adapter_path": "x", "steps": 1, "final_loss": 1.0}')
+        """,
+    )
+    run = service.start(toy_model, colour_dataset, TrainingParams(**FAST))
+    next(e for e in run.follow(timeout=60) if isinstance(e, protocol.Start))
+    run.stop()
+    assert isinstance(run.wait(timeout=60), protocol.Complete)
+    assert (studio.adapters / run.id / "adapters.safetensors").read_bytes() == b"weights"
+    assert service.list_runs() == []

@@ -105,7 +105,10 @@ def test_out_of_memory_gets_advice_and_leaves_no_adapter(studio, toy_model, tmp_
     write_jsonl(data / "train.jsonl", [{"text": long_text}] * 32)
     write_jsonl(data / "valid.jsonl", [{"text": "short"}])  # keeps the first validation quick
     params = TrainingParams(lora_layers=-1, batch_size=32, max_seq_length=4096, epochs=1)
-    final = MemoryCappedService(studio).start(toy_model, data, params).wait(timeout=300)
+    service = MemoryCappedService(studio)
+    run = service.start(toy_model, data, params)
+    final = run.wait(timeout=300)
     assert isinstance(final, protocol.Error) and final.kind == "out_of_memory"
     assert "batch size" in final.hint
-    assert not any(p.is_dir() for p in (*studio.runs.iterdir(), *studio.adapters.iterdir()))
+    assert not any(p.is_dir() for p in studio.adapters.iterdir())
+    assert service.runs.get(run.id).state == "interrupted"  # kept, resumable

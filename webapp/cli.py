@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -43,14 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a LoRA adapter from the shell")
-    train.add_argument(
-        "--model", required=True, help="base model folder, or a model name in the models folder"
-    )
-    train.add_argument(
-        "--data", required=True, help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)"
-    )
+    train.add_argument("--model", help="base model folder, or a model name in the models folder")
+    train.add_argument("--data", help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)")
     train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a stopped or interrupted run from its last checkpoint (see `runs`)",
+    )
     add_arguments(train)
+    runs = commands.add_parser("runs", help="unfinished runs: list, discard, publish")
+    runs.add_argument("--json", action="store_true", help="print a JSON list")
+    runs_commands = runs.add_subparsers(dest="runs_command")
+    discard = runs_commands.add_parser("discard", help="delete a run and its checkpoints")
+    discard.add_argument("run_id")
+    publish = runs_commands.add_parser(
+        "publish", help="publish a run whose training finished but whose publishing failed"
+    )
+    publish.add_argument("run_id")
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible API (no page)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         return train(args)
+    if args.command == "runs":
+        return runs(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "models":
@@ -94,13 +108,31 @@ def train(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     try:
-        params = params_from_args(args)
         service = TrainingService(settings)
-        model = resolve_model(args.model, settings.models)
-        run = service.start(model, args.data, params, name=args.name)
+        run = _start_or_resume(service, args, settings)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    try:
+        return follow_run(run, service, settings)
+    finally:
+        if not run.done:  # whatever ended this command, the worker must not train on unwatched
+            run.stop()
+            run.wait()
+
+
+def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
+    if args.resume:
+        return service.resume(args.resume)
+    if not args.model or not args.data:
+        raise StudioError("train needs --model and --data (or --resume RUN_ID)")
+    params = params_from_args(args)
+    model = resolve_model(args.model, settings.models)
+    return service.start(model, args.data, params, name=args.name)
+
+
+def follow_run(run, service, settings: Settings) -> int:
+    """Print the run's progress until it ends; Ctrl-C stops it (resumable)."""
     print(describe_start(run, service.blas.hint, settings))
     print(describe_tokens(run))
     bar = ProgressBar()
@@ -108,13 +140,17 @@ def train(args: argparse.Namespace) -> int:
         for event in run.follow():
             bar.show(event)
     except KeyboardInterrupt:
-        print("\ncancelling...", file=sys.stderr)
-        run.cancel()
+        print("\nstopping after a checkpoint...", file=sys.stderr)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must wait
+        run.stop()
         run.wait()
+        signal.signal(signal.SIGINT, previous)
     bar.close()
     final = run.last_event
     if isinstance(final, protocol.Complete):
-        print(f"adapter saved to {final.adapter_path}")
+        kept = f" (kept the {final.kept} step, {final.kept_step})" if final.kept == "best" else ""
+        early = f"; stopped early at step {final.steps}" if final.stopped_early else ""
+        print(f"adapter saved to {final.adapter_path}{kept}{early}")
         print(f"model id: lora/{final.adapter_id}")
         return 0
     assert isinstance(final, protocol.Error)
@@ -122,6 +158,67 @@ def train(args: argparse.Namespace) -> int:
     if final.hint:
         print(f"  hint: {final.hint}", file=sys.stderr)
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def runs(args: argparse.Namespace) -> int:
+    """List unfinished runs, or discard or publish one."""
+    from core.training import TrainingService
+
+    service = TrainingService(Settings.from_env())
+    try:
+        if args.runs_command == "discard":
+            service.runs.discard(args.run_id)
+            print(f"discarded run {args.run_id}")
+        elif args.runs_command == "publish":
+            final = service.publish_again(args.run_id)
+            print(f"adapter saved to {final.adapter_path}\nmodel id: lora/{final.adapter_id}")
+        else:
+            print_runs(service.list_runs(), as_json=args.json)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+def print_runs(records, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "id": r.id,
+                "name": r.name,
+                "base": r.model_id,
+                "state": r.state,
+                "step": r.step,
+                "total_steps": r.total_steps,
+                "checkpoint_step": r.checkpoint_step,
+                "best_validation_loss": r.best_validation_loss,
+                "error": r.error,
+            }
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not records:
+        print("no unfinished runs")
+        return
+    header = ("id", "name", "base", "state", "step", "checkpoint", "best val")
+    table = [header] + [
+        (
+            r.id,
+            r.name[:40],
+            r.model_id,
+            r.state,
+            f"{r.step}/{r.total_steps or '?'}",
+            "-" if r.checkpoint_step is None else f"step {r.checkpoint_step}",
+            "-" if r.best_validation_loss is None else f"{r.best_validation_loss:.3f}",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -310,13 +407,17 @@ class ProgressBar:
         self.val_loss: float | None = None
 
     def show(self, event: protocol.Event) -> None:
-        if isinstance(event, protocol.Start):
+        if isinstance(event, protocol.Start) and event.resumed_from:
+            self._print(f"resuming at step {event.resumed_from}/{event.total_steps}", end="\n")
+        elif isinstance(event, protocol.Start):
             self._print(
                 f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
                 f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
                 f"BLAS: {event.blas}",
                 end="\n",
             )
+        elif isinstance(event, protocol.Checkpoint) and not self.live:
+            self._print(f"checkpoint at step {event.step}")
         elif isinstance(event, protocol.Validation):
             self.val_loss = event.loss
             if not self.live:

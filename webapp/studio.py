@@ -38,8 +38,8 @@ class Studio:
     def close(self) -> None:
         run = self.training.current
         if run is not None and not run.done:
-            run.cancel()
-            run.wait(timeout=30)
+            run.stop("interrupted")  # it checkpoints and can be resumed next time
+            run.wait(timeout=60)
         self.engine.close()
         self.registry.stop()
 

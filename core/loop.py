@@ -1,0 +1,277 @@
+"""The training loop: mlx-lm's loss, batches, evaluation and optimizer, driven one step at a
+time so that a run can start at any step.
+
+mlx-lm's ``trainer.train()`` always starts at step 1 with a fresh optimizer and a data order
+drawn from the global NumPy state, so it cannot resume, keep the best checkpoint or stop early.
+This loop uses the same parts (``default_loss``, ``iterate_batches``, ``evaluate``, the compiled
+value-and-grad step with ``average_gradients``) and adds what it lacks:
+
+- each epoch's batch order comes from ``seed + epoch``, so the order of any epoch can be drawn
+  again after a restart, and the batches already trained are skipped;
+- checkpoints hold the optimizer state and the random key as well as the weights;
+- validation every ``eval_every`` steps keeps track of the best step, which is checkpointed so
+  it can be published, and of the patience left for early stopping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.utils import average_gradients
+from mlx_lm.tuner import trainer
+
+from . import checkpoints, protocol
+from .checkpoints import TrainerState
+from .params import TrainingParams
+
+
+class Stopped(Exception):
+    """Raised between steps once a stop was asked for (SIGTERM, or the studio went away)."""
+
+
+@dataclass
+class Schedule:
+    """When the loop reports, validates and saves, in steps."""
+
+    steps_per_epoch: int
+    total_steps: int
+    report_every: int
+    eval_every: int
+    save_every: int
+
+    @classmethod
+    def for_run(cls, params: TrainingParams, steps_per_epoch: int) -> Schedule:
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * params.epochs,
+            report_every=report_interval(steps_per_epoch),
+            eval_every=params.eval_every or steps_per_epoch,
+            save_every=params.save_every or steps_per_epoch,
+        )
+
+    def evaluates_at(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def saves_at(self, step: int) -> bool:
+        # the last step's weights are written as the adapter itself
+        return step % self.save_every == 0 and step < self.total_steps
+
+
+def report_interval(steps_per_epoch: int, target: int = 10) -> int:
+    """Steps between progress lines: the largest divisor of an epoch up to ``target``, so
+    every epoch ends on a report."""
+    return max(d for d in range(1, min(target, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+class TrainingLoop:
+    """Trains ``model`` (already wrapped in LoRA layers) and emits protocol events."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer,
+        train_set,
+        valid_set,
+        params: TrainingParams,
+        schedule: Schedule,
+        checkpoint_folder: Path,
+        emit: Callable[[protocol._Message], None],
+        stop: threading.Event,
+        loss: Callable = trainer.default_loss,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.train_set = train_set
+        self.valid_set = valid_set
+        self.params = params
+        self.schedule = schedule
+        self.checkpoint_folder = checkpoint_folder
+        self.emit = emit
+        self.stop = stop
+        self.loss = loss
+        self.state = TrainerState(seed=params.seed)
+        self.last_checkpoint: int | None = None
+        self.stopped_early = False
+        self.last_loss = float("nan")
+
+    # -- resuming ---------------------------------------------------------------------------
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: weights, optimizer moments, random key, position."""
+        from mlx.utils import tree_unflatten
+
+        weights, optimizer_state, self.state = checkpoints.load(path)
+        self.model.load_weights(list(weights.items()), strict=False)
+        self.optimizer.state = tree_unflatten(list(optimizer_state.items()))
+        if self.state.random_key:
+            high, low = self.state.random_key
+            mx.random.seed((high << 32) | low)
+        self.last_checkpoint = self.state.step
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> TrainerState:
+        """Train from ``self.state`` to the last step (or an early stop); returns the state."""
+        self.optimizer.init(self.model.trainable_parameters())
+        step_fn, compiled_state = self._compiled_step()
+        self.model.train()
+        if self.state.step == 0 or self._evaluation_pending():
+            self.validate()
+        s = self.schedule
+        window = _Window()
+        while self.state.step < s.total_steps and not self.stopped_early:
+            epoch, position = divmod(self.state.step, s.steps_per_epoch)
+            for batch in islice(self._epoch_batches(epoch), position, None):
+                self._check_stop()
+                tic = time.perf_counter()
+                loss, tokens = step_fn(*batch)
+                mx.eval(compiled_state, loss, tokens)
+                window.add(loss, tokens, time.perf_counter() - tic)
+                self._advance()
+                if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
+                    self._report(window)
+                if s.evaluates_at(self.state.step):
+                    self.validate()
+                if s.saves_at(self.state.step) and self.last_checkpoint != self.state.step:
+                    self.save()
+                if self.stopped_early:
+                    break
+        return self.state
+
+    def _compiled_step(self):
+        value_and_grad = nn.value_and_grad(self.model, self.loss)
+        state = [self.model.state, self.optimizer.state, mx.random.state]
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(batch, lengths):
+            (loss, tokens), grad = value_and_grad(self.model, batch, lengths)
+            self.optimizer.update(self.model, average_gradients(grad))
+            return loss, tokens
+
+        return step, state
+
+    def _epoch_batches(self, epoch: int) -> Iterator:
+        return trainer.iterate_batches(
+            dataset=self.train_set,
+            batch_size=self.params.batch_size,
+            max_seq_length=self.params.max_seq_length,
+            seed=self.params.seed + epoch,
+            comm_group=mx.distributed.init(),
+        )
+
+    def _advance(self) -> None:
+        state = self.state
+        state.step += 1
+        state.epoch, state.batch_in_epoch = divmod(state.step, self.schedule.steps_per_epoch)
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            if self.last_checkpoint != self.state.step and self.state.step > 0:
+                self.save()  # a stop loses no finished step
+            raise Stopped
+
+    def _evaluation_pending(self) -> bool:
+        step = self.state.step
+        return self.schedule.evaluates_at(step) and self.state.last_eval_step != step
+
+    # -- reporting, validation, checkpoints ---------------------------------------------------
+
+    def _report(self, window: _Window) -> None:
+        s, step = self.schedule, self.state.step
+        loss, tokens, seconds = window.take()
+        self.last_loss = loss
+        self.state.trained_tokens += tokens
+        self.state.train_seconds += seconds
+        self.emit(
+            protocol.Progress(
+                step=step,
+                total_steps=s.total_steps,
+                epoch=(step - 1) // s.steps_per_epoch + 1,
+                loss=loss,
+                learning_rate=self.optimizer.learning_rate.item(),
+                tokens_per_second=tokens / seconds if seconds else 0.0,
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                progress=100.0 * step / s.total_steps,
+            )
+        )
+
+    def validate(self) -> float:
+        """Validation loss over the whole validation set; tracks the best and the patience."""
+        state = self.state
+        loss = trainer.evaluate(
+            self.model,
+            self.valid_set,
+            batch_size=min(self.params.batch_size, len(self.valid_set)),
+            num_batches=-1,
+            max_seq_length=self.params.max_seq_length,
+            loss=self.loss,
+            iterate_batches=self._stoppable_batches,
+        )
+        self.model.train()
+        state.last_eval_step = state.step
+        self.emit(
+            protocol.Validation(
+                step=state.step, epoch=state.step // self.schedule.steps_per_epoch, loss=loss
+            )
+        )
+        if state.step > 0:  # the untrained baseline is not a candidate
+            self._track_best(loss)
+        return loss
+
+    def _stoppable_batches(self, **kwargs) -> Iterator:
+        for batch in trainer.iterate_batches(**kwargs):
+            self._check_stop()
+            yield batch
+
+    def _track_best(self, loss: float) -> None:
+        state = self.state
+        if state.best_loss is None or loss < state.best_loss:
+            state.best_step, state.best_loss, state.evals_since_best = state.step, loss, 0
+            if self.params.keep == "best" and state.step < self.schedule.total_steps:
+                self.save()  # the best weights must outlive later steps
+            return
+        state.evals_since_best += 1
+        patience = self.params.early_stop
+        if patience and state.evals_since_best >= patience:
+            self.stopped_early = True
+
+    def save(self) -> Path:
+        key = mx.random.state[0].tolist()
+        self.state.random_key = [int(k) for k in key]
+        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, self.state)
+        self.last_checkpoint = self.state.step
+        keep = {self.state.best_step} if self.state.best_step is not None else set()
+        checkpoints.prune(self.checkpoint_folder, keep)
+        self.emit(protocol.Checkpoint(step=self.state.step, path=str(path)))
+        return path
+
+
+class _Window:
+    """Loss and token counts since the last report (kept as MLX arrays: no sync per step)."""
+
+    def __init__(self) -> None:
+        self.losses, self.tokens, self.steps, self.seconds = mx.array(0.0), mx.array(0), 0, 0.0
+
+    def add(self, loss: mx.array, tokens: mx.array, seconds: float) -> None:
+        self.losses = self.losses + loss
+        self.tokens = self.tokens + tokens
+        self.steps += 1
+        self.seconds += seconds
+
+    def take(self) -> tuple[float, int, float]:
+        """(mean loss, tokens, seconds) over the window, summed over ranks; then reset."""
+        losses = mx.distributed.all_sum(self.losses, stream=mx.cpu).item()
+        tokens = int(mx.distributed.all_sum(self.tokens, stream=mx.cpu).item())
+        world = mx.distributed.init().size()
+        result = losses / (max(self.steps, 1) * world), tokens, self.seconds
+        self.__init__()
+        return result

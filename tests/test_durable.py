@@ -1,0 +1,231 @@
+"""Durable runs: checkpoints, resume after a real SIGKILL, keep-best, early stopping, run states.
+
+Real worker processes on the toy llama; the kills are real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm import load
+from mlx_lm.tuner import trainer
+from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+
+from core import checkpoints, protocol
+from core.adapters import AdapterMetadata
+from core.datasets import load_dataset
+from core.params import ATTENTION_KEYS, MLP_KEYS, TrainingParams
+from core.runs import RunRecord
+from core.training import TrainingService
+from tests.helpers import write_jsonl
+
+# save every 5 steps of 12-step epochs: checkpoints fall mid-epoch too
+DURABLE = dict(learning_rate=5e-3, epochs=4, lora_layers=-1, batch_size=4, save_every=5, seed=3)
+# trained to answer "red" and validated on "blue", the toy model's validation loss first falls
+# (it learns the sentence) and then rises (it learns the colour): the last step is not the best
+OVERFIT = dict(
+    learning_rate=3e-2,
+    epochs=8,
+    lora_layers=-1,
+    rank=16,
+    keys=[*ATTENTION_KEYS, *MLP_KEYS],
+    eval_every=6,
+)
+
+
+def run_events(run) -> list[protocol.Event]:
+    return list(run.follow(timeout=180))
+
+
+def validations(events) -> list[tuple[int, float]]:
+    return [(e.step, round(e.loss, 3)) for e in events if isinstance(e, protocol.Validation)]
+
+
+def published_events(settings, adapter_id) -> list[protocol.Event]:
+    return protocol.read_events(settings.adapters / adapter_id / "events.jsonl")
+
+
+def weights(settings, adapter_id) -> dict[str, np.ndarray]:
+    loaded = mx.load(str(settings.adapters / adapter_id / "adapters.safetensors"))
+    return {k: np.array(v) for k, v in loaded.items()}
+
+
+def kill_after_checkpoint(run, at_least: int) -> int:
+    """SIGKILL the worker as soon as it reports a checkpoint at ``at_least`` or later."""
+    for event in run.follow(timeout=180):
+        if isinstance(event, protocol.Checkpoint) and event.step >= at_least:
+            os.kill(run.pid, signal.SIGKILL)
+            return event.step
+    pytest.fail("the run ended before the checkpoint")
+
+
+def sky_rows(colour: str, n: int) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What colour is the sky number {i}?"},
+                {"role": "assistant", "content": f"The sky is {colour}."},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def data(colour_dataset) -> Path:
+    return colour_dataset
+
+
+@pytest.fixture
+def conflicting(tmp_path) -> Path:
+    """train.jsonl says red, valid.jsonl says blue."""
+    folder = tmp_path / "conflicting"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", sky_rows("red", 48))
+    write_jsonl(folder / "valid.jsonl", sky_rows("blue", 8))
+    return folder
+
+
+def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, data):
+    service = TrainingService(studio)
+    straight = service.start(toy_model, data, TrainingParams(**DURABLE), name="straight")
+    assert isinstance(straight.wait(timeout=180), protocol.Complete)
+
+    killed = service.start(toy_model, data, TrainingParams(**DURABLE), name="killed")
+    checkpoint = kill_after_checkpoint(killed, at_least=15)
+    final = killed.wait(timeout=60)
+    assert isinstance(final, protocol.Error) and "SIGKILL" in final.error
+    record = service.runs.get(killed.id)
+    assert record.state == "interrupted" and record.checkpoint_step >= checkpoint
+    assert not (studio.adapters / killed.id).exists()
+
+    resumed = service.resume(killed.id)
+    events = run_events(resumed)
+    assert isinstance(events[-1], protocol.Complete), events[-1]
+    restart = next(e for e in events if isinstance(e, protocol.Start) and e.resumed_from)
+    assert restart.resumed_from == record.checkpoint_step
+
+    reference, again = weights(studio, straight.id), weights(studio, killed.id)
+    assert reference.keys() == again.keys()
+    for name in reference:
+        np.testing.assert_allclose(again[name], reference[name], atol=1e-4, err_msg=name)
+    expected = validations(published_events(studio, straight.id))
+    assert validations(published_events(studio, killed.id)) == expected
+    steps = [e.step for e in published_events(studio, killed.id) if e.type == "progress"]
+    assert steps == sorted(set(steps)) and steps[-1] == 48  # the history continues, no repeats
+
+
+def test_keep_best_publishes_the_best_step(studio, toy_model, conflicting):
+    service = TrainingService(studio)
+    run = service.start(toy_model, conflicting, TrainingParams(**OVERFIT))
+    complete = run.wait(timeout=180)
+    assert isinstance(complete, protocol.Complete), complete
+    history = published_events(studio, run.id)
+    trained = [(e.step, e.loss) for e in history if e.type == "validation" and e.step > 0]
+    best_step, best_loss = min(trained, key=lambda pair: pair[1])
+    assert trained[-1][1] > best_loss, "the setup must make the loss rise at the end"
+    meta = AdapterMetadata.read(studio.adapters / run.id)
+    all_validations = [e.loss for e in history if e.type == "validation"]
+    assert meta.bestValidationLoss == min(all_validations) == best_loss
+    assert (meta.bestStep, meta.keptCheckpoint, meta.keptStep) == (best_step, "best", best_step)
+    assert meta.trainingSteps == 96
+    # the published weights are the best step's: they score the best loss, not the last
+    published = evaluate(toy_model, studio.adapters / run.id, conflicting)
+    assert published == pytest.approx(best_loss, abs=1e-4)
+
+
+def evaluate(toy_model, adapter: Path, data: Path) -> float:
+    """The validation loss of an adapter on the run's validation split, by mlx-lm."""
+    model, tokenizer = load(str(toy_model), adapter_path=str(adapter))
+    split = load_dataset(data, batch_size=4)
+    config = SimpleNamespace(mask_prompt=True)
+    valid = CacheDataset(create_dataset(split.valid, tokenizer, config))
+    return trainer.evaluate(model, valid, batch_size=4, num_batches=-1)
+
+
+def test_keep_last_publishes_the_last_step(studio, toy_model, conflicting):
+    params = TrainingParams(**OVERFIT, keep="last")
+    run = TrainingService(studio).start(toy_model, conflicting, params)
+    assert isinstance(run.wait(timeout=180), protocol.Complete)
+    meta = AdapterMetadata.read(studio.adapters / run.id)
+    assert (meta.keptCheckpoint, meta.keptStep) == ("last", 96)
+    last = [e.loss for e in published_events(studio, run.id) if e.type == "validation"][-1]
+    published = evaluate(toy_model, studio.adapters / run.id, conflicting)
+    assert published == pytest.approx(last, abs=1e-4)
+
+
+def test_early_stopping_ends_the_run_and_says_so(studio, toy_model, conflicting):
+    params = TrainingParams(**OVERFIT, early_stop=2)
+    run = TrainingService(studio).start(toy_model, conflicting, params)
+    complete = run.wait(timeout=180)
+    assert isinstance(complete, protocol.Complete) and complete.stopped_early
+    meta = AdapterMetadata.read(studio.adapters / run.id)
+    assert meta.stoppedEarly is True and meta.trainingSteps < 96
+    history = published_events(studio, run.id)
+    assert max(e.step for e in history if e.type == "progress") == meta.trainingSteps
+    trained = [(e.step, e.loss) for e in history if e.type == "validation" and e.step > 0]
+    best_step = min(trained, key=lambda pair: pair[1])[0]
+    assert [step for step, _ in trained if step > best_step] == [
+        best_step + 6,
+        best_step + 12,
+    ]  # two validations without improvement, then the stop
+    assert meta.keptStep == best_step
+
+
+def test_stop_keeps_a_resumable_run_with_its_checkpoint(studio, toy_model, data):
+    service = TrainingService(studio)
+    run = service.start(toy_model, data, TrainingParams(**{**DURABLE, "epochs": 1000}))
+    for event in run.follow(timeout=120):
+        if isinstance(event, protocol.Progress) and event.step >= 7:
+            break
+    run.stop()
+    final = run.wait(timeout=60)
+    assert isinstance(final, protocol.Error) and final.kind == "cancelled"
+    record = service.runs.get(run.id)
+    assert record.state == "stopped" and record.checkpoint_step >= 7
+    # the stop itself checkpointed the last finished step, even off the save schedule
+    saved = checkpoints.latest(studio.runs / run.id / "checkpoints")
+    assert saved.name == f"step-{record.checkpoint_step}"
+    state = json.loads((saved / "trainer_state.json").read_text())
+    assert state["step"] == record.checkpoint_step
+    assert (state["epoch"], state["batch_in_epoch"]) == divmod(record.checkpoint_step, 12)
+    assert [r.id for r in service.list_runs()] == [run.id]
+    assert list(studio.adapters.iterdir()) == []
+    service.runs.discard(run.id)
+    assert not (studio.runs / run.id).exists()
+
+
+def test_a_run_left_running_by_a_dead_studio_is_marked_interrupted(studio):
+    folder = studio.runs / "0b7ed40e-d82d-49de-819e-5e6f04bc94bc"
+    folder.mkdir()
+    record = RunRecord(
+        id=folder.name,
+        name="x",
+        state="running",
+        model_id="toy",
+        model_path="/nowhere",
+        dataset_name="x.jsonl",
+        params={},
+    )
+    record.write(folder)
+    (folder / "checkpoints" / "step-12").mkdir(parents=True)
+    (folder / "checkpoints" / ".step-15.partial").mkdir()
+    TrainingService(studio)
+    again = RunRecord.read(folder)
+    assert again.state == "interrupted" and again.checkpoint_step == 12
+
+
+def test_ids_from_outside_never_name_a_path(studio):
+    service = TrainingService(studio)
+    for bad in ("..", "../adapters", "/etc", "0b7ed40e", "x" * 500):
+        with pytest.raises(Exception, match="not a run id"):
+            service.resume(bad)
+        with pytest.raises(Exception, match="not a run id"):
+            service.runs.discard(bad)
