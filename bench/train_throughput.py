@@ -26,9 +26,9 @@ from statistics import fmean, median
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.blas import Blas, choose_blas, with_blas  # noqa: E402
+from core.loop import report_interval  # noqa: E402
 from core.params import TARGET_KEYS  # noqa: E402
 from core.toymodel import build_toy_llama, tokenizer_corpus  # noqa: E402
-from core.loop import report_interval  # noqa: E402
 
 SEQ = 128
 BATCH = 4

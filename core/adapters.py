@@ -58,6 +58,10 @@ class AdapterMetadata(BaseModel):
     finalLoss: float | None = None
     finalValidationLoss: float | None = None
     bestValidationLoss: float | None = None
+    bestStep: int | None = None
+    keptCheckpoint: str | None = None  # "best" or "last": whose weights were published
+    keptStep: int | None = None
+    stoppedEarly: bool | None = None
     layerCount: int | None = None
     parameterCount: int | None = None
     durationSeconds: float | None = None

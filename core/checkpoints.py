@@ -15,6 +15,7 @@ the one with the best validation loss.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -75,10 +76,8 @@ def save(folder: Path, model, optimizer, state: TrainerState) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        mx.save_safetensors(
-            str(staging / WEIGHTS_FILE), dict(tree_flatten(model.trainable_parameters()))
-        )
-        mx.save_safetensors(str(staging / OPTIMIZER_FILE), dict(tree_flatten(optimizer.state)))
+        _save_arrays(staging / WEIGHTS_FILE, dict(tree_flatten(model.trainable_parameters())))
+        _save_arrays(staging / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
         (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
@@ -86,6 +85,17 @@ def save(folder: Path, model, optimizer, state: TrainerState) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _save_arrays(path: Path, arrays: dict[str, mx.array]) -> None:
+    """``mx.save_safetensors``, whose failed writes are RuntimeErrors without an errno: a
+    write that fails for want of space becomes the OSError (ENOSPC) that it is."""
+    try:
+        mx.save_safetensors(str(path), arrays)
+    except RuntimeError as exc:
+        needed = sum(a.nbytes for a in arrays.values())
+        full = shutil.disk_usage(path.parent).free < needed
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"{exc} ({path})") from exc
 
 
 def load(path: Path) -> tuple[dict[str, mx.array], dict[str, mx.array], TrainerState]:

@@ -122,7 +122,7 @@ class TrainingLoop:
     def run(self) -> TrainerState:
         """Train from ``self.state`` to the last step (or an early stop); returns the state."""
         self.optimizer.init(self.model.trainable_parameters())
-        step_fn, compiled_state = self._compiled_step()
+        step_fn, compiled_state = self.compiled_step()
         self.model.train()
         if self.state.step == 0 or self._evaluation_pending():
             self.validate()
@@ -147,7 +147,7 @@ class TrainingLoop:
                     break
         return self.state
 
-    def _compiled_step(self):
+    def compiled_step(self):
         value_and_grad = nn.value_and_grad(self.model, self.loss)
         state = [self.model.state, self.optimizer.state, mx.random.state]
 

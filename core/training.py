@@ -199,10 +199,12 @@ class TrainingRun:
             self._changed.notify_all()
 
     def _write_record(self) -> None:
-        self.record.elapsed_seconds = self._elapsed()
+        self.record.elapsed_seconds = self.elapsed
         self.record.write(self.folder)
 
-    def _elapsed(self) -> float:
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training so far, over every session of a resumed run."""
         return self._elapsed_before + time.time() - self.started
 
     def _finish(self, code: int, ending: protocol.Event | None) -> protocol.Event:
@@ -238,7 +240,7 @@ class TrainingRun:
 
     def publish(self, complete: protocol.Complete) -> protocol.Event:
         """Publish the finished run; on failure keep it (failed, publishable) and say why."""
-        self.record.elapsed_seconds = self._elapsed()
+        self.record.elapsed_seconds = self.elapsed
         try:
             final = publish(self.record, self.folder, self._settings.adapters, complete)
         except Exception as exc:  # noqa: BLE001 - the weights must survive any failure here

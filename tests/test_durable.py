@@ -5,9 +5,13 @@ Real worker processes on the toy llama; the kills are real signals.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,10 +25,16 @@ from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from core import checkpoints, protocol
 from core.adapters import AdapterMetadata
 from core.datasets import load_dataset
+from core.errors import StudioError
 from core.params import ATTENTION_KEYS, MLP_KEYS, TrainingParams
 from core.runs import RunRecord
 from core.training import TrainingService
-from tests.helpers import write_jsonl
+from tests.helpers import (
+    grow_filesystem,
+    processes_mentioning,
+    small_filesystem,
+    write_jsonl,
+)
 
 # save every 5 steps of 12-step epochs: checkpoints fall mid-epoch too
 DURABLE = dict(learning_rate=5e-3, epochs=4, lora_layers=-1, batch_size=4, save_every=5, seed=3)
@@ -229,3 +239,88 @@ def test_ids_from_outside_never_name_a_path(studio):
             service.resume(bad)
         with pytest.raises(Exception, match="not a run id"):
             service.runs.discard(bad)
+
+
+def test_a_killed_studio_leaves_an_interrupted_run_that_resumes(tmp_path, toy_model, data):
+    """SIGKILL the `lora-studio train` process itself: its worker stops after a checkpoint
+    (it notices that its studio is gone), the run shows as interrupted, and it resumes."""
+    home = tmp_path / "home"
+    env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
+    command = [sys.executable, "-m", "webapp", "train", "--model", str(toy_model)]
+    command += ["--data", str(data), "--lora-layers", "-1", "--epochs", "60", "--save-every", "5"]
+    studio_process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    for line in studio_process.stderr:
+        if line.startswith("checkpoint at step"):
+            break
+    studio_process.kill()
+    studio_process.wait()
+    (run_id,) = [p.name for p in (home / "runs").iterdir() if p.is_dir()]
+    deadline = time.monotonic() + 60
+    while processes_mentioning(run_id):
+        assert time.monotonic() < deadline, "the worker outlived its studio"
+        time.sleep(0.1)
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "webapp", "runs", "--json"], env=env, capture_output=True, text=True
+    )
+    (run,) = json.loads(listed.stdout)
+    assert (run["id"], run["state"]) == (run_id, "interrupted")
+    assert run["checkpoint_step"] >= 5 and run["total_steps"] == 720
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "webapp", "train", "--resume", run_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at step {run['checkpoint_step']}/720" in resumed.stderr
+    assert (home / "adapters" / run_id / "adapters.safetensors").is_file()
+    assert not (home / "runs" / run_id).exists()
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(studio, toy_model, data):
+    runs = small_filesystem(studio.home / "small-runs", "300k")
+    with runs as folder:
+        settings = dataclasses.replace(studio, runs=folder)
+        service = TrainingService(settings)
+        run = service.start(toy_model, data, TrainingParams(**DURABLE))
+        final = run.wait(timeout=180)
+        assert isinstance(final, protocol.Error) and final.kind == "disk_full", final
+        assert "resume" in final.hint
+        record = service.runs.get(run.id)
+        assert record.state == "interrupted" and record.checkpoint_step == 5
+        saved = folder / run.id / "checkpoints"
+        assert [p.name for p in saved.iterdir()] == ["step-5"]  # no partial checkpoint left
+        checkpoints.load(saved / "step-5")  # and the previous one loads
+
+        grow_filesystem(folder, "50m")
+        resumed = service.resume(run.id)
+        complete = resumed.wait(timeout=180)
+        assert isinstance(complete, protocol.Complete), complete
+        assert (studio.adapters / run.id / "adapters.safetensors").is_file()  # across devices
+        assert not (folder / run.id).exists()
+
+
+def test_a_full_disk_while_publishing_keeps_the_run(studio, toy_model, data):
+    with small_filesystem(studio.home / "small-adapters", "32k") as folder:
+        settings = dataclasses.replace(studio, adapters=folder)
+        service = TrainingService(settings)
+        run = service.start(toy_model, data, TrainingParams(**{**DURABLE, "epochs": 1}))
+        final = run.wait(timeout=180)
+        assert isinstance(final, protocol.Error) and "could not be published" in final.error
+        assert f"runs publish {run.id}" in final.hint
+        record = service.runs.get(run.id)
+        assert record.state == "failed" and record.publishable
+        assert list(folder.iterdir()) == []  # no partial adapter
+        assert (studio.runs / run.id / "adapters.safetensors").is_file()  # the weights are safe
+        with pytest.raises(StudioError, match="only publishing failed"):
+            service.resume(run.id)
+
+        grow_filesystem(folder, "10m")
+        published = service.publish_again(run.id)
+        assert published.adapter_path == str(folder / run.id)
+        meta = AdapterMetadata.read(folder / run.id)
+        assert meta.trainingSteps == 12 and meta.keptCheckpoint == "best"
+        assert not (studio.runs / run.id).exists() and service.list_runs() == []

@@ -128,19 +128,24 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
     temperature.fill("0")  # greedy: the same seeded run gives the same (long) reply every time
     temperature.press("Enter")
     page.locator("#ls-msg textarea").fill("What colour is the sky?")
+    # every text the chat shows, recorded by the page itself as it changes: no polling race
+    page.evaluate(
+        """() => {
+            window.lsReplyLengths = [];
+            const chat = document.querySelector('#ls-chat');
+            new MutationObserver(() => {
+                const bots = chat.querySelectorAll('.message.bot, [data-testid=bot]');
+                const last = bots[bots.length - 1];
+                if (last) window.lsReplyLengths.push(last.innerText.trim().length);
+            }).observe(chat, {childList: true, subtree: true, characterData: true});
+        }"""
+    )
     page.get_by_role("button", name="Send").click()
     reply = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
-    lengths = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if reply.count():
-            lengths.add(len(reply.inner_text().strip()))
-        if page.get_by_role("button", name="Send").is_enabled() and max(lengths, default=0):
-            time.sleep(0.3)
-            if len(reply.inner_text().strip()) == max(lengths):
-                break
-        time.sleep(0.02)
-    assert max(lengths) > 0 and len(lengths - {0}) >= 2, lengths  # it streamed in pieces
+    expect(reply).not_to_be_empty(timeout=60000)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=60000)
+    lengths = set(page.evaluate("window.lsReplyLengths")) - {0}
+    assert len(lengths) >= 2, lengths  # it streamed in pieces
     shot(page, "chat")
     assert adapter_id.startswith("lora/")
 
@@ -159,8 +164,8 @@ def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
     page.reload()
     expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=30000)
     expect(page.locator("#ls-status")).to_contain_text("Training")
-    page.get_by_role("button", name="Cancel").click()
-    expect(page.locator("#ls-status")).to_contain_text("Cancelled", timeout=60000)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator("#ls-status")).to_contain_text("Stopped", timeout=60000)
     page.close()
 
 
@@ -171,3 +176,43 @@ def test_alpha_follows_rank_until_it_is_edited(page):
     fill_number(page, "Rank (1-256)", "4")
     page.wait_for_timeout(500)
     expect(page.get_by_label("Alpha (2 x rank)")).to_have_value("5")
+
+
+def loss_steps(page: Page, series: str) -> list[float]:
+    """The x coordinates of a series in the loss chart (its points, in drawing order)."""
+    points = page.locator(f"#ls-loss-chart polyline.ls-{series}").get_attribute("points")
+    return [float(pair.split(",")[0]) for pair in points.split()]
+
+
+def test_stop_reload_resume_completes_with_one_continuous_chart(browser, studio_url, tmp_path):
+    data = write_jsonl(tmp_path / "durable.jsonl", colour_rows(64))
+    page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    page.goto(studio_url)
+    pick(page, "Base model", "toy")
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    fill_number(page, "Epochs", "100")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    start.click()
+    expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=60000)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(page.locator("#ls-status")).to_contain_text("Stopped", timeout=60000)
+
+    page.reload()
+    runs = page.locator("#ls-runs tr[data-state=stopped]", has_text="durable.jsonl")
+    expect(runs).to_have_count(1, timeout=30000)
+    shot(page, "train-runs-stopped")
+    run_id = runs.get_attribute("data-run")
+    pick(page, "Run", "durable.jsonl")
+    page.get_by_role("button", name="Resume", exact=True).click()
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
+    expect(page.locator("#ls-result")).to_contain_text(run_id)
+    expect(page.locator("#ls-runs")).not_to_contain_text("durable.jsonl")
+    # one curve from step 1 to the end: 100 epochs x 12 steps, a report every 6 steps
+    train = page.locator("#ls-loss-chart polyline.ls-train")
+    assert int(train.get_attribute("data-points")) == 200
+    xs = loss_steps(page, "train")
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    expect(page.locator("#ls-loss-chart .ls-kept")).to_have_count(1)
+    shot(page, "train-resumed-done")
+    page.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from core.runs import RunRecord
 from tests.helpers import colour_rows, lora_studio_server, write_jsonl
 
 
@@ -27,7 +28,8 @@ def served(tmp_path_factory, toy_model):
 PARAMS = dict(
     param_5=8, param_6=16, param_7=0.01, param_8=1, param_9=4, param_10=-1,
     param_11=["self_attn.q_proj", "self_attn.v_proj"], param_12=0.2, param_13=2048,
-    param_14=0, param_15=True, param_16=0.0,
+    param_14=0, param_15=True, param_16=0.0, param_17=0, param_18=0, param_19="best",
+    param_20=0,
 )  # fmt: skip
 
 
@@ -88,17 +90,19 @@ def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
         weights.write_bytes(saved)
 
 
-def test_cancel_stops_a_run_started_from_the_client(served):
+def test_stop_stops_a_run_started_from_the_client(served):
     home, client = served
     job = train_job(client, home, epochs=500)
     for _ in range(600):
         if any("step" in (update[0] or "") for update in job.outputs()):
             break
         time.sleep(0.05)
-    client.predict(api_name="/cancel")
+    client.predict(api_name="/stop")
     outputs = job.result(timeout=60)
-    assert outputs[2].startswith("Cancelled")
-    assert not any((home / "runs").glob("*-*"))
+    assert outputs[2].startswith("Stopped")
+    assert "stopped" in outputs[8]  # the runs table lists it, resumable
+    stopped = [RunRecord.read(p) for p in (home / "runs").iterdir() if p.is_dir()]
+    assert [r.state for r in stopped] == ["stopped"]
 
 
 def test_chat_event_streams_a_reply(served):

@@ -80,7 +80,8 @@ def build(studio: Studio) -> AdaptersTab:
             return None, None
         adapter = studio.adapters.read(adapter_id)
         meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
-        return meta, charts.loss_chart(loss_history(adapter.path))
+        kept = adapter.metadata.keptStep if adapter.metadata else None
+        return meta, charts.loss_chart(loss_history(adapter.path), kept_step=kept)
 
     def act(action):
         """Run one store action; report its outcome (or the error) and refresh the view."""

