@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,8 +29,10 @@ from core.datasets import load_dataset
 from core.errors import StudioError
 from core.params import ATTENTION_KEYS, MLP_KEYS, TrainingParams
 from core.runs import RunRecord
+from core.settings import Settings
 from core.training import TrainingService
 from tests.helpers import (
+    colour_rows,
     grow_filesystem,
     processes_mentioning,
     small_filesystem,
@@ -67,15 +70,6 @@ def weights(settings, adapter_id) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in loaded.items()}
 
 
-def kill_after_checkpoint(run, at_least: int) -> int:
-    """SIGKILL the worker as soon as it reports a checkpoint at ``at_least`` or later."""
-    for event in run.follow(timeout=180):
-        if isinstance(event, protocol.Checkpoint) and event.step >= at_least:
-            os.kill(run.pid, signal.SIGKILL)
-            return event.step
-    pytest.fail("the run ended before the checkpoint")
-
-
 def sky_rows(colour: str, n: int) -> list[dict]:
     return [
         {
@@ -103,17 +97,32 @@ def conflicting(tmp_path) -> Path:
     return folder
 
 
-def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, data):
-    service = TrainingService(studio)
-    straight = service.start(toy_model, data, TrainingParams(**DURABLE), name="straight")
-    assert isinstance(straight.wait(timeout=180), protocol.Complete)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, toy_model):
+    """The reference: the DURABLE run, never interrupted."""
+    home = tmp_path_factory.mktemp("straight")
+    settings = Settings.from_env(home).ensure()
+    data = write_jsonl(home / "colours.jsonl", colour_rows())
+    run = TrainingService(settings).start(toy_model, data, TrainingParams(**DURABLE))
+    assert isinstance(run.wait(timeout=180), protocol.Complete)
+    return settings, run.id, data
 
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, straight, seed):
+    """SIGKILL the worker at a (seeded) random step, resume: same weights, same validations."""
+    reference_studio, reference_id, data = straight
+    service = TrainingService(studio)
     killed = service.start(toy_model, data, TrainingParams(**DURABLE), name="killed")
-    checkpoint = kill_after_checkpoint(killed, at_least=15)
+    kill_at = random.Random(seed).randint(6, 40)
+    for event in killed.follow(timeout=180):
+        if getattr(event, "step", 0) >= kill_at:
+            os.kill(killed.pid, signal.SIGKILL)
+            break
     final = killed.wait(timeout=60)
     assert isinstance(final, protocol.Error) and "SIGKILL" in final.error
     record = service.runs.get(killed.id)
-    assert record.state == "interrupted" and record.checkpoint_step >= checkpoint
+    assert record.state == "interrupted" and record.checkpoint_step >= 5
     assert not (studio.adapters / killed.id).exists()
 
     resumed = service.resume(killed.id)
@@ -122,11 +131,11 @@ def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, d
     restart = next(e for e in events if isinstance(e, protocol.Start) and e.resumed_from)
     assert restart.resumed_from == record.checkpoint_step
 
-    reference, again = weights(studio, straight.id), weights(studio, killed.id)
+    reference, again = weights(reference_studio, reference_id), weights(studio, killed.id)
     assert reference.keys() == again.keys()
     for name in reference:
         np.testing.assert_allclose(again[name], reference[name], atol=1e-4, err_msg=name)
-    expected = validations(published_events(studio, straight.id))
+    expected = validations(published_events(reference_studio, reference_id))
     assert validations(published_events(studio, killed.id)) == expected
     steps = [e.step for e in published_events(studio, killed.id) if e.type == "progress"]
     assert steps == sorted(set(steps)) and steps[-1] == 48  # the history continues, no repeats
