@@ -8,8 +8,8 @@
 - ``trainer_state.json``: ``TrainerState`` (step, epoch, position in the epoch's batch order,
   seeds and the random key, the best validation so far, early-stopping patience, counters).
 
-A checkpoint is written into a dot-folder and renamed into place, so a crash or a full disk in
-the middle leaves the earlier checkpoints as they were. The last ``KEEP_LAST`` are kept, plus
+A checkpoint is written into a dot-folder, flushed to disk and renamed into place, so a crash,
+a power loss or a full disk in the middle leaves the earlier checkpoints as they were. The last ``KEEP_LAST`` are kept, plus
 the one with the best validation loss.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -79,8 +80,11 @@ def save(folder: Path, model, optimizer, state: TrainerState) -> Path:
         _save_arrays(staging / WEIGHTS_FILE, dict(tree_flatten(model.trainable_parameters())))
         _save_arrays(staging / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)))
         (staging / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        for path in (*staging.iterdir(), staging):
+            _fsync(path)  # on disk before the rename makes it the checkpoint: power loss too
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
+        _fsync(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -96,6 +100,14 @@ def _save_arrays(path: Path, arrays: dict[str, mx.array]) -> None:
         needed = sum(a.nbytes for a in arrays.values())
         full = shutil.disk_usage(path.parent).free < needed
         raise OSError(errno.ENOSPC if full else errno.EIO, f"{exc} ({path})") from exc
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(path: Path) -> tuple[dict[str, mx.array], dict[str, mx.array], TrainerState]:
