@@ -166,6 +166,16 @@ def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
     expect(page.locator("#ls-status")).to_contain_text("Training")
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator("#ls-status")).to_contain_text("Stopped", timeout=60000)
+    stopped = page.locator("#ls-runs tr[data-state=stopped]", has_text="long.jsonl")
+    expect(stopped).to_have_count(1, timeout=30000)
+    pick(page, "Run", "Trained on long.jsonl")
+    page.get_by_role("button", name="Discard", exact=True).click()
+    expect(page.locator("#ls-runs-message")).to_contain_text("tick the box")
+    expect(stopped).to_have_count(1)  # nothing is discarded unconfirmed
+    page.get_by_label("Yes, discard this run and its checkpoints").check()
+    page.get_by_role("button", name="Discard", exact=True).click()
+    expect(page.locator("#ls-runs-message")).to_contain_text("Discarded")
+    expect(stopped).to_have_count(0)
     page.close()
 
 
