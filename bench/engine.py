@@ -57,7 +57,7 @@ def memory_mb(engine: InferenceEngine) -> float:
     import mlx.core as mx
 
     def measure() -> int:
-        engine.prompt_caches.drop(lambda key: True)
+        engine.clear_prompt_caches()
         mx.clear_cache()
         return mx.get_active_memory()
 
@@ -85,7 +85,7 @@ def main() -> None:
 
         def chat(model_id: str) -> None:
             # without prompt caches, every reply processes the same whole prompt
-            engine.call(lambda: engine.prompt_caches.drop(lambda key: True))
+            engine.call(engine.clear_prompt_caches)
             engine.chat(model_id, QUESTION, ONE_TOKEN)
 
         load = timed(lambda: chat("base"))
@@ -117,7 +117,7 @@ def main() -> None:
         def ttft(use_cache: bool) -> float:
             engine.chat(adapters[0], first_turn, GenerationParams(max_tokens=8, temperature=0))
             if not use_cache:
-                engine.call(lambda: engine.prompt_caches.drop(lambda key: True))
+                engine.call(engine.clear_prompt_caches)
             start = time.perf_counter()
             stream = engine.stream(adapters[0], second, ONE_TOKEN)
             next(stream)

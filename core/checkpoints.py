@@ -9,8 +9,8 @@
   seeds and the random key, the best validation so far, early-stopping patience, counters).
 
 A checkpoint is written into a dot-folder, flushed to disk and renamed into place, so a crash,
-a power loss or a full disk in the middle leaves the earlier checkpoints as they were. The last ``KEEP_LAST`` are kept, plus
-the one with the best validation loss.
+a power loss or a full disk in the middle leaves the earlier checkpoints as they were. The last
+``KEEP_LAST`` are kept, plus the one with the best validation loss.
 """
 
 from __future__ import annotations

@@ -20,15 +20,20 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .errors import StudioError
 from .registry import ModelEntry, ModelRegistry
 
+if TYPE_CHECKING:
+    from mlx_lm.models.cache import LRUPromptCache
+
 log = logging.getLogger(__name__)
 
 _END = object()
+# KV caches of recent conversations, over all bases in memory (LORA_STUDIO_PROMPT_CACHE_GB)
+DEFAULT_PROMPT_CACHE_BYTES = 2 * 10**9
 
 
 class ModelUnavailable(StudioError):
@@ -56,8 +61,15 @@ class Chunk:
 
 @dataclass
 class _Base:
+    """A base model in memory, and the KV caches of its recent conversations.
+
+    The caches live and die with their base, and are keyed by the adapter and the version of
+    its weights, so a cache can never be matched to weights other than those that made it.
+    """
+
     model: Any
     tokenizer: Any
+    prompt_caches: LRUPromptCache
     adapter_id: str | None = None  # the adapter whose weights are in the LoRA layers
     lora_shape: tuple | None = None  # (num_layers, rank, scale, keys) of those layers
 
@@ -71,74 +83,20 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
-class _CachedPrompt:
-    model_key: tuple
-    tokens: list[int]
-    cache: list
-
-
-class PromptCachePool:
-    """KV caches of recent conversations, LRU-bounded by count.
-
-    A request reuses the cache whose tokens share the longest prefix with its prompt (the
-    previous turn of the same conversation, typically), so only the new tokens are processed.
-    """
-
-    def __init__(self, max_entries: int = 8):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[int, _CachedPrompt] = OrderedDict()
-        self._next = 0
-
-    def take(self, model_key: tuple, prompt: list[int]) -> tuple[list, int] | None:
-        """(cache, tokens it already holds) for the best match, removed from the pool."""
-        from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
-
-        best, best_len = None, 0
-        for key, entry in self._entries.items():
-            if entry.model_key != model_key:
-                continue
-            common = _common_prefix(entry.tokens, prompt)
-            if common > best_len:
-                best, best_len = key, common
-        if best is None:
-            return None
-        entry = self._entries.pop(best)
-        keep = min(best_len, len(prompt) - 1)  # at least one token must be processed
-        surplus = len(entry.tokens) - keep
-        if surplus:
-            if not can_trim_prompt_cache(entry.cache):
-                return None
-            trim_prompt_cache(entry.cache, surplus)
-        return entry.cache, keep
-
-    def put(self, model_key: tuple, tokens: list[int], cache: list) -> None:
-        self._entries[self._next] = _CachedPrompt(model_key, tokens, cache)
-        self._next += 1
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def drop(self, predicate: Callable[[tuple], bool]) -> None:
-        for key in [k for k, e in self._entries.items() if predicate(e.model_key)]:
-            del self._entries[key]
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class InferenceEngine:
     """Chat with any available model of the registry, streamed, from any thread."""
 
-    def __init__(self, registry: ModelRegistry, max_bases: int = 1, max_conversations: int = 8):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        max_bases: int = 1,
+        max_conversations: int = 8,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
+    ):
         self.registry = registry
         self.max_bases = max_bases
-        self.prompt_caches = PromptCachePool(max_conversations)
+        self.max_conversations = max_conversations
+        self.prompt_cache_bytes = prompt_cache_bytes  # over all bases in memory
         self.stats: Counter[str] = Counter()  # base_loads, adapter_reads, prompt_tokens_processed
         self._bases: OrderedDict[Path, _Base] = OrderedDict()
         self._adapter_weights: OrderedDict[str, tuple[float, dict]] = OrderedDict()
@@ -200,15 +158,22 @@ class InferenceEngine:
 
         self._bases.clear()
         self._adapter_weights.clear()
-        self.prompt_caches.drop(lambda key: True)
         mx.clear_cache()
+
+    def clear_prompt_caches(self) -> None:
+        """Forget every conversation's KV cache (call it through ``call``)."""
+        for base in self._bases.values():
+            base.prompt_caches.trim_to(n_sequences=0)
 
     # -- the engine thread -----------------------------------------------------------------------
 
     def _serve(self) -> None:
         while job := self._jobs.get():
             if callable(job):
-                job()
+                try:
+                    job()
+                except Exception:  # noqa: BLE001 - one failed job must not stop every chat
+                    log.exception("an engine job failed")
                 continue
             if job.cancelled.is_set():
                 continue
@@ -224,15 +189,23 @@ class InferenceEngine:
 
     def _generate(self, job: _Request) -> None:
         from mlx_lm import stream_generate
-        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         base = self._activate(job.entry)
         prompt = base.tokenizer.apply_chat_template(job.messages, add_generation_prompt=True)
-        model_key = (id(base), base.adapter_id)
-        reused = self.prompt_caches.take(model_key, prompt)
-        cache, cached = reused if reused else (make_prompt_cache(base.model), 0)
-        self.stats["prompt_tokens_processed"] += len(prompt) - cached
+        cache_key = (base.adapter_id, self._adapter_version(base.adapter_id))
+        cache, rest = base.prompt_caches.fetch_nearest_cache(cache_key, prompt)
+        if cache is not None and not rest:
+            # the whole prompt is cached, but generating needs one token to process
+            if can_trim_prompt_cache(cache):
+                trim_prompt_cache(cache, 1)
+                rest = prompt[-1:]
+            else:
+                cache = None
+        if cache is None:
+            cache, rest = make_prompt_cache(base.model), prompt
+        self.stats["prompt_tokens_processed"] += len(rest)
         p = job.params
         stops = StopScanner(p.stop)
         generated: list[int] = []
@@ -240,7 +213,7 @@ class InferenceEngine:
         for response in stream_generate(
             base.model,
             base.tokenizer,
-            prompt=prompt[cached:],
+            prompt=rest,
             max_tokens=p.max_tokens,
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p),
             logits_processors=make_logits_processors(repetition_penalty=p.repetition_penalty),
@@ -259,7 +232,7 @@ class InferenceEngine:
                 break
         held = (prompt + generated)[: cache[0].offset] if hasattr(cache[0], "offset") else []
         if held:
-            self.prompt_caches.put(model_key, held, cache)
+            base.prompt_caches.insert_cache(cache_key, held, cache)
 
     def _activate(self, entry: ModelEntry) -> _Base:
         """The base of ``entry`` in memory, with ``entry``'s adapter (or none) applied."""
@@ -285,8 +258,7 @@ class InferenceEngine:
             self._bases.move_to_end(path)
             return self._bases[path]
         while len(self._bases) >= self.max_bases:
-            _, evicted = self._bases.popitem(last=False)
-            self.prompt_caches.drop(lambda key, evicted=evicted: key[0] == id(evicted))
+            self._bases.popitem(last=False)  # its prompt caches go with it
             mx.clear_cache()
         try:
             model, tokenizer = load(str(path))
@@ -297,8 +269,18 @@ class InferenceEngine:
         mx.eval(model.parameters())
         model.eval()
         self.stats["base_loads"] += 1
-        self._bases[path] = _Base(model, tokenizer)
+        from mlx_lm.models.cache import LRUPromptCache
+
+        caches = LRUPromptCache(
+            max_size=self.max_conversations,
+            max_bytes=max(self.prompt_cache_bytes // self.max_bases, 0),
+        )
+        self._bases[path] = _Base(model, tokenizer, caches)
         return self._bases[path]
+
+    def _adapter_version(self, adapter_id: str | None) -> float | None:
+        cached = self._adapter_weights.get(adapter_id) if adapter_id else None
+        return cached[0] if cached else None
 
     def _stale(self, adapter_id: str, entry: ModelEntry) -> bool:
         cached = self._adapter_weights.get(adapter_id)
@@ -352,7 +334,6 @@ class InferenceEngine:
         if base.lora_shape is not None:
             remove_lora_layers(base.model)
         base.lora_shape = base.adapter_id = None
-        self.prompt_caches.drop(lambda key: key[0] == id(base))
 
     def _on_registry_change(self, registry: ModelRegistry) -> None:
         """Release what the registry no longer lists (on the engine thread, where it lives)."""

@@ -86,8 +86,39 @@ def test_the_prompt_cache_serves_the_next_turn(engine, two_adapters):
     cached_reply, last = engine.chat(a, second_turn, GREEDY)
     fresh = engine.stats["prompt_tokens_processed"] - processed
     assert fresh < last.prompt_tokens / 2  # most of the prompt came from the cache
-    engine.prompt_caches.drop(lambda key: True)
+    engine.call(engine.clear_prompt_caches)
     assert engine.chat(a, second_turn, GREEDY)[0] == cached_reply  # same answer without it
+
+
+def test_the_prompt_cache_is_mlx_lms_and_bounded_by_bytes(two_adapters, tmp_path):
+    settings, (a, _) = two_adapters
+    bound = 600_000  # about two conversations of the toy model (its KV cache grows by 256 kB)
+    engine = InferenceEngine(ModelRegistry(settings, hub=tmp_path), prompt_cache_bytes=bound)
+    try:
+        for i in range(5):
+            engine.chat(a, [{"role": "user", "content": f"Story number {i} " * 20}], GREEDY)
+
+        def held() -> tuple[int, int, str]:
+            (base,) = engine._bases.values()
+            return base.prompt_caches.nbytes, len(base.prompt_caches), type(base.prompt_caches)
+
+        nbytes, conversations, kind = engine.call(held)
+        assert kind.__module__ == "mlx_lm.models.cache" and kind.__name__ == "LRUPromptCache"
+        assert 0 < nbytes <= bound and 1 <= conversations < 5
+    finally:
+        engine.close()
+
+
+def test_a_failing_engine_job_does_not_stop_the_chats(engine, two_adapters):
+    def broken():
+        raise RuntimeError("a release that goes wrong")
+
+    engine._jobs.put(broken)  # what a registry-change release is: a job on the engine thread
+    replies = []
+    chat = threading.Thread(target=lambda: replies.append(engine.chat("toy", QUESTION, GREEDY)))
+    chat.start()
+    chat.join(timeout=60)
+    assert replies and replies[0][0], "the engine thread died with the failed job"
 
 
 def test_an_unavailable_adapter_is_a_message_and_the_engine_goes_on(engine, two_adapters):

@@ -30,7 +30,11 @@ class Studio:
             training=TrainingService(settings),
             # how many base models stay in memory at once (each serves all its adapters)
             engine=InferenceEngine(
-                registry, max_bases=int(os.environ.get("LORA_STUDIO_MAX_BASES", 1))
+                registry,
+                max_bases=int(os.environ.get("LORA_STUDIO_MAX_BASES", 1)),
+                prompt_cache_bytes=int(
+                    float(os.environ.get("LORA_STUDIO_PROMPT_CACHE_GB", 2)) * 10**9
+                ),
             ),
             adapters=AdapterStore(settings.adapters),
         )
