@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import protocol
 from .errors import StudioError
 from .files import write_json_atomic
-from .models import ModelInfo, read_safetensors_header
+from .models import ModelInfo, tensor_shapes
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "adapters.safetensors"
@@ -120,7 +120,7 @@ def inspect_adapter(folder: Path) -> Adapter:
             folder.name, folder, metadata, f"{CONFIG_FILE} is missing or invalid ({exc})"
         )
     try:
-        read_safetensors_header(folder / WEIGHTS_FILE)
+        tensor_shapes(folder / WEIGHTS_FILE)
     except StudioError:
         return Adapter(folder.name, folder, metadata, f"{WEIGHTS_FILE} is missing or unreadable")
     return Adapter(folder.name, folder, metadata)
@@ -163,14 +163,14 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
         raise StudioError(f"{CONFIG_FILE} is missing or invalid ({exc})") from None
     if config.get("fine_tune_type", "lora") != "lora":
         raise StudioError(f"only LoRA adapters can be imported, not {config['fine_tune_type']}")
-    tensors = read_safetensors_header(folder / WEIGHTS_FILE)
+    tensors = tensor_shapes(folder / WEIGHTS_FILE)
     expected = expected_lora_shapes(config, base, base.tensors)
     wrong = []
-    for name, tensor in tensors.items():
+    for name, shape in tensors.items():
         if name not in expected:
             wrong.append(f"{name}: no such LoRA parameter on {base.id}")
-        elif list(tensor["shape"]) != expected[name]:
-            wrong.append(f"{name}: shape {tensor['shape']}, {base.id} needs {expected[name]}")
+        elif shape != expected[name]:
+            wrong.append(f"{name}: shape {shape}, {base.id} needs {expected[name]}")
     if not tensors:
         wrong.append(f"{WEIGHTS_FILE} holds no tensors")
     if wrong:

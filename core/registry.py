@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.05  # quiet time after the last file event before reloading
 MAX_DELAY_SECONDS = 0.25  # a steady stream of events still reloads this often
 RESCAN_SECONDS = 30.0
+PARTIAL_SUFFIXES = (".partial", ".tmp", ".incomplete", ".lock")
 
 
 @dataclass(frozen=True)
@@ -67,29 +68,34 @@ def _mlx_supports(model_type: str) -> bool:
     return importlib.util.find_spec(f"mlx_lm.models.{name}") is not None
 
 
-def _hub_snapshot(repo: Path) -> Path | None:
-    """The snapshot folder of a cached hub repo: the one refs/main names, else the newest."""
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
-    snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime)
-    return snapshots[-1] if snapshots else None
+def _snapshot(repo) -> Path | None:
+    """The snapshot a cached hub repo serves: the revision ``main`` points to, else the newest."""
+    revisions = sorted(repo.revisions, key=lambda r: r.last_modified)
+    main = [r for r in revisions if "main" in r.refs]
+    chosen = (main or revisions)[-1:] if revisions else []
+    return chosen[0].snapshot_path if chosen else None
 
 
 def discover_hub_models(cache: Path) -> dict[str, ModelInfo]:
-    """MLX-loadable models in the hub cache, by repo id; anything else there is skipped."""
+    """MLX-loadable models in the hub cache, by repo id; anything else there is skipped.
+
+    huggingface_hub's own ``scan_cache_dir`` reads the cache: refs, revisions, and downloads
+    that are still incomplete are its business."""
+    from huggingface_hub import CacheNotFound, scan_cache_dir
+
+    try:
+        scanned = scan_cache_dir(cache)
+    except (CacheNotFound, OSError, ValueError):
+        return {}
     found: dict[str, ModelInfo] = {}
-    for repo in sorted(cache.glob("models--*")):
-        snapshot = _hub_snapshot(repo)
+    for repo in sorted(scanned.repos, key=lambda r: r.repo_id):
+        snapshot = _snapshot(repo) if repo.repo_type == "model" else None
         if snapshot is None:
             continue
-        repo_id = repo.name.removeprefix("models--").replace("--", "/")
         try:
             config = json.loads((snapshot / "config.json").read_text())
             if _mlx_supports(str(config.get("model_type", ""))):
-                found[repo_id] = inspect_model(snapshot, model_id=repo_id)
+                found[repo.repo_id] = inspect_model(snapshot, model_id=repo.repo_id)
         except (OSError, ValueError, StudioError):
             continue
     return found
@@ -106,6 +112,7 @@ class ModelRegistry:
         self._entries: dict[str, ModelEntry] = {}
         self._listeners: list[Callable[[ModelRegistry], None]] = []
         self._lock = threading.RLock()
+        self._scanning = threading.Lock()
         self._dirty = threading.Event()
         self._stopping = threading.Event()
         self._observer: Observer | None = None
@@ -142,14 +149,18 @@ class ModelRegistry:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     def reload(self) -> bool:
-        """Rescan everything; tell the listeners if anything changed. True when it did."""
-        entries = self._scan()
-        with self._lock:
-            if entries == self._entries:
-                return False
-            self._entries = entries
-            self.version += 1
-            listeners = list(self._listeners)
+        """Rescan everything; tell the listeners if anything changed. True when it did.
+
+        Scans are serialized (the watcher and a page may both reload), so an older scan can
+        never overwrite a newer one."""
+        with self._scanning:
+            entries = self._scan()
+            with self._lock:
+                if entries == self._entries:
+                    return False
+                self._entries = entries
+                self.version += 1
+                listeners = list(self._listeners)
         for listener in listeners:
             try:
                 listener(self)
@@ -214,7 +225,7 @@ class ModelRegistry:
         """Watch the models and adapters folders until ``stop()``."""
         if self._observer is not None:
             return self
-        handler = _Handler(self._dirty)
+        handler = _Handler(self._dirty, (self.settings.models, self.settings.adapters))
         self._observer = Observer()
         for folder in (self.settings.models, self.settings.adapters):
             self._observer.schedule(handler, str(folder), recursive=True)
@@ -262,9 +273,24 @@ class ModelRegistry:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, dirty: threading.Event):
+    """Marks the registry dirty on changes that can matter; ignores reads, and writes under
+    dot-folders and partial files (a download or an import fills those for minutes, then
+    appears with one rename, which does count)."""
+
+    def __init__(self, dirty: threading.Event, roots: tuple[Path, ...]):
         self.dirty = dirty
+        self.roots = roots
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type not in ("opened", "closed_no_write"):  # reads change nothing
+        if event.event_type in ("opened", "closed_no_write"):  # reads change nothing
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        if any(self._matters(Path(os.fsdecode(p))) for p in paths if p):
             self.dirty.set()
+
+    def _matters(self, path: Path) -> bool:
+        for root in self.roots:
+            if path.is_relative_to(root):
+                parts = path.relative_to(root).parts
+                return not any(p.startswith(".") or p.endswith(PARTIAL_SUFFIXES) for p in parts)
+        return True

@@ -173,3 +173,25 @@ def test_stop_ends_the_watcher_threads(studio, tmp_path):
     assert "model-registry" in threads
     registry.stop()
     assert "model-registry" not in {t.name for t in threading.enumerate()}
+
+
+def test_writes_into_dot_folders_and_partial_files_do_not_trigger_rescans(studio):
+    from watchdog.events import DirCreatedEvent, DirMovedEvent, FileCreatedEvent
+
+    from core.registry import _Handler
+
+    dirty = threading.Event()
+    handler = _Handler(dirty, (studio.models, studio.adapters))
+    quiet = [
+        FileCreatedEvent(str(studio.models / ".download-x" / "model.safetensors")),
+        FileCreatedEvent(str(studio.adapters / ".0b7ed40e.partial" / "adapters.safetensors")),
+        FileCreatedEvent(str(studio.models / "x" / "model.safetensors.incomplete")),
+    ]
+    for event in quiet:
+        handler.dispatch(event)
+    assert not dirty.is_set()
+    handler.dispatch(DirMovedEvent(str(studio.models / ".download-x"), str(studio.models / "x")))
+    assert dirty.is_set()  # the rename that makes it appear counts
+    dirty.clear()
+    handler.dispatch(DirCreatedEvent(str(studio.adapters / "0b7ed40e-d82d-49de-819e")))
+    assert dirty.is_set()
