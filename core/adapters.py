@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 import uuid
 import zipfile
@@ -26,6 +25,7 @@ from . import protocol
 from .errors import StudioError
 from .files import write_json_atomic
 from .models import ModelInfo, tensor_shapes
+from .tools import run_tool
 
 SCHEMA_VERSION = 1
 WEIGHTS_FILE = "adapters.safetensors"
@@ -35,6 +35,7 @@ EVENTS_FILE = "events.jsonl"
 EXPORTED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, EVENTS_FILE)
 MAX_IMPORT_BYTES = 4 * 2**30  # uncompressed; LoRA weights of a 70B model at rank 64 fit
 MAX_NAME_LENGTH = 200
+FUSE_TIMEOUT_SECONDS = 3600  # a 70B fuse on a slow disk stays well inside
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
@@ -288,13 +289,10 @@ class AdapterStore:
         if target.exists():
             raise StudioError(f"a model named {name} already exists")
         staging = models_folder / f".fusing-{uuid.uuid4().hex[:8]}"
-        command = [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(base.path),
-                   "--adapter-path", str(path), "--save-path", str(staging)]  # fmt: skip
+        command = [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(base.path)]
+        command += ["--adapter-path", str(path), "--save-path", str(staging)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-                raise StudioError(f"mlx_lm fuse failed:\n{tail}")
+            run_tool(command, what="mlx_lm fuse", timeout=FUSE_TIMEOUT_SECONDS)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

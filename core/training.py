@@ -34,6 +34,7 @@ from .params import TrainingParams
 from .publish import publish, write_events
 from .runs import CHECKPOINTS, DATA, RunRecord, RunState, RunStore, latest_checkpoint_step
 from .settings import Settings
+from .tools import last_lines
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +270,11 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+def _tail(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        return last_lines(path.read_text(encoding="utf-8", errors="replace"), STDERR_TAIL_LINES)
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def _silent_death(code: int, stderr_tail: str) -> protocol.Error:

