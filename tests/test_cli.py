@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import shutil
 import subprocess
 import sys
+import uuid
+
+import pytest
 
 
 def lora_studio(*args: str, home) -> subprocess.CompletedProcess:
@@ -40,3 +46,80 @@ def test_refusals_exit_non_zero_without_a_traceback(tmp_path, toy_model, colour_
     assert no_model.returncode == 2 and "does not exist" in no_model.stderr
     for result in (bad_param, no_model):
         assert "Traceback" not in result.stderr
+
+
+def test_train_draws_a_progress_bar_on_a_terminal(tmp_path, toy_model, colour_dataset):
+    """In a pseudo-terminal: rich's bar with ETA, loss and trained tokens/s, redrawn in place."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "LORA_STUDIO_HOME": str(tmp_path), "TERM": "xterm-256color"}
+    env["COLUMNS"] = "200"
+    command = [sys.executable, "-m", "webapp", "train", "--model", str(toy_model)]
+    command += ["--data", str(colour_dataset), "--epochs", "2", "--lora-layers", "-1"]
+    process = subprocess.Popen(
+        command, stdin=secondary, stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    assert "━" in text and "24/24" in text  # the bar, full at the end
+    assert "trained tok/s" in text and "loss" in text and "ETA" in text
+    assert "\r" in text or "\x1b[" in text  # redrawn in place, not appended
+
+
+def test_train_prints_plain_lines_when_not_a_terminal(tmp_path, toy_model, colour_dataset):
+    result = lora_studio(
+        "train", "--model", str(toy_model), "--data", str(colour_dataset), "--epochs", "1",
+        "--lora-layers", "-1", home=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "step 12/12 epoch 1 loss" in result.stderr and "trained tok/s" in result.stderr
+    assert "━" not in result.stderr and "\x1b[" not in result.stderr
+
+
+@pytest.fixture
+def adapter_home(tmp_path, trained_adapter, toy_model):
+    home = tmp_path / "home"
+    shutil.copytree(trained_adapter, home / "adapters" / trained_adapter.name)
+    shutil.copytree(toy_model, home / "models" / "toy")
+    return home, trained_adapter.name
+
+
+def test_adapters_commands_do_what_the_adapters_tab_does(adapter_home):
+    home, adapter_id = adapter_home
+    listed = lora_studio("adapters", "list", "--json", home=home)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert (row["id"], row["name"], row["available"]) == (f"lora/{adapter_id}", "Colours", True)
+    table = lora_studio("adapters", "list", home=home)
+    assert "Colours" in table.stdout and "available" in table.stdout
+
+    renamed = lora_studio("adapters", "rename", f"lora/{adapter_id}", "Sky colours", home=home)
+    assert renamed.returncode == 0, renamed.stderr
+    shown = lora_studio("adapters", "show", adapter_id, home=home)
+    assert json.loads(shown.stdout)["adapterName"] == "Sky colours"
+
+    fused = lora_studio("adapters", "fuse", adapter_id, "--name", "toy-sky", home=home)
+    assert fused.returncode == 0, fused.stderr
+    assert (home / "models" / "toy-sky" / "config.json").is_file()
+
+    unconfirmed = lora_studio("adapters", "delete", adapter_id, home=home)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert (home / "adapters" / adapter_id).is_dir()
+    deleted = lora_studio("adapters", "delete", adapter_id, "--yes", home=home)
+    assert deleted.returncode == 0 and not (home / "adapters" / adapter_id).exists()
+
+
+def test_adapters_commands_refuse_unknown_ids(adapter_home):
+    home, _ = adapter_home
+    for args in (("show", "nope"), ("rename", "../x", "n"), ("delete", str(uuid.uuid4()))):
+        result = lora_studio("adapters", *args, home=home)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

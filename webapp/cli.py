@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-from core import protocol
 from core.errors import StudioError
-from core.models import resolve_model
-from core.params import add_arguments, params_from_args
+from core.params import add_arguments
 from core.settings import Settings
 
-EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
+from . import adapters_command, train_command
+from .train_command import EXIT_FAILED, EXIT_REFUSED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("LORA_STUDIO_API_KEY"),
         help="require this bearer key (default: $LORA_STUDIO_API_KEY; none: no key)",
     )  # fmt: skip
+    adapters_command.add_parser(commands)
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     toy = models_commands.add_parser(
@@ -93,132 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
-        return train(args)
+        return train_command.train(args)
     if args.command == "runs":
-        return runs(args)
+        return train_command.runs(args)
+    if args.command == "adapters":
+        return adapters_command.adapters(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "models":
         return models(args)
     return launch(args)
-
-
-def train(args: argparse.Namespace) -> int:
-    from core.training import TrainingService
-
-    settings = Settings.from_env()
-    try:
-        service = TrainingService(settings)
-        run = _start_or_resume(service, args, settings)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    try:
-        return follow_run(run, service, settings)
-    finally:
-        if not run.done:  # whatever ended this command, the worker must not train on unwatched
-            run.stop()
-            run.wait()
-
-
-def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
-    if args.resume:
-        return service.resume(args.resume)
-    if not args.model or not args.data:
-        raise StudioError("train needs --model and --data (or --resume RUN_ID)")
-    params = params_from_args(args)
-    model = resolve_model(args.model, settings.models)
-    return service.start(model, args.data, params, name=args.name)
-
-
-def follow_run(run, service, settings: Settings) -> int:
-    """Print the run's progress until it ends; Ctrl-C stops it (resumable)."""
-    print(describe_start(run, service.blas.hint, settings))
-    print(describe_tokens(run))
-    bar = ProgressBar()
-    try:
-        for event in run.follow():
-            bar.show(event)
-    except KeyboardInterrupt:
-        print("\nstopping after a checkpoint...", file=sys.stderr)
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must wait
-        run.stop()
-        run.wait()
-        signal.signal(signal.SIGINT, previous)
-    bar.close()
-    final = run.last_event
-    if isinstance(final, protocol.Complete):
-        kept = f" (kept the {final.kept} step, {final.kept_step})" if final.kept == "best" else ""
-        early = f"; stopped early at step {final.steps}" if final.stopped_early else ""
-        print(f"adapter saved to {final.adapter_path}{kept}{early}")
-        print(f"model id: lora/{final.adapter_id}")
-        return 0
-    assert isinstance(final, protocol.Error)
-    print(f"error: {final.error}", file=sys.stderr)
-    if final.hint:
-        print(f"  hint: {final.hint}", file=sys.stderr)
-    return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
-
-
-def runs(args: argparse.Namespace) -> int:
-    """List unfinished runs, or discard or publish one."""
-    from core.training import TrainingService
-
-    service = TrainingService(Settings.from_env())
-    try:
-        if args.runs_command == "discard":
-            service.runs.discard(args.run_id)
-            print(f"discarded run {args.run_id}")
-        elif args.runs_command == "publish":
-            final = service.publish_again(args.run_id)
-            print(f"adapter saved to {final.adapter_path}\nmodel id: lora/{final.adapter_id}")
-        else:
-            print_runs(service.list_runs(), as_json=args.json)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    return 0
-
-
-def print_runs(records, as_json: bool) -> None:
-    if as_json:
-        rows = [
-            {
-                "id": r.id,
-                "name": r.name,
-                "base": r.model_id,
-                "state": r.state,
-                "step": r.step,
-                "total_steps": r.total_steps,
-                "checkpoint_step": r.checkpoint_step,
-                "best_validation_loss": r.best_validation_loss,
-                "error": r.error,
-            }
-            for r in records
-        ]
-        print(json.dumps(rows, indent=2))
-        return
-    if not records:
-        print("no unfinished runs")
-        return
-    header = ("id", "name", "base", "state", "step", "checkpoint", "best val")
-    table = [header] + [
-        (
-            r.id,
-            r.name[:40],
-            r.model_id,
-            r.state,
-            f"{r.step}/{r.total_steps or '?'}",
-            "-" if r.checkpoint_step is None else f"step {r.checkpoint_step}",
-            "-" if r.best_validation_loss is None else f"{r.best_validation_loss:.3f}",
-        )
-        for r in records
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
 
 
 def launch(args: argparse.Namespace) -> int:
@@ -351,96 +233,6 @@ def build_toy(name: str) -> int:
     print(f"built a toy llama (random weights, for trying the pipeline) in {folder}")
     print(f"train on it with: lora-studio train --model {name} --lora-layers -1 --data FILE.jsonl")
     return 0
-
-
-def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
-    p = run.params
-    lines = [
-        f"studio: {settings.home}",
-        f"base model: {run.model.id} ({run.model.parameter_count / 1e6:.1f}M parameters, "
-        f"{run.model.num_layers} layers)",
-        f"dataset: {run.dataset.name}, {run.dataset.format} format, "
-        f"{len(run.dataset.train)} train / {len(run.dataset.valid)} validation examples",
-        f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
-        f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
-    ]
-    if blas_hint:
-        lines.append(f"note: {blas_hint}")
-    return "\n".join(lines)
-
-
-def describe_tokens(run) -> str:
-    """Token statistics with the base model's tokenizer (computed while the worker loads)."""
-    from mlx_lm.utils import load_tokenizer
-
-    from core.datasets import token_statistics
-
-    tokenizer = load_tokenizer(run.model.path)
-    rows = run.dataset.train + run.dataset.valid
-    stats = token_statistics(
-        rows,
-        run.dataset.format,
-        tokenizer,
-        max_seq_length=run.params.max_seq_length,
-        mask_prompt=run.params.mask_prompt,
-    )
-    text = (
-        f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
-        f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"
-    )
-    if stats.over_max_length:
-        text += (
-            f"\nwarning: {stats.over_max_length} example(s) exceed max_seq_length "
-            f"{run.params.max_seq_length} and will be truncated"
-        )
-    return text
-
-
-class ProgressBar:
-    """One status line, redrawn in place on a terminal, appended otherwise."""
-
-    WIDTH = 30
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.live = stream.isatty()
-        self.val_loss: float | None = None
-
-    def show(self, event: protocol.Event) -> None:
-        if isinstance(event, protocol.Start) and event.resumed_from:
-            self._print(f"resuming at step {event.resumed_from}/{event.total_steps}", end="\n")
-        elif isinstance(event, protocol.Start):
-            self._print(
-                f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
-                f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
-                f"BLAS: {event.blas}",
-                end="\n",
-            )
-        elif isinstance(event, protocol.Checkpoint) and not self.live:
-            self._print(f"checkpoint at step {event.step}")
-        elif isinstance(event, protocol.Validation):
-            self.val_loss = event.loss
-            if not self.live:
-                self._print(f"validation loss {event.loss:.3f} (step {event.step})")
-        elif isinstance(event, protocol.Progress):
-            done = int(self.WIDTH * event.progress / 100)
-            val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
-            self._print(
-                f"[{'#' * done}{'.' * (self.WIDTH - done)}] {event.step}/{event.total_steps} "
-                f"epoch {event.epoch} loss {event.loss:.3f}{val} "
-                f"{event.tokens_per_second:.0f} tok/s {event.peak_memory_gb:.2f} GB"
-            )
-
-    def _print(self, text: str, end: str | None = None) -> None:
-        if self.live:
-            self.stream.write("\r\033[K" + text + (end or ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.live:
-            self.stream.write("\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,260 @@
+"""``lora-studio train`` and ``lora-studio runs``: training from the shell.
+
+On a terminal the run shows as a rich progress bar (step, ETA, loss, validation loss, trained
+tokens/s); when stdout or stderr is not a terminal (a log file, CI), as plain lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from core import protocol
+from core.errors import StudioError
+from core.models import resolve_model
+from core.params import params_from_args
+from core.settings import Settings
+
+EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
+
+
+def train(args: argparse.Namespace) -> int:
+    from core.training import TrainingService
+
+    settings = Settings.from_env()
+    try:
+        service = TrainingService(settings)
+        run = _start_or_resume(service, args, settings)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        return follow_run(run, service, settings)
+    finally:
+        if not run.done:  # whatever ended this command, the worker must not train on unwatched
+            run.stop()
+            run.wait()
+
+
+def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
+    if args.resume:
+        return service.resume(args.resume)
+    if not args.model or not args.data:
+        raise StudioError("train needs --model and --data (or --resume RUN_ID)")
+    params = params_from_args(args)
+    model = resolve_model(args.model, settings.models)
+    return service.start(model, args.data, params, name=args.name)
+
+
+def follow_run(run, service, settings: Settings) -> int:
+    """Print the run's progress until it ends; Ctrl-C stops it (resumable)."""
+    print(describe_start(run, service.blas.hint, settings))
+    print(describe_tokens(run))
+    bar = ProgressBar()
+    try:
+        for event in run.follow():
+            bar.show(event)
+    except KeyboardInterrupt:
+        print("\nstopping after a checkpoint...", file=sys.stderr)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must wait
+        run.stop()
+        run.wait()
+        signal.signal(signal.SIGINT, previous)
+    bar.close()
+    final = run.last_event
+    if isinstance(final, protocol.Complete):
+        kept = f" (kept the {final.kept} step, {final.kept_step})" if final.kept == "best" else ""
+        early = f"; stopped early at step {final.steps}" if final.stopped_early else ""
+        print(f"adapter saved to {final.adapter_path}{kept}{early}")
+        print(f"model id: lora/{final.adapter_id}")
+        return 0
+    assert isinstance(final, protocol.Error)
+    print(f"error: {final.error}", file=sys.stderr)
+    if final.hint:
+        print(f"  hint: {final.hint}", file=sys.stderr)
+    return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def runs(args: argparse.Namespace) -> int:
+    """List unfinished runs, or discard or publish one."""
+    from core.training import TrainingService
+
+    service = TrainingService(Settings.from_env())
+    try:
+        if args.runs_command == "discard":
+            service.runs.discard(args.run_id)
+            print(f"discarded run {args.run_id}")
+        elif args.runs_command == "publish":
+            final = service.publish_again(args.run_id)
+            print(f"adapter saved to {final.adapter_path}\nmodel id: lora/{final.adapter_id}")
+        else:
+            print_runs(service.list_runs(), as_json=args.json)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+def print_runs(records, as_json: bool) -> None:
+    if as_json:
+        rows = [
+            {
+                "id": r.id,
+                "name": r.name,
+                "base": r.model_id,
+                "state": r.state,
+                "step": r.step,
+                "total_steps": r.total_steps,
+                "checkpoint_step": r.checkpoint_step,
+                "best_validation_loss": r.best_validation_loss,
+                "error": r.error,
+            }
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not records:
+        print("no unfinished runs")
+        return
+    header = ("id", "name", "base", "state", "step", "checkpoint", "best val")
+    table = [header] + [
+        (
+            r.id,
+            r.name[:40],
+            r.model_id,
+            r.state,
+            f"{r.step}/{r.total_steps or '?'}",
+            "-" if r.checkpoint_step is None else f"step {r.checkpoint_step}",
+            "-" if r.best_validation_loss is None else f"{r.best_validation_loss:.3f}",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
+    p = run.params
+    lines = [
+        f"studio: {settings.home}",
+        f"base model: {run.model.id} ({run.model.parameter_count / 1e6:.1f}M parameters, "
+        f"{run.model.num_layers} layers)",
+        f"dataset: {run.dataset.name}, {run.dataset.format} format, "
+        f"{len(run.dataset.train)} train / {len(run.dataset.valid)} validation examples",
+        f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
+        f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
+    ]
+    if blas_hint:
+        lines.append(f"note: {blas_hint}")
+    return "\n".join(lines)
+
+
+def describe_tokens(run) -> str:
+    """Token statistics with the base model's tokenizer (computed while the worker loads)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from core.datasets import token_statistics
+
+    tokenizer = load_tokenizer(run.model.path)
+    rows = run.dataset.train + run.dataset.valid
+    stats = token_statistics(
+        rows,
+        run.dataset.format,
+        tokenizer,
+        max_seq_length=run.params.max_seq_length,
+        mask_prompt=run.params.mask_prompt,
+    )
+    text = (
+        f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
+        f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"
+    )
+    if stats.over_max_length:
+        text += (
+            f"\nwarning: {stats.over_max_length} example(s) exceed max_seq_length "
+            f"{run.params.max_seq_length} and will be truncated"
+        )
+    return text
+
+
+class ProgressBar:
+    """The run's progress: a rich bar on a terminal, one plain line per event otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.console = Console(file=stream, highlight=False)
+        self.live = self.console.is_terminal
+        self.val_loss: float | None = None
+        self.progress: Progress | None = None
+        self.task = None
+
+    def show(self, event: protocol.Event) -> None:
+        if isinstance(event, protocol.Start):
+            self._start(event)
+        elif isinstance(event, protocol.Validation):
+            self.val_loss = event.loss
+            self._line(f"validation loss {event.loss:.3f} (step {event.step})")
+        elif isinstance(event, protocol.Checkpoint):
+            self._line(f"checkpoint at step {event.step}")
+        elif isinstance(event, protocol.Progress):
+            self._progress(event)
+
+    def _start(self, event: protocol.Start) -> None:
+        if event.resumed_from:
+            self._line(f"resuming at step {event.resumed_from}/{event.total_steps}", always=True)
+        else:
+            self._line(
+                f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
+                f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
+                f"BLAS: {event.blas}",
+                always=True,
+            )
+        if self.live and self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps · ETA"),
+                TimeRemainingColumn(),
+                TextColumn("· {task.fields[stats]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self.progress.start()
+            done = event.resumed_from or 0
+            self.task = self.progress.add_task(
+                "", total=event.total_steps, completed=done, stats=""
+            )
+
+    def _progress(self, event: protocol.Progress) -> None:
+        val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
+        stats = (
+            f"loss {event.loss:.3f}{val} · {event.tokens_per_second:.0f} trained tok/s · "
+            f"{event.peak_memory_gb:.2f} GB"
+        )
+        if self.progress is not None:
+            self.progress.update(self.task, completed=event.step, stats=stats)
+        else:
+            self._line(f"step {event.step}/{event.total_steps} epoch {event.epoch} {stats}")
+
+    def _line(self, text: str, always: bool = False) -> None:
+        """A line above the bar on a terminal (if ``always``), or a plain log line."""
+        if self.progress is not None or always or not self.live:
+            self.console.print(text, markup=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
