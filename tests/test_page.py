@@ -47,6 +47,8 @@ def page(browser, studio_url) -> Page:
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(studio_url)
     page.get_by_role("tab", name="Train").wait_for()
+    # the only model is preselected and the form fitted to it: wait until that has happened
+    expect(page.get_by_label("LoRA layers (-1: all)")).to_have_value("4", timeout=20000)
     yield page
     page.close()
 
@@ -67,8 +69,19 @@ def fill_number(page: Page, label: str, value: str) -> None:
     field.press("Tab")
 
 
+def test_the_only_model_is_preselected_and_a_dropped_dataset_is_checked_at_once(page, tmp_path):
+    expect(page.get_by_label("Base model", exact=True).first).to_have_value("toy", timeout=20000)
+    expect(page.get_by_label("LoRA layers (-1: all)")).to_have_value("4")  # fitted to it
+    data = write_jsonl(tmp_path / "first.jsonl", colour_rows(20))
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("chat format, 20 examples (16 train / 4 validation)")
+    expect(summary).to_contain_text("Tokens per example")  # the model was there to count them
+    expect(page.get_by_role("button", name="Start training")).to_be_enabled(timeout=20000)
+    shot(page, "train-preselected")
+
+
 def test_a_broken_dataset_shows_its_line_numbers(page, tmp_path):
-    pick(page, "Base model", "toy")
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": "also fine"}\nnot json\n{"text": ""}\n')
     page.locator("input[type=file]").first.set_input_files(str(bad))

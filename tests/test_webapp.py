@@ -25,21 +25,56 @@ def served(tmp_path_factory, toy_model):
         yield home, Client(url, verbose=False)
 
 
-PARAMS = dict(
-    param_5=8, param_6=16, param_7=0.01, param_8=1, param_9=4, param_10=-1,
-    param_11=["self_attn.q_proj", "self_attn.v_proj"], param_12=0.2, param_13=2048,
-    param_14=0, param_15=True, param_16=0.0, param_17=0, param_18=0, param_19="best",
-    param_20=0,
-)  # fmt: skip
-
-
 def train_job(client, home, epochs=1):
+    """/train through gradio_client, the form's fields as named parameters (the rest default)."""
     data = write_jsonl(home / f"colours-{epochs}.jsonl", colour_rows())
     return client.submit(
-        "toy", str(data), data.name, "via client",
-        *[v if k != "param_8" else epochs for k, v in PARAMS.items()],
+        base_model="toy",
+        dataset_path=str(data),
+        dataset_name=data.name,
+        adapter_name="via client",
+        rank=8,
+        learning_rate=0.01,
+        epochs=epochs,
+        lora_layers=-1,
+        keys=["self_attn.q_proj", "self_attn.v_proj"],
         api_name="/train",
-    )  # fmt: skip
+    )
+
+
+def test_train_through_the_api_with_named_parameters_followed_to_the_end(served):
+    home, client = served
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = [p["parameter_name"] for p in api["/train"]["parameters"]]
+    assert names[:4] == ["base_model", "dataset_path", "dataset_name", "adapter_name"]
+    assert {"rank", "alpha", "learning_rate", "epochs", "batch_size", "early_stop"} <= set(names)
+    assert {"/check_dataset", "/train", "/stop", "/resume", "/chat"} <= set(api)
+    assert not any(name.startswith("/lambda") or "param_" in str(api[name]) for name in api)
+
+    job = train_job(client, home, epochs=2)
+    shown = [update[0] for update in job]  # every progress view, as the run streamed it
+    outputs = job.result(timeout=180)
+    assert outputs[2].startswith("Done"), outputs[2]
+    assert "100%" in shown[-1] and any("step" in bar and "100%" not in bar for bar in shown)
+
+
+def test_check_dataset_needs_no_model_for_format_count_and_problems(served, tmp_path):
+    _, client = served
+    good = write_jsonl(tmp_path / "good.jsonl", colour_rows(20))
+    summary, _, _, why = client.predict(  # and Start's state, which the client does not get
+        base_model=None,
+        dataset_path=str(good),
+        dataset_name="good.jsonl",
+        api_name="/check_dataset",
+    )
+    assert "**chat** format, **20** examples (16 train / 4 validation)" in summary
+    assert why == "Pick a base model."
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a"}\nnot json\n')
+    summary, *_ = client.predict(
+        base_model=None, dataset_path=str(bad), dataset_name="bad.jsonl", api_name="/check_dataset"
+    )
+    assert "1 problem(s)" in summary and "line 2" in summary
 
 
 @pytest.fixture(scope="module")

@@ -129,10 +129,12 @@ def build(studio: Studio) -> AdaptersTab:
             return None, explain(exc)
 
     outputs = [message, grid, picker, download]
-    picker.change(show, picker, [details, curve])
-    rename.click(act(rename_it), [picker, new_name], outputs)
-    delete.click(act(delete_it), [picker, sure], outputs)
-    fuse.click(act(fuse_it), [picker, fused_name], outputs)
-    do_import.click(act(import_it), [archive, import_base, import_name], outputs)
-    export.click(export_it, picker, [download, message])
+    # page actions, not API: `lora-studio adapters` is the scriptable way
+    private = {"api_visibility": "private"}
+    picker.change(show, picker, [details, curve], **private)
+    rename.click(act(rename_it), [picker, new_name], outputs, **private)
+    delete.click(act(delete_it), [picker, sure], outputs, **private)
+    fuse.click(act(fuse_it), [picker, fused_name], outputs, **private)
+    do_import.click(act(import_it), [archive, import_base, import_name], outputs, **private)
+    export.click(export_it, picker, [download, message], **private)
     return AdaptersTab(table=grid, picker=picker, import_base=import_base)

@@ -56,6 +56,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             seen,
             [seen, train.model, chat.model, adapters.table, adapters.picker, adapters.import_base],
             api_name="refresh",
+            api_visibility="undocumented",
             show_progress="hidden",
         )
         train.chat_with.click(
@@ -65,6 +66,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             ),  # fmt: skip
             train.new_adapter,
             [tabs, chat.model],
+            api_visibility="private",
         )
     return page
 

@@ -78,7 +78,7 @@ def build(studio: Studio) -> ChatTab:
 
     inputs = [message, chat, base_chat, model, compare, system, temperature, top_p, max_tokens]
     send.click(respond, inputs, [chat, base_chat, message], api_name="chat")
-    message.submit(respond, inputs, [chat, base_chat, message])
-    clear.click(lambda: ([], []), None, [chat, base_chat])
-    compare.change(lambda on: gr.update(visible=on), compare, base_chat)
+    message.submit(respond, inputs, [chat, base_chat, message], api_visibility="private")
+    clear.click(lambda: ([], []), None, [chat, base_chat], api_visibility="private")
+    compare.change(lambda on: gr.update(visible=on), compare, base_chat, api_visibility="private")
     return ChatTab(model=model)

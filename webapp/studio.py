@@ -52,6 +52,20 @@ class Studio:
         return [(e.display_name, e.id) for e in self.registry.entries() if e.kind == "base"
                 and e.available]  # fmt: skip
 
+    def preferred_base(self) -> str | None:
+        """The base model a new training starts with: the only one, else the one used last
+        (the base of the newest run or adapter)."""
+        bases = [model_id for _, model_id in self.base_choices()]
+        if len(bases) <= 1:
+            return bases[0] if bases else None
+        used = [(r.created_at, r.model_id) for r in self.training.runs.list()]
+        used += [
+            (a.metadata.createdAt, a.metadata.baseModelId)
+            for a in self.adapters.list()
+            if a.metadata
+        ]
+        return next((m for _, m in sorted(used, reverse=True) if m in bases), None)
+
     def chat_choices(self) -> list[tuple[str, str]]:
         """(label, id) of every model, unavailable ones marked with their reason."""
         return [

@@ -2,7 +2,9 @@
 unfinished runs to resume or discard.
 
 ``_layout`` places the components; ``TrainActions`` holds what the events do (each method a
-Gradio handler, several of them also the page's API); ``build`` wires the two together.
+Gradio handler); ``build`` wires the two together. ``/check_dataset``, ``/train``, ``/stop`` and
+``/resume`` are the tab's API (gradio_client, "Use via API"), with the form's fields as named
+parameters (``rank=8, epochs=3, ...``); the page's internal events are private.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import gradio as gr
 
 from core import protocol
-from core.datasets import DatasetError, preview, store_upload, token_statistics
+from core.datasets import DatasetError, load_dataset, preview, store_upload, token_statistics
 from core.errors import StudioError
 from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
@@ -89,14 +91,23 @@ def _tokenizer(model_path: str):
     return load_tokenizer(Path(model_path))
 
 
-def _params(values: tuple) -> TrainingParams:
-    """The form's values as checked TrainingParams (0 in the "every" fields: each epoch)."""
-    form = dict(zip(FORM_FIELDS, values, strict=True))
-    form["keys"] = form["keys"] or []
+def _params(form: dict) -> TrainingParams:
+    """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
+    Fields a script leaves out keep their defaults."""
+    form = {name: value for name, value in form.items() if value is not None}
+    form["keys"] = form.get("keys") or DEFAULTS.keys
     for name in ("save_every", "eval_every"):
-        if form[name] in (None, EVERY_EPOCH):
+        if form.get(name) == EVERY_EPOCH:
             form[name] = None
     return validate_params(form)
+
+
+def _counts(data) -> str:
+    total = len(data.train) + len(data.valid)
+    return (
+        f"**{data.format}** format, **{total}** examples "
+        f"({len(data.train)} train / {len(data.valid)} validation)."
+    )
 
 
 def _problems(name: str, exc: DatasetError) -> str:
@@ -109,18 +120,27 @@ def _problems(name: str, exc: DatasetError) -> str:
     return f"### {name}: {exc.total} problem(s)\n" + "\n".join(lines)
 
 
-def _summary(studio: Studio, model_id, path, name, values) -> tuple:
-    """Check everything the Start button needs; returns the page's view of it."""
+def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
+    """Check everything the Start button needs; returns the page's view of it.
+
+    The dataset is checked as soon as it arrives (format, examples, every line's problems
+    need no model); token statistics and the masked preview follow once a model is picked."""
     refused = gr.update(interactive=False)
-    if not model_id:
-        return "", "", "", "Pick a base model.", refused
     if not path:
-        return "", "", "", "Add a dataset.", refused
+        return "", "", "", "Pick a base model." if not model_id else "Add a dataset.", refused
     try:
+        params = _params(form)
+        if not model_id:
+            data = load_dataset(
+                path,
+                batch_size=params.batch_size,
+                validation_split=params.validation_split,
+                seed=params.seed,
+            )
+            text = f"### {name}\n{_counts(data)}  \nPick a base model for token statistics."
+            return text, "", "", "Pick a base model.", refused
         entry = studio.registry.get(model_id)
-        info, params, data = studio.training.check(
-            entry.path, path, _params(values), dataset_name=name
-        )
+        info, params, data = studio.training.check(entry.path, path, params, dataset_name=name)
     except DatasetError as exc:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
@@ -135,8 +155,7 @@ def _summary(studio: Studio, model_id, path, name, values) -> tuple:
         mask_prompt=params.mask_prompt,
     )
     text = (
-        f"### {name}\n**{data.format}** format, **{stats.examples}** examples "
-        f"({len(data.train)} train / {len(data.valid)} validation). Tokens per example: "
+        f"### {name}\n{_counts(data)} Tokens per example: "
         f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
         f"{stats.trained_tokens:,} trained on per epoch."
     )
@@ -173,7 +192,7 @@ def _progress_line(run, events: list) -> tuple[float, str]:
     eta = elapsed / done_here * (p.total_steps - p.step) if done_here > 0 else 0
     text = (
         f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss {p.loss:.3f} · "
-        f"{p.tokens_per_second:.0f} tok/s · {p.peak_memory_gb:.2f} GB · ETA {eta:.0f} s"
+        f"{p.tokens_per_second:.0f} trained tok/s · {p.peak_memory_gb:.2f} GB · ETA {eta:.0f} s"
     )
     return p.progress, text
 
@@ -339,8 +358,17 @@ class TrainActions:
     def __init__(self, studio: Studio):
         self.studio = studio
 
-    def check(self, model_id, path, name, *values):
-        return _summary(self.studio, model_id, path, name, values)
+    def check_dataset(self, base_model: str, dataset_path: str, dataset_name: str, **form):
+        """Check a dataset (and, with a base model, the parameters against it) before training.
+
+        Returns the summary, the token histogram, the trained/masked preview, why Start is
+        (not) ready, and Start's state."""
+        return _summary(self.studio, base_model, dataset_path, dataset_name, form)
+
+    def preselect(self):
+        """The base model to start with: the only one, or the one used last."""
+        model_id = self.studio.preferred_base()
+        return gr.update(value=model_id) if model_id else gr.skip()
 
     def pick_model(self, model_id, current_layers, follows, current_alpha):
         info = inspect_model(self.studio.registry.get(model_id).path)
@@ -357,15 +385,22 @@ class TrainActions:
         text = (text or "").strip()
         return text, Path(text).name
 
-    def train(self, model_id, path, dataset_name, name_text, *values):
+    def train(
+        self, base_model: str, dataset_path: str, dataset_name: str, adapter_name: str, **form
+    ):
+        """Start a training run and stream its progress until it ends.
+
+        base_model is a base model's id; dataset_path a .jsonl file on the server (what
+        /check_dataset accepted); the form's fields (rank, alpha, learning_rate, epochs, ...)
+        are named parameters, any left out keeps its default."""
         try:
-            if not model_id or not path:
+            if not base_model or not dataset_path:
                 raise StudioError("pick a base model and add a dataset first")
             run = self.studio.training.start(
-                self.studio.registry.get(model_id).path,
-                path,
-                _params(values),
-                name=name_text,
+                self.studio.registry.get(base_model).path,
+                dataset_path,
+                _params(form),
+                name=adapter_name,
                 dataset_name=dataset_name,
             )
         except StudioError as exc:
@@ -373,7 +408,8 @@ class TrainActions:
             return
         yield from self._follow(run)
 
-    def resume(self, run_id):
+    def resume(self, run_id: str):
+        """Resume a stopped or interrupted run and stream its progress until it ends."""
         try:
             if not run_id:
                 raise StudioError("pick a run to resume")
@@ -392,6 +428,7 @@ class TrainActions:
         yield from self._follow(run)
 
     def stop(self):
+        """Stop the current run after a checkpoint; it stays resumable."""
         if self.studio.training.current is not None:
             self.studio.training.current.stop()
 
@@ -461,10 +498,10 @@ class TrainActions:
 def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     ui = _layout(studio)
     act = TrainActions(studio)
-    form = [ui.form[name] for name in FORM_FIELDS]
+    form = {name: ui.form[name] for name in FORM_FIELDS}
     rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
     alpha_follows = gr.State(True)
-    check_inputs = [ui.model, ui.data_path, ui.data_name, *form]
+    dataset = [ui.model, ui.data_path, ui.data_name]
     check_outputs = [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]
     runs_outputs = [ui.runs.table, ui.runs.picker]
     progress_outputs = [
@@ -478,35 +515,41 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
         ui.stop,
         *runs_outputs,
     ]
+    private = {"api_visibility": "private"}
+    pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
+    pick |= {"outputs": [rank, alpha, layers], **private}
+    check = {"fn": act.check_dataset, "inputs": dataset, "outputs": check_outputs}
+    check |= {"inputs_kwargs": form, **private}
 
-    ui.model.input(
-        act.pick_model, [ui.model, layers, alpha_follows, alpha], [rank, alpha, layers]
-    ).then(act.check, check_inputs, check_outputs)
-    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name]).then(
-        act.check, check_inputs, check_outputs
+    # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **private).then(
+        **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
-    ui.server_path.submit(act.take_path, ui.server_path, [ui.data_path, ui.data_name]).then(
-        act.check, check_inputs, check_outputs
+    ui.model.input(**pick).then(**check)
+    ui.server_path.submit(
+        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **private
+    ).then(**check)
+    rank.input(
+        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **private
     )
-    rank.input(lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha)
-    alpha.input(lambda: False, None, alpha_follows)
-    for field in form:
-        field.input(act.check, check_inputs, check_outputs)
+    alpha.input(lambda: False, None, alpha_follows, **private)
+    for field in form.values():
+        field.input(**check)
     ui.get_demo.click(
-        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name]
-    ).then(act.pick_model, [ui.model, layers, alpha_follows, alpha], [rank, alpha, layers]).then(
-        act.check, check_inputs, check_outputs
-    )
+        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **private
+    ).then(**pick).then(**check)
     ui.start.click(
         act.train,
-        [ui.model, ui.data_path, ui.data_name, ui.name, *form],
+        [*dataset, ui.name],
         progress_outputs,
+        inputs_kwargs=form,
         api_name="train",
     )
     ui.stop.click(act.stop, None, None, api_name="stop")
     ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
     ui.runs.discard.click(
-        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs]
+        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **private
     )
-    page.load(act.show_current, None, progress_outputs)
+    page.load(act.show_current, None, progress_outputs, **private)
+    page.load(act.preselect, None, ui.model, **private).then(**pick).then(**check)
     return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
