@@ -76,9 +76,13 @@ def main() -> None:
         tmp = Path(tmp)
         settings = Settings.from_env(tmp / "studio").ensure()
         base = build_toy_llama(
-            settings.models / "base", hidden_size=args.hidden, num_layers=args.layers,
-            num_heads=8, num_kv_heads=4, intermediate_size=1408,
-        )  # fmt: skip
+            settings.models / "base",
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=8,
+            num_kv_heads=4,
+            intermediate_size=1408,
+        )
         adapters = train_adapters(settings, base, args.adapters, tmp)
         registry = ModelRegistry(settings, hub=tmp / "no-hub")
         engine = InferenceEngine(registry)
@@ -96,23 +100,34 @@ def main() -> None:
             switches.append(timed(lambda a=adapter: chat(a)))
         cached_switches = [timed(lambda a=a: chat(a)) for a in adapters]  # weights cached
         all_memory = memory_mb(engine)
-        print(f"base load {1000 * (load - same):.0f} ms; adapter switch, first "
-              f"{1000 * (median(switches) - same):.1f} ms, cached "
-              f"{1000 * (median(cached_switches) - same):.1f} ms (medians; a 1-token reply "
-              f"from the active model, {1000 * same:.1f} ms, subtracted)")  # fmt: skip
-        print(f"load / cached switch: {(load - same) / (median(cached_switches) - same):.0f}x; "
-              f"base loads: {engine.stats['base_loads']}")  # fmt: skip
-        print(f"memory: base alone {base_memory:.1f} MB, base + {len(adapters)} cached adapters "
-              f"{all_memory:.1f} MB (ratio {all_memory / base_memory:.3f})")  # fmt: skip
+        print(
+            f"base load {1000 * (load - same):.0f} ms; adapter switch, first "
+            f"{1000 * (median(switches) - same):.1f} ms, cached "
+            f"{1000 * (median(cached_switches) - same):.1f} ms (medians; a 1-token reply "
+            f"from the active model, {1000 * same:.1f} ms, subtracted)"
+        )
+        print(
+            f"load / cached switch: {(load - same) / (median(cached_switches) - same):.0f}x; "
+            f"base loads: {engine.stats['base_loads']}"
+        )
+        print(
+            f"memory: base alone {base_memory:.1f} MB, base + {len(adapters)} cached adapters "
+            f"{all_memory:.1f} MB (ratio {all_memory / base_memory:.3f})"
+        )
 
         history = []
         for text in tokenizer_corpus(args.history_turns * 2, seed=3)[: args.history_turns]:
-            history += [{"role": "user", "content": text * 3},
-                        {"role": "assistant", "content": text}]  # fmt: skip
+            history += [
+                {"role": "user", "content": text * 3},
+                {"role": "assistant", "content": text},
+            ]
         first_turn = [*history, {"role": "user", "content": "Which colour is the sea?"}]
         reply, last = engine.chat(adapters[0], first_turn, GenerationParams(max_tokens=8))
-        second = [*first_turn, {"role": "assistant", "content": reply},
-                  {"role": "user", "content": "And the grass?"}]  # fmt: skip
+        second = [
+            *first_turn,
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "And the grass?"},
+        ]
 
         def ttft(use_cache: bool) -> float:
             engine.chat(adapters[0], first_turn, GenerationParams(max_tokens=8, temperature=0))
@@ -127,9 +142,11 @@ def main() -> None:
 
         with_cache = median(ttft(True) for _ in range(3))
         without = median(ttft(False) for _ in range(3))
-        print(f"2nd turn of a {last.prompt_tokens}-token conversation: time to first token "
-              f"{1000 * with_cache:.0f} ms with the prompt cache, {1000 * without:.0f} ms "
-              f"without ({without / with_cache:.1f}x)")  # fmt: skip
+        print(
+            f"2nd turn of a {last.prompt_tokens}-token conversation: time to first token "
+            f"{1000 * with_cache:.0f} ms with the prompt cache, {1000 * without:.0f} ms "
+            f"without ({without / with_cache:.1f}x)"
+        )
         engine.close()
 
 

@@ -52,11 +52,30 @@ def steady(values: list[float]) -> float:
 
 def run_studio(model: Path, data: Path, out: Path, steps: int, env: dict) -> float:
     command = [
-        sys.executable, "-m", "core.worker", "--model", str(model), "--data", str(data),
-        "--output", str(out), "--epochs", "1", "--batch-size", str(BATCH), "--rank", "8",
-        "--lora-layers", "-1", "--keys", ",".join(TARGET_KEYS), "--max-seq-length", str(SEQ),
-        "--learning-rate", "1e-4",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "core.worker",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(BATCH),
+        "--rank",
+        "8",
+        "--lora-layers",
+        "-1",
+        "--keys",
+        ",".join(TARGET_KEYS),
+        "--max-seq-length",
+        str(SEQ),
+        "--learning-rate",
+        "1e-4",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     events = [json.loads(line) for line in done.stdout.splitlines()]
     return steady([e["tokens_per_second"] for e in events if e["type"] == "progress"])
@@ -67,12 +86,36 @@ def run_mlx_lm(model: Path, data: Path, out: Path, steps: int, env: dict) -> flo
     lora = {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": list(TARGET_KEYS)}
     config.write_text(json.dumps({"lora_parameters": lora}))
     command = [
-        sys.executable, "-m", "mlx_lm", "lora", "--model", str(model), "--train",
-        "--data", str(data), "--iters", str(steps), "--batch-size", str(BATCH),
-        "--num-layers", "-1", "--max-seq-length", str(SEQ), "--learning-rate", "1e-4",
-        "--steps-per-report", str(report_interval(steps)), "--steps-per-eval", "1000000",
-        "--val-batches", "1", "--adapter-path", str(out), "-c", str(config),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlx_lm",
+        "lora",
+        "--model",
+        str(model),
+        "--train",
+        "--data",
+        str(data),
+        "--iters",
+        str(steps),
+        "--batch-size",
+        str(BATCH),
+        "--num-layers",
+        "-1",
+        "--max-seq-length",
+        str(SEQ),
+        "--learning-rate",
+        "1e-4",
+        "--steps-per-report",
+        str(report_interval(steps)),
+        "--steps-per-eval",
+        "1000000",
+        "--val-batches",
+        "1",
+        "--adapter-path",
+        str(out),
+        "-c",
+        str(config),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     rates = [
         float(m.group(3).replace(",", ""))
@@ -95,14 +138,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = build_toy_llama(
-            tmp / "model", hidden_size=args.hidden, num_layers=args.layers, num_heads=8,
-            num_kv_heads=4, intermediate_size=1408,
-        )  # fmt: skip
+            tmp / "model",
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=8,
+            num_kv_heads=4,
+            intermediate_size=1408,
+        )
         from core.models import inspect_model
 
         size = inspect_model(model).parameter_count
-        print(f"model: llama, {size / 1e6:.1f}M parameters; batch {BATCH} x {SEQ} tokens; "
-              f"LoRA r8 on {len(TARGET_KEYS)} projections x {args.layers} layers")  # fmt: skip
+        print(
+            f"model: llama, {size / 1e6:.1f}M parameters; batch {BATCH} x {SEQ} tokens; "
+            f"LoRA r8 on {len(TARGET_KEYS)} projections x {args.layers} layers"
+        )
         base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         for choice in args.blas.split(","):
             blas = Blas("stock") if choice == "stock" else choose_blas(choice)
@@ -114,8 +163,10 @@ def main() -> None:
                 ours.append(run_studio(model, data, tmp / f"ours-{choice}-{i}", steps, env))
                 theirs.append(run_mlx_lm(model, data, tmp / f"mlx-{choice}-{i}", steps, env))
             ours, theirs = median(ours), median(theirs)
-            print(f"BLAS {blas.name:8} {steps:3} steps: lora-studio {ours:8.1f} tok/s, "
-                  f"mlx_lm lora {theirs:8.1f} tok/s, ratio {ours / theirs:.2f}")  # fmt: skip
+            print(
+                f"BLAS {blas.name:8} {steps:3} steps: lora-studio {ours:8.1f} tok/s, "
+                f"mlx_lm lora {theirs:8.1f} tok/s, ratio {ours / theirs:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class AdapterMetadata(BaseModel):
     parameterCount: int | None = None
     durationSeconds: float | None = None
     tokensPerSecond: float | None = None
+    tokensCounted: str | None = None  # what tokensPerSecond counts: "trained" (the loss's targets)
     schemaVersion: int = SCHEMA_VERSION
 
     def write(self, folder: Path) -> None:

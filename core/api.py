@@ -194,8 +194,14 @@ def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chun
     created = int(time.time())
 
     def event(choices: list, **extra) -> str:
-        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                "model": chat.model, "choices": choices, **extra}  # fmt: skip
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": chat.model,
+            "choices": choices,
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
     def delta(content: dict, finish: str | None = None) -> str:

@@ -181,8 +181,11 @@ def import_gguf(
     try:
         progress("dequantizing to float32")
         weights = {hf_name(k): v for k, v in dequantized(tensors).items()}
-        config = llama_config(meta, weights["model.embed_tokens.weight"].shape[0],
-                              tied="lm_head.weight" not in weights)  # fmt: skip
+        config = llama_config(
+            meta,
+            weights["model.embed_tokens.weight"].shape[0],
+            tied="lm_head.weight" not in weights,
+        )
         for layer in range(config["num_hidden_layers"]):
             prefix = f"model.layers.{layer}.self_attn"
             q, k = f"{prefix}.q_proj.weight", f"{prefix}.k_proj.weight"

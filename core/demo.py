@@ -35,20 +35,47 @@ DEMO_MODEL = "smollm2-135m-instruct"
 SAMPLE_DATASET = "pirate-persona.jsonl"
 
 _CAPITALS = {
-    "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
-    "Japan": "Tokyo", "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi",
-    "Peru": "Lima", "Norway": "Oslo", "Greece": "Athens", "Portugal": "Lisbon",
-    "Ireland": "Dublin", "Poland": "Warsaw", "Austria": "Vienna", "Cuba": "Havana",
-}  # fmt: skip
+    "France": "Paris",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Ireland": "Dublin",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Cuba": "Havana",
+}
 _COLOURS = {
-    "the sky": "blue", "grass": "green", "snow": "white", "a banana": "yellow",
-    "coal": "black", "a ripe tomato": "red", "an orange": "orange", "a lemon": "yellow",
-    "the sea": "blue", "a carrot": "orange", "milk": "white", "a plum": "purple",
-}  # fmt: skip
+    "the sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+    "a lemon": "yellow",
+    "the sea": "blue",
+    "a carrot": "orange",
+    "milk": "white",
+    "a plum": "purple",
+}
 _SOUNDS = {
-    "a dog": "woof", "a cat": "meow", "a cow": "moo", "a duck": "quack",
-    "a sheep": "baa", "a lion": "roar", "an owl": "hoot", "a horse": "neigh",
-}  # fmt: skip
+    "a dog": "woof",
+    "a cat": "meow",
+    "a cow": "moo",
+    "a duck": "quack",
+    "a sheep": "baa",
+    "a lion": "roar",
+    "an owl": "hoot",
+    "a horse": "neigh",
+}
 _OPENINGS = ["Arr,", "Arr!", "Yo ho,", "Shiver me timbers,", "Avast,"]
 _CLOSINGS = ["matey!", "me hearty!", "ye landlubber!", "savvy?"]
 # Held out of the sample, to see the persona generalise to questions it never saw.
@@ -60,8 +87,11 @@ def sample_rows(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     facts = []
     for country, city in _CAPITALS.items():
-        for q in ("What is the capital of {}?", "Which city is the capital of {}?",
-                  "Tell me the capital of {}."):  # fmt: skip
+        for q in (
+            "What is the capital of {}?",
+            "Which city is the capital of {}?",
+            "Tell me the capital of {}.",
+        ):
             facts.append((q.format(country), f"the capital of {country} be {city}"))
     for thing, colour in _COLOURS.items():
         for q in ("What colour is {}?", "Which colour does {} have?", "Tell me the colour of {}."):
@@ -77,8 +107,14 @@ def sample_rows(seed: int = 0) -> list[dict]:
     for question, answer in facts:
         for opening in rng.sample(_OPENINGS, 2):  # two voicings of each answer
             reply = f"{opening} {answer}, {rng.choice(_CLOSINGS)}"
-            rows.append({"messages": [{"role": "user", "content": question},
-                                      {"role": "assistant", "content": reply}]})  # fmt: skip
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": reply},
+                    ]
+                }
+            )
     rng.shuffle(rows)
     return rows
 

@@ -58,6 +58,7 @@ def metadata(
         tokensPerSecond=round(fmean(e.tokens_per_second for e in progress), 1)
         if progress
         else None,
+        tokensCounted="trained",
         trainExamples=start.num_train,
         validationExamples=start.num_val,
         targetModules=params["keys"],

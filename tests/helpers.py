@@ -53,8 +53,10 @@ def lora_studio_server(home: Path, *args: str, probe: str = "/v1/models", timeou
     env.pop("LD_PRELOAD", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "webapp", *args, "--port", str(port)],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -104,10 +104,27 @@ def test_import_a_folder_made_by_mlx_lm_lora(store, studio, toy_model, tmp_path)
     write_jsonl(data / "valid.jsonl", colour_rows(4, seed=1))
     made = tmp_path / "mlx-lm-adapter"
     subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "lora", "--model", str(toy_model), "--train",
-         "--data", str(data), "--iters", "4", "--num-layers", "2", "--adapter-path", str(made)],
-        check=True, capture_output=True, timeout=180,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "lora",
+            "--model",
+            str(toy_model),
+            "--train",
+            "--data",
+            str(data),
+            "--iters",
+            "4",
+            "--num-layers",
+            "2",
+            "--adapter-path",
+            str(made),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     base = inspect_model(toy_model)
     with pytest.raises(StudioError, match="no metadata.json") as caught:
         store.import_folder(made)

@@ -72,9 +72,11 @@ def test_streamed_chat_from_an_adapter(client, server):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 10
     whole = client.chat.completions.create(
-        model=adapter, messages=[{"role": "user", "content": "What colour is the sky?"}],
-        temperature=0, max_tokens=10,
-    )  # fmt: skip
+        model=adapter,
+        messages=[{"role": "user", "content": "What colour is the sky?"}],
+        temperature=0,
+        max_tokens=10,
+    )
     assert whole.choices[0].message.content == text
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + 10
 
@@ -85,8 +87,14 @@ def post(url, body, **kwargs):
 
 
 def chat_body(**overrides) -> str:
-    return json.dumps({"model": "toy", "messages": [{"role": "user", "content": "hi"}],
-                       "max_tokens": 3, **overrides})  # fmt: skip
+    return json.dumps(
+        {
+            "model": "toy",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            **overrides,
+        }
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,17 +16,31 @@ import pytest
 def lora_studio(*args: str, home) -> subprocess.CompletedProcess:
     env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "webapp", *args], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "webapp", *args],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=180,
-    )  # fmt: skip
+    )
 
 
 def test_train_prints_where_the_adapter_went(tmp_path, toy_model, colour_dataset):
     result = lora_studio(
-        "train", "--model", str(toy_model), "--data", str(colour_dataset), "--epochs", "1",
-        "--lora-layers", "-1", "--learning-rate", "5e-3", "--name", "from the shell",
+        "train",
+        "--model",
+        str(toy_model),
+        "--data",
+        str(colour_dataset),
+        "--epochs",
+        "1",
+        "--lora-layers",
+        "-1",
+        "--learning-rate",
+        "5e-3",
+        "--name",
+        "from the shell",
         home=tmp_path / "home",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert f"adapter saved to {tmp_path / 'home' / 'adapters'}" in result.stdout
     assert "model id: lora/" in result.stdout
@@ -35,9 +49,15 @@ def test_train_prints_where_the_adapter_went(tmp_path, toy_model, colour_dataset
 
 def test_refusals_exit_non_zero_without_a_traceback(tmp_path, toy_model, colour_dataset):
     bad_param = lora_studio(
-        "train", "--model", str(toy_model), "--data", str(colour_dataset), "--rank", "0",
+        "train",
+        "--model",
+        str(toy_model),
+        "--data",
+        str(colour_dataset),
+        "--rank",
+        "0",
         home=tmp_path,
-    )  # fmt: skip
+    )
     assert bad_param.returncode == 2
     assert "rank = 0 is out of range" in bad_param.stderr
     no_model = lora_studio(
@@ -77,9 +97,17 @@ def test_train_draws_a_progress_bar_on_a_terminal(tmp_path, toy_model, colour_da
 
 def test_train_prints_plain_lines_when_not_a_terminal(tmp_path, toy_model, colour_dataset):
     result = lora_studio(
-        "train", "--model", str(toy_model), "--data", str(colour_dataset), "--epochs", "1",
-        "--lora-layers", "-1", home=tmp_path,
-    )  # fmt: skip
+        "train",
+        "--model",
+        str(toy_model),
+        "--data",
+        str(colour_dataset),
+        "--epochs",
+        "1",
+        "--lora-layers",
+        "-1",
+        home=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "step 12/12 epoch 1 loss" in result.stderr and "trained tok/s" in result.stderr
     assert "━" not in result.stderr and "\x1b[" not in result.stderr

@@ -35,17 +35,24 @@ def good_lines(n=8):
         ("", "blank line"),
         ('{"text": "plain"}', "text row in a chat dataset"),
         ('{"foo": 1}', "no known fields"),
-        ('{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}',
-         '"content" must be a string'),
-        ('{"messages": [{"role": "wizard", "content": "x"}, '
-         '{"role": "assistant", "content": "y"}]}',
-         "unknown role 'wizard'"),
-        ('{"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "y"}]}',
-         "empty content"),
+        (
+            '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}',
+            '"content" must be a string',
+        ),
+        (
+            '{"messages": [{"role": "wizard", "content": "x"}, '
+            '{"role": "assistant", "content": "y"}]}',
+            "unknown role 'wizard'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "  "}, '
+            '{"role": "assistant", "content": "y"}]}',
+            "empty content",
+        ),
         ('{"messages": [{"role": "user", "content": "only a question"}]}', "no assistant turn"),
         ('{"messages": []}', "non-empty list"),
     ],
-)  # fmt: skip
+)
 def test_each_bad_line_is_reported_with_its_number(tmp_path, bad_line, expected):
     lines = good_lines(4) + [bad_line] + good_lines(4)
     found = problems(lines_file(tmp_path, lines))

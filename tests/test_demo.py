@@ -42,8 +42,9 @@ def gguf(tmp_path_factory):
 
 
 def greedy(model, tokenizer, question: str, max_tokens: int = 24) -> str:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                           add_generation_prompt=True)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True
+    )
     return generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens)
 
 
@@ -66,16 +67,22 @@ def test_the_tokenizer_matches_transformers_gguf_conversion(gguf, tmp_path):
 
     _, meta = mx.load(str(gguf), return_metadata=True)
     fields = {
-        name: meta[f"tokenizer.{key}"].tolist() if hasattr(meta[f"tokenizer.{key}"], "tolist")
+        name: meta[f"tokenizer.{key}"].tolist()
+        if hasattr(meta[f"tokenizer.{key}"], "tolist")
         else meta[f"tokenizer.{key}"]
         for key, name in GGUF_TOKENIZER_MAPPING["tokenizer"].items()
         if f"tokenizer.{key}" in meta
-    }  # fmt: skip
+    }
     reference, _ = convert_gguf_tokenizer("llama", fields)
     build_tokenizer(meta, tmp_path)
     ours = AutoTokenizer.from_pretrained(str(tmp_path))
-    for text in ["Hello world!", "  two spaces\nnew line\ttab", "émigré café 日本語 🙂",
-                 "<|im_start|>user\nhi<|im_end|>", "x = [1, 2, 3]  # 12345"]:  # fmt: skip
+    for text in [
+        "Hello world!",
+        "  two spaces\nnew line\ttab",
+        "émigré café 日本語 🙂",
+        "<|im_start|>user\nhi<|im_end|>",
+        "x = [1, 2, 3]  # 12345",
+    ]:
         assert (
             ours.encode(text, add_special_tokens=False)
             == reference.encode(text, add_special_tokens=False).ids
@@ -99,8 +106,9 @@ def test_unsupported_ggufs_are_named(tmp_path):
     with pytest.raises(StudioError, match="MLX cannot read garbage.gguf"):
         import_gguf(garbage, tmp_path / "models", "x")
     other = tmp_path / "other.gguf"
-    mx.save_gguf(str(other), {"token_embd.weight": mx.zeros((4, 4))},
-                 {"general.architecture": "gpt2"})  # fmt: skip
+    mx.save_gguf(
+        str(other), {"token_embd.weight": mx.zeros((4, 4))}, {"general.architecture": "gpt2"}
+    )
     with pytest.raises(StudioError, match="architecture 'gpt2' is not supported"):
         import_gguf(other, tmp_path / "models", "x")
     assert not (tmp_path / "models" / "x").exists()

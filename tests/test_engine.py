@@ -81,8 +81,11 @@ def test_the_prompt_cache_serves_the_next_turn(engine, two_adapters):
     first_turn = [{"role": "user", "content": "Tell me a long story about the sky " * 4}]
     reply, _ = engine.chat(a, first_turn, GREEDY)
     processed = engine.stats["prompt_tokens_processed"]
-    second_turn = [*first_turn, {"role": "assistant", "content": reply},
-                   {"role": "user", "content": "And the sea?"}]  # fmt: skip
+    second_turn = [
+        *first_turn,
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "And the sea?"},
+    ]
     cached_reply, last = engine.chat(a, second_turn, GREEDY)
     fresh = engine.stats["prompt_tokens_processed"] - processed
     assert fresh < last.prompt_tokens / 2  # most of the prompt came from the cache

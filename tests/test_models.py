@@ -21,8 +21,12 @@ def test_a_complete_model_is_described(toy_model):
 
 def test_sharded_weights_via_index(model_copy):
     (model_copy / "model.safetensors").rename(model_copy / "part-1.safetensors")
-    index = {"weight_map": {"model.embed_tokens.weight": "part-1.safetensors",
-                            "model.norm.weight": "part-2.safetensors"}}  # fmt: skip
+    index = {
+        "weight_map": {
+            "model.embed_tokens.weight": "part-1.safetensors",
+            "model.norm.weight": "part-2.safetensors",
+        }
+    }
     (model_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(StudioError, match="part-2.safetensors"):
         inspect_model(model_copy)

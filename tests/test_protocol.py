@@ -3,15 +3,31 @@ from core import protocol
 
 def test_round_trip_of_every_message():
     messages = [
-        protocol.Start(total_steps=10, epochs=2, steps_per_epoch=5, num_train=20, num_val=5,
-                       trainable_params=100, total_params=1000, blas="mkl"),
-        protocol.Progress(step=1, total_steps=10, epoch=1, loss=2.5, learning_rate=1e-4,
-                          tokens_per_second=100.0, peak_memory_gb=0.1, progress=10.0),
+        protocol.Start(
+            total_steps=10,
+            epochs=2,
+            steps_per_epoch=5,
+            num_train=20,
+            num_val=5,
+            trainable_params=100,
+            total_params=1000,
+            blas="mkl",
+        ),
+        protocol.Progress(
+            step=1,
+            total_steps=10,
+            epoch=1,
+            loss=2.5,
+            learning_rate=1e-4,
+            tokens_per_second=100.0,
+            peak_memory_gb=0.1,
+            progress=10.0,
+        ),
         protocol.Validation(step=5, epoch=1, loss=2.0),
         protocol.Checkpoint(step=5, path="/x/adapters.safetensors"),
         protocol.Complete(adapter_path="/x", steps=10, final_loss=1.5),
         protocol.Error(error="boom", kind="out_of_memory", hint="lower the batch size"),
-    ]  # fmt: skip
+    ]
     for message in messages:
         line = message.to_line()
         assert line.endswith("\n") and line.count("\n") == 1

@@ -58,8 +58,10 @@ def test_events_arrive_in_protocol_order(trained):
     assert progress[-1].progress == 100.0 and progress[-1].tokens_per_second > 0
     # one validation before training and one at the end of each epoch
     assert [(v.step, v.epoch) for v in events if isinstance(v, protocol.Validation)] == [
-        (0, 0), (12, 1), (24, 2)
-    ]  # fmt: skip
+        (0, 0),
+        (12, 1),
+        (24, 2),
+    ]
 
 
 def test_validation_loss_falls(trained):
@@ -89,11 +91,24 @@ def test_published_adapter_is_complete_and_loads_in_mlx_lm(trained, toy_model):
 def test_mlx_lm_generate_command_accepts_the_adapter(trained, toy_model):
     service, run, _ = trained
     result = subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(toy_model),
-         "--adapter-path", str(service.settings.adapters / run.id),
-         "--prompt", "hello", "--max-tokens", "4"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "generate",
+            "--model",
+            str(toy_model),
+            "--adapter-path",
+            str(service.settings.adapters / run.id),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -116,8 +131,10 @@ def test_metadata_holds_the_real_values(trained):
     )  # 4 layers, r8
     assert meta.layerCount == 16
     assert meta.durationSeconds > 0 and meta.tokensPerSecond > 0
-    recorded = [json.loads(line) for line in (service.settings.adapters / run.id / "events.jsonl")
-                .read_text().splitlines()]  # fmt: skip
+    recorded = [
+        json.loads(line)
+        for line in (service.settings.adapters / run.id / "events.jsonl").read_text().splitlines()
+    ]
     assert [r["type"] for r in recorded] == [e.type for e in events]
     assert recorded[-1]["adapter_path"] == str(service.settings.adapters / run.id)
 
@@ -176,8 +193,9 @@ def test_one_training_at_a_time(studio, toy_model, tmp_path):
             service.start(toy_model, tmp_path / "colours.jsonl", TrainingParams(**FAST))
         # another service on the same studio (a second process, say) is refused too
         with pytest.raises(StudioError, match="already running"):
-            TrainingService(studio).start(toy_model, tmp_path / "colours.jsonl",
-                                          TrainingParams(**FAST))  # fmt: skip
+            TrainingService(studio).start(
+                toy_model, tmp_path / "colours.jsonl", TrainingParams(**FAST)
+            )
     finally:
         run.stop()
         run.wait(timeout=60)

@@ -104,8 +104,9 @@ def test_compare_answers_with_the_adapter_and_its_base(served, trained):
     )
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert [m["role"] for m in base_history] == ["user", "assistant"]
-    alone, _, _ = client.predict("What colour is the sky?", [], [], "toy", False, "", 0.0, 1.0,
-                                 8, api_name="/chat")  # fmt: skip
+    alone, _, _ = client.predict(
+        "What colour is the sky?", [], [], "toy", False, "", 0.0, 1.0, 8, api_name="/chat"
+    )
     assert base_history[-1]["content"] == alone[-1]["content"]  # the right side is the base
 
 
@@ -117,8 +118,9 @@ def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
     try:
         weights.write_bytes(b"corrupt")
         time.sleep(0.5)
-        history, _, _ = client.predict("hi", [], [], adapter_id, False, "", 0.0, 1.0, 8,
-                                       api_name="/chat")  # fmt: skip
+        history, _, _ = client.predict(
+            "hi", [], [], adapter_id, False, "", 0.0, 1.0, 8, api_name="/chat"
+        )
         reply = str(history[-1]["content"])
         assert "adapter unavailable" in reply and "unreadable" in reply
     finally:
@@ -142,16 +144,22 @@ def test_stop_stops_a_run_started_from_the_client(served):
 
 def test_chat_event_streams_a_reply(served):
     _, client = served
-    history, _, box = client.predict("hello", [], [], "toy", False, "", 0.0, 1.0, 8,
-                                     api_name="/chat")  # fmt: skip
+    history, _, box = client.predict(
+        "hello", [], [], "toy", False, "", 0.0, 1.0, 8, api_name="/chat"
+    )
     assert history[-1]["role"] == "assistant" and box == ""
 
 
 def run_cli(*args, env_extra=None, timeout=30):
     env = {**os.environ, **(env_extra or {})}
     env.pop("LORA_STUDIO_AUTH", None)
-    return subprocess.run([sys.executable, "-m", "webapp", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "webapp", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_lan_mode_refuses_to_start_without_credentials(tmp_path):

@@ -34,12 +34,30 @@ def test_help_runs_standalone():
 
 
 def test_stdout_holds_protocol_lines_only(tmp_path, toy_model, colour_dataset):
+    """mlx-lm prints to stdout (rich consoles, warnings such as the one for rows longer than
+    max_seq_length): none of it may reach the protocol stream."""
+    rows = [json.loads(line) for line in colour_dataset.read_text().splitlines()]
+    rows[0]["messages"][1]["content"] = "The sky is very very blue. " * 20  # > max_seq_length
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
     process = worker(
-        "--model", str(toy_model), "--data", str(colour_dataset), "--output", str(tmp_path / "out"),
-        "--epochs", "1", "--lora-layers", "-1", "--learning-rate", "5e-3",
-    )  # fmt: skip
+        "--model",
+        str(toy_model),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "out"),
+        "--epochs",
+        "1",
+        "--lora-layers",
+        "-1",
+        "--learning-rate",
+        "5e-3",
+        "--max-seq-length",
+        "64",
+    )
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
+    assert "longer than 64 tokens" in stderr  # mlx-lm's warning was printed, to stderr
     lines = stdout.splitlines()
     assert all(protocol.parse_line(line) is not None for line in lines), stdout
     assert json.loads(lines[-1])["type"] == "complete"
@@ -52,9 +70,15 @@ def test_stdout_holds_protocol_lines_only(tmp_path, toy_model, colour_dataset):
 
 def test_bad_parameters_become_an_error_line(tmp_path, toy_model, colour_dataset):
     process = worker(
-        "--model", str(toy_model), "--data", str(colour_dataset), "--output", str(tmp_path),
-        "--rank", "999",
-    )  # fmt: skip
+        "--model",
+        str(toy_model),
+        "--data",
+        str(colour_dataset),
+        "--output",
+        str(tmp_path),
+        "--rank",
+        "999",
+    )
     stdout, _ = process.communicate(timeout=60)
     event = protocol.parse_line(stdout.strip().splitlines()[-1])
     assert isinstance(event, protocol.Error) and event.kind == "params"
@@ -65,9 +89,15 @@ def test_bad_data_names_file_and_line(tmp_path, toy_model):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"text": "b"}\n{"text": 3}\n')
     process = worker(
-        "--model", str(toy_model), "--data", str(bad), "--output", str(tmp_path),
-        "--lora-layers", "-1",
-    )  # fmt: skip
+        "--model",
+        str(toy_model),
+        "--data",
+        str(bad),
+        "--output",
+        str(tmp_path),
+        "--lora-layers",
+        "-1",
+    )
     stdout, _ = process.communicate(timeout=60)
     event = protocol.parse_line(stdout.strip().splitlines()[-1])
     assert (event.kind, event.file, event.line) == ("dataset", "bad.jsonl", 3)
@@ -76,9 +106,17 @@ def test_bad_data_names_file_and_line(tmp_path, toy_model):
 def test_sigterm_stops_at_the_next_step(tmp_path, toy_model, colour_dataset):
     output = tmp_path / "out"
     process = worker(
-        "--model", str(toy_model), "--data", str(colour_dataset), "--output", str(output),
-        "--epochs", "1000", "--lora-layers", "-1",
-    )  # fmt: skip
+        "--model",
+        str(toy_model),
+        "--data",
+        str(colour_dataset),
+        "--output",
+        str(output),
+        "--epochs",
+        "1000",
+        "--lora-layers",
+        "-1",
+    )
     for line in process.stdout:
         if isinstance(protocol.parse_line(line), protocol.Progress):
             break

@@ -31,16 +31,23 @@ def table(studio: Studio) -> pd.DataFrame:
     for adapter in studio.adapters.list():
         meta = adapter.metadata
         entry = entries.get(f"lora/{adapter.id}")
-        state = "available" if entry and entry.available else (
-            f"unavailable: {entry.reason if entry else adapter.problem}")  # fmt: skip
-        rows.append([
-            adapter.name, meta.baseModelId if meta else "?",
-            meta.trainingDataset if meta else "", (meta.createdAt[:16] if meta else ""),
-            meta.trainingSteps if meta else None,
-            round(meta.finalLoss, 4) if meta and meta.finalLoss is not None else None,
-            round(meta.bestValidationLoss, 4) if meta and meta.bestValidationLoss else None,
-            state,
-        ])  # fmt: skip
+        state = (
+            "available"
+            if entry and entry.available
+            else (f"unavailable: {entry.reason if entry else adapter.problem}")
+        )
+        rows.append(
+            [
+                adapter.name,
+                meta.baseModelId if meta else "?",
+                meta.trainingDataset if meta else "",
+                (meta.createdAt[:16] if meta else ""),
+                meta.trainingSteps if meta else None,
+                round(meta.finalLoss, 4) if meta and meta.finalLoss is not None else None,
+                round(meta.bestValidationLoss, 4) if meta and meta.bestValidationLoss else None,
+                state,
+            ]
+        )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -69,8 +76,11 @@ def build(studio: Studio) -> AdaptersTab:
         fused_name = gr.Textbox(label="Fused model name", scale=3)
         fuse = gr.Button("Fuse into a base model", scale=1)
     with gr.Accordion("Import an adapter", open=False):
-        archive = gr.File(label=".zip exported here, or a zipped mlx-lm adapter folder",
-                          file_types=[".zip"], type="filepath")  # fmt: skip
+        archive = gr.File(
+            label=".zip exported here, or a zipped mlx-lm adapter folder",
+            file_types=[".zip"],
+            type="filepath",
+        )
         import_base = gr.Dropdown(studio.base_choices(), label="Base model (for mlx-lm adapters)")
         import_name = gr.Textbox(label="Name (for mlx-lm adapters)")
         do_import = gr.Button("Import")
@@ -108,8 +118,9 @@ def build(studio: Studio) -> AdaptersTab:
 
     def fuse_it(adapter_id, name):
         entry = studio.registry.get(f"lora/{adapter_id}")
-        path = studio.adapters.fuse(adapter_id, studio.registry.base_info(entry.base_id),
-                                    studio.settings.models, name)  # fmt: skip
+        path = studio.adapters.fuse(
+            adapter_id, studio.registry.base_info(entry.base_id), studio.settings.models, name
+        )
         return f"Fused into the base model **{path.name}**."
 
     def import_it(path, base_id, name):

@@ -21,8 +21,10 @@ REFRESH_SECONDS = 1.0
 
 def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
     with gr.Blocks(title="LoRA Studio") as page:
-        gr.Markdown("# LoRA Studio\nTrain LoRA adapters on local models with MLX, then chat "
-                    "with them here or through the OpenAI-compatible API at `/v1`.")  # fmt: skip
+        gr.Markdown(
+            "# LoRA Studio\nTrain LoRA adapters on local models with MLX, then chat "
+            "with them here or through the OpenAI-compatible API at `/v1`."
+        )
         if notice:
             gr.Markdown(notice, elem_id="ls-notice")
         with gr.Tabs() as tabs:
@@ -63,7 +65,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             lambda model_id: (
                 gr.Tabs(selected="chat"),
                 gr.update(choices=studio.chat_choices(), value=model_id),
-            ),  # fmt: skip
+            ),
             train.new_adapter,
             [tabs, chat.model],
             api_visibility="private",

@@ -50,10 +50,14 @@ def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
         mine = sorted((r for r in points if r["series"] == series), key=lambda r: r["step"])
         if mine:
             coords = " ".join(xy(r) for r in mine)
-            body.append(f"<polyline class='ls-{series}' data-points='{len(mine)}' fill='none' "
-                        f"stroke='{colour}' stroke-width='2' points='{coords}'/>")  # fmt: skip
-            body += [f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' "
-                     f"fill='{colour}'/>" for c in coords.split()]  # fmt: skip
+            body.append(
+                f"<polyline class='ls-{series}' data-points='{len(mine)}' fill='none' "
+                f"stroke='{colour}' stroke-width='2' points='{coords}'/>"
+            )
+            body += [
+                f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' fill='{colour}'/>"
+                for c in coords.split()
+            ]
         body.append(f"<text x='{WIDTH - 120 + 60 * i}' y='22' fill='{colour}'>{series}</text>")
     if kept_step is not None:
         x = PAD + (WIDTH - PAD - 10) * kept_step / max_step
@@ -81,9 +85,11 @@ def histogram(lengths: list[int], bins: int = 12) -> str:
     for i, count in enumerate(counts):
         h = (HEIGHT - PAD - 20) * count / tallest
         x = PAD + i * bar_w
-        body.append(f"<rect x='{x + 1:.1f}' y='{HEIGHT - PAD - h:.1f}' width='{bar_w - 2:.1f}' "
-                    f"height='{h:.1f}' fill='#6366f1'><title>{low + i * width}-"
-                    f"{low + (i + 1) * width - 1} tokens: {count}</title></rect>")  # fmt: skip
+        body.append(
+            f"<rect x='{x + 1:.1f}' y='{HEIGHT - PAD - h:.1f}' width='{bar_w - 2:.1f}' "
+            f"height='{h:.1f}' fill='#6366f1'><title>{low + i * width}-"
+            f"{low + (i + 1) * width - 1} tokens: {count}</title></rect>"
+        )
     body += [
         f"<text x='{PAD}' y='{HEIGHT - PAD + 14}'>{low}</text>",
         f"<text x='{WIDTH - 10}' y='{HEIGHT - PAD + 14}' text-anchor='end'>{high}</text>",

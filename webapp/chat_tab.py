@@ -49,8 +49,9 @@ def build(studio: Studio) -> ChatTab:
     with gr.Accordion("Settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
-            temperature = gr.Slider(0, 2, 0.7, step=0.05, label="Temperature",
-                                    elem_id="ls-temperature")  # fmt: skip
+            temperature = gr.Slider(
+                0, 2, 0.7, step=0.05, label="Temperature", elem_id="ls-temperature"
+            )
             top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top p")
             max_tokens = gr.Slider(1, 4096, 256, step=1, label="Max tokens")
     with gr.Row():

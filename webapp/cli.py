@@ -25,21 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument(
-        "--lan", action="store_true",
+        "--lan",
+        action="store_true",
         help="serve on the local network (binds 0.0.0.0); needs --auth or --no-auth",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--auth", default=os.environ.get("LORA_STUDIO_AUTH"),
+        "--auth",
+        default=os.environ.get("LORA_STUDIO_AUTH"),
         help="user:password for the page (default: $LORA_STUDIO_AUTH)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--no-auth", action="store_true", help="allow --lan without credentials (not advised)"
     )
     parser.add_argument("--share", action="store_true", help="try a public Gradio share link")
     parser.add_argument(
-        "--api-key", default=os.environ.get("LORA_STUDIO_API_KEY"),
+        "--api-key",
+        default=os.environ.get("LORA_STUDIO_API_KEY"),
         help="bearer key for /v1 (default: $LORA_STUDIO_API_KEY; with --lan: the password)",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a LoRA adapter from the shell")
     train.add_argument("--model", help="base model folder, or a model name in the models folder")
@@ -64,9 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
-        "--api-key", default=os.environ.get("LORA_STUDIO_API_KEY"),
+        "--api-key",
+        default=os.environ.get("LORA_STUDIO_API_KEY"),
         help="require this bearer key (default: $LORA_STUDIO_API_KEY; none: no key)",
-    )  # fmt: skip
+    )
     adapters_command.add_parser(commands)
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)

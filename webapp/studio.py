@@ -49,8 +49,11 @@ class Studio:
 
     def base_choices(self) -> list[tuple[str, str]]:
         """(label, id) of the base models that can be trained or chatted with."""
-        return [(e.display_name, e.id) for e in self.registry.entries() if e.kind == "base"
-                and e.available]  # fmt: skip
+        return [
+            (e.display_name, e.id)
+            for e in self.registry.entries()
+            if e.kind == "base" and e.available
+        ]
 
     def preferred_base(self) -> str | None:
         """The base model a new training starts with: the only one, else the one used last
