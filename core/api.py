@@ -8,9 +8,10 @@ Errors use OpenAI's error shape and fitting status codes: 400 bad request, 401 b
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable
+from .engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable, base_path
 from .errors import StudioError
+from .models import context_length
 from .registry import ModelRegistry
 
 MAX_BODY_BYTES = 1_000_000
@@ -120,8 +122,11 @@ def create_router(
     async def chat_completions(request: Request):
         check_key(request)
         chat = parse_request(await read_body(request))
+        check_room(registry, chat)
+        gone = threading.Event()  # set when the client disconnects: generation stops
         try:
-            chunks = engine.stream(chat.model, [m.as_dict() for m in chat.messages], chat.params())
+            messages = [m.as_dict() for m in chat.messages]
+            chunks = engine.stream(chat.model, messages, chat.params(), cancelled=gone)
             # the first chunk surfaces unknown or unavailable models before answering
             first = await run_in_threadpool(next, chunks)
         except ModelUnavailable as exc:
@@ -132,9 +137,14 @@ def create_router(
             raise APIError(503, exc.message, "server_error") from None
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if chat.stream:
-            events = sse(completion_id, chat, first, chunks)
+            events = sse(completion_id, chat, first, chunks, gone)
             return StreamingResponse(events, media_type="text/event-stream")
-        parts = [first, *(await run_in_threadpool(list, chunks))]
+        watcher = asyncio.create_task(_set_when_disconnected(request, gone))
+        try:
+            parts = [first, *(await run_in_threadpool(list, chunks))]
+        finally:
+            watcher.cancel()
+            gone.set()
         last = parts[-1]
         return {
             "id": completion_id,
@@ -152,6 +162,30 @@ def create_router(
         }
 
     return router
+
+
+async def _set_when_disconnected(request: Request, gone: threading.Event) -> None:
+    """Once the body is read, the next ASGI message is the client's disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def check_room(registry: ModelRegistry, chat: ChatRequest) -> None:
+    """max_tokens may not exceed the model's context length (400 names both)."""
+    asked = chat.max_completion_tokens or chat.max_tokens
+    try:
+        entry = registry.get(chat.model)
+    except StudioError:
+        return  # an unknown model: answered with 404 where the engine is asked
+    limit = context_length(base_path(entry)) if asked and entry.available else None
+    if limit and asked > limit:
+        raise APIError(
+            400,
+            f"max_tokens = {asked} is more than the context length of {chat.model} ({limit})",
+            "invalid_request_error",
+            "max_tokens",
+        )
 
 
 async def read_body(request: Request) -> bytes:
@@ -189,8 +223,15 @@ def usage(chunk: Chunk) -> dict:
     }
 
 
-def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chunk]):
-    """Server-sent events in OpenAI's chunk shape, ending with ``data: [DONE]``."""
+async def sse(
+    completion_id: str,
+    chat: ChatRequest,
+    first: Chunk,
+    rest: Iterator[Chunk],
+    gone: threading.Event,
+):
+    """Server-sent events in OpenAI's chunk shape, ending with ``data: [DONE]``. When the
+    client disconnects, the server cancels this generator: ``gone`` stops the generation."""
     created = int(time.time())
 
     def event(choices: list, **extra) -> str:
@@ -209,11 +250,12 @@ def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chun
 
     try:
         yield delta({"role": "assistant", "content": ""})
-        last = first
-        for chunk in itertools.chain([first], rest):
+        last = chunk = first
+        while chunk is not None:
             last = chunk
             if chunk.text:
                 yield delta({"content": chunk.text})
+            chunk = await run_in_threadpool(next, rest, None)
         yield delta({}, last.finish_reason)
         if chat.stream_options and chat.stream_options.include_usage:
             yield event([], usage=usage(last))
@@ -221,7 +263,7 @@ def sse(completion_id: str, chat: ChatRequest, first: Chunk, rest: Iterator[Chun
     except StudioError as exc:
         yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error'}})}\n\n"
     finally:
-        rest.close()
+        gone.set()
 
 
 def create_app(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .errors import StudioError
+from .models import context_length
 from .registry import ModelEntry, ModelRegistry
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ class InferenceEngine:
         self.max_bases = max_bases
         self.max_conversations = max_conversations
         self.prompt_cache_bytes = prompt_cache_bytes  # over all bases in memory
-        self.stats: Counter[str] = Counter()  # base_loads, adapter_reads, prompt_tokens_processed
+        # base_loads, adapter_reads, prompt_tokens_processed, generated_tokens
+        self.stats: Counter[str] = Counter()
         self._bases: OrderedDict[Path, _Base] = OrderedDict()
         self._adapter_weights: OrderedDict[str, tuple[float, dict]] = OrderedDict()
         self._jobs: queue.Queue = queue.Queue()
@@ -108,18 +110,25 @@ class InferenceEngine:
     # -- what callers use ------------------------------------------------------------------------
 
     def stream(
-        self, model_id: str, messages: list[dict], params: GenerationParams | None = None
+        self,
+        model_id: str,
+        messages: list[dict],
+        params: GenerationParams | None = None,
+        cancelled: threading.Event | None = None,
     ) -> Iterator[Chunk]:
         """Stream the reply of ``model_id`` to ``messages`` (OpenAI-style role/content dicts).
 
         Raises StudioError for an unknown model and ModelUnavailable for one that cannot be
-        used, with the reason. Closing the iterator early stops the generation.
+        used, with the reason. Closing the iterator early, or setting ``cancelled`` (from any
+        thread: a server whose client went away), stops the generation at the next token.
         """
         entry = self.registry.get(model_id)
         if not entry.available:
             what = "adapter" if entry.kind == "adapter" else "model"
             raise ModelUnavailable(f"{what} unavailable: {entry.reason}")
         request = _Request(entry, messages, params or GenerationParams())
+        if cancelled is not None:
+            request.cancelled = cancelled
         self._jobs.put(request)
         try:
             while (item := request.out.get()) is not _END:
@@ -207,6 +216,9 @@ class InferenceEngine:
             cache, rest = make_prompt_cache(base.model), prompt
         self.stats["prompt_tokens_processed"] += len(rest)
         p = job.params
+        room = (context_length(base_path(job.entry)) or 1 << 30) - len(prompt)
+        if room < 1:
+            raise StudioError(f"the conversation ({len(prompt)} tokens) fills the model's context")
         stops = StopScanner(p.stop)
         generated: list[int] = []
         finish = "length"
@@ -214,12 +226,13 @@ class InferenceEngine:
             base.model,
             base.tokenizer,
             prompt=rest,
-            max_tokens=p.max_tokens,
+            max_tokens=min(p.max_tokens, room),
             sampler=make_sampler(temp=p.temperature, top_p=p.top_p),
             logits_processors=make_logits_processors(repetition_penalty=p.repetition_penalty),
             prompt_cache=cache,
         ):
             generated.append(response.token)
+            self.stats["generated_tokens"] += 1
             text, stopped = stops.feed(response.text)
             if response.finish_reason == "stop" or stopped:
                 finish = "stop"
@@ -236,8 +249,7 @@ class InferenceEngine:
 
     def _activate(self, entry: ModelEntry) -> _Base:
         """The base of ``entry`` in memory, with ``entry``'s adapter (or none) applied."""
-        base_path = entry.base_path if entry.kind == "adapter" else entry.path
-        base = self._load_base(base_path)
+        base = self._load_base(base_path(entry))
         adapter_id = entry.id.removeprefix("lora/") if entry.kind == "adapter" else None
         if base.adapter_id != adapter_id or (adapter_id and self._stale(adapter_id, entry)):
             try:
@@ -351,6 +363,11 @@ class InferenceEngine:
                     del self._bases[path]
 
         self._jobs.put(release)
+
+
+def base_path(entry: ModelEntry) -> Path:
+    """The folder of the base model an entry runs on (its own, for a base)."""
+    return entry.base_path if entry.kind == "adapter" else entry.path
 
 
 class StopScanner:

@@ -138,6 +138,19 @@ def _parameter_count(tensors: dict[str, list[int]], quantization: dict | None) -
     return count
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
+
+
+def context_length(folder: Path) -> int | None:
+    """How many tokens the model at ``folder`` attends over (from config.json), if it says."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    return next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+
+
 def resolve_model(name_or_path: str | Path, models_folder: Path) -> Path:
     """A model given as a folder path, or by name in the studio's models folder.
 

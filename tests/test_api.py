@@ -38,7 +38,7 @@ def server(tmp_path_factory, toy_model, trained_adapter):
     thread.start()
     while not uv.started:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", f"lora/{trained_adapter.name}", settings
+    yield f"http://127.0.0.1:{port}", f"lora/{trained_adapter.name}", settings, engine
     uv.should_exit = True
     thread.join(timeout=10)
     engine.close()
@@ -47,17 +47,17 @@ def server(tmp_path_factory, toy_model, trained_adapter):
 
 @pytest.fixture
 def client(server):
-    url, _, _ = server
+    url, *_ = server
     return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
 
 
 def test_models_are_listed(client, server):
-    _, adapter, _ = server
+    _, adapter, *_ = server
     assert {m.id for m in client.models.list()} == {"toy", adapter}
 
 
 def test_streamed_chat_from_an_adapter(client, server):
-    _, adapter, _ = server
+    _, adapter, *_ = server
     stream = client.chat.completions.create(
         model=adapter,
         messages=[{"role": "user", "content": "What colour is the sky?"}],
@@ -81,9 +81,9 @@ def test_streamed_chat_from_an_adapter(client, server):
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + 10
 
 
-def post(url, body, **kwargs):
-    headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
-    return httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers, timeout=30)
+def post(url, body, headers=None, timeout=30):
+    headers = {"Authorization": f"Bearer {KEY}", **(headers or {})}
+    return httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers, timeout=timeout)
 
 
 def chat_body(**overrides) -> str:
@@ -112,7 +112,7 @@ def chat_body(**overrides) -> str:
     ],
 )
 def test_hostile_requests_get_the_right_4xx(server, body, status, kind):
-    url, _, _ = server
+    url, *_ = server
     response = post(url, body)
     assert response.status_code == status
     assert response.json()["error"]["type"] == kind
@@ -120,13 +120,13 @@ def test_hostile_requests_get_the_right_4xx(server, body, status, kind):
 
 
 def test_a_wrong_key_is_refused(server):
-    url, _, _ = server
+    url, *_ = server
     assert httpx.get(f"{url}/v1/models").status_code == 401
     assert post(url, chat_body(), headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
 def test_an_unavailable_adapter_answers_409_with_the_reason(server):
-    url, adapter, settings = server
+    url, adapter, settings, _ = server
     broken = settings.adapters / str(uuid.uuid4())
     shutil.copytree(settings.adapters / adapter.removeprefix("lora/"), broken)
     meta = json.loads((broken / "metadata.json").read_text())
@@ -155,3 +155,44 @@ def test_lora_studio_serve_runs_the_api_with_the_fast_blas(tmp_path, toy_model):
         if fast != "stock":
             assert {"mkl": "libmkl_rt", "openblas": "libopenblas"}[fast] in maps
     assert "127.0.0.1" in log.read_text()
+
+
+LONG = dict(model="toy", temperature=0, max_tokens=4000)  # the toy base never stops by itself
+
+
+def generated_while(engine, action) -> int:
+    """Tokens the engine generated during ``action`` and until it is free again."""
+    before = engine.stats["generated_tokens"]
+    action()
+    engine.call(lambda: None)  # queued behind whatever is still generating
+    return engine.stats["generated_tokens"] - before
+
+
+def test_a_client_that_goes_away_stops_its_generation(server):
+    url, *_, engine = server
+
+    def ask_and_leave():
+        with pytest.raises(httpx.ReadTimeout):
+            post(url, chat_body(**LONG), timeout=1.0)
+
+    assert generated_while(engine, ask_and_leave) < 3000
+
+
+def test_a_stream_closed_early_stops_its_generation(server):
+    url, *_, engine = server
+
+    def read_a_little_and_leave():
+        body = chat_body(**LONG, stream=True)
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", content=body, headers=headers) as r:
+            assert next(r.iter_lines()).startswith("data:")
+
+    assert generated_while(engine, read_a_little_and_leave) < 3000
+
+
+def test_max_tokens_is_bounded_by_the_context_length(server):
+    url, *_ = server
+    response = post(url, chat_body(model="toy", max_tokens=5000))
+    assert response.status_code == 400
+    assert "context length of toy (4096)" in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] == "max_tokens"

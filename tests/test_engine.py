@@ -170,11 +170,26 @@ def test_concurrent_chats_are_served_one_after_another(engine, two_adapters):
 
 
 def test_closing_a_stream_stops_the_generation(engine, two_adapters):
-    _, (a, _) = two_adapters
-    stream = engine.stream(a, QUESTION, GenerationParams(temperature=0.0, max_tokens=500))
+    long = GenerationParams(temperature=0.0, max_tokens=500)  # the toy base never stops early
+    before = engine.stats["generated_tokens"]
+    assert engine.chat("toy", QUESTION, long)[1].completion_tokens == 500
+    assert engine.stats["generated_tokens"] - before == 500
+
+    stream = engine.stream("toy", QUESTION, long)
     next(stream)
     stream.close()
-    assert engine.chat(a, QUESTION, GREEDY)[1].completion_tokens == GREEDY.max_tokens
+    engine.call(lambda: None)  # the engine is free again
+    assert engine.stats["generated_tokens"] - before - 500 < 100
+
+
+def test_a_cancel_event_set_from_another_thread_stops_the_generation(engine, two_adapters):
+    cancelled = threading.Event()
+    before = engine.stats["generated_tokens"]
+    chunks = engine.stream("toy", QUESTION, GenerationParams(0.0, max_tokens=500), cancelled)
+    next(chunks)
+    cancelled.set()
+    rest = list(chunks)
+    assert engine.stats["generated_tokens"] - before < 100 and len(rest) < 100
 
 
 def test_stop_sequences_cut_the_text_even_across_chunks():
