@@ -257,13 +257,15 @@ class AdapterStore:
     def import_zip(
         self, archive: Path, base: ModelInfo | None = None, name: str | None = None
     ) -> str:
-        """Import an exported .zip (or a zipped mlx-lm adapter folder). Returns the new id."""
-        staging = self._staging()
+        """Import an exported .zip (or a zipped mlx-lm adapter folder). Returns the new id.
+
+        Only the files an adapter has are taken from the archive, never its other members."""
+        unpacked = self._staging()
         try:
-            _safe_extract(archive, staging)
-            return self._adopt(_adapter_root(staging), staging, base, name)
+            _safe_extract(archive, unpacked)
+            return self.import_folder(_adapter_root(unpacked), base, name)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(unpacked, ignore_errors=True)
 
     def import_folder(
         self, folder: Path, base: ModelInfo | None = None, name: str | None = None
@@ -319,10 +321,16 @@ class AdapterStore:
 
 
 def _metadata_for_import(root: Path, base: ModelInfo | None, name: str | None) -> AdapterMetadata:
+    """The imported adapter's metadata. Its base is the one the user picked, else the base of
+    this studio with the recorded ``baseModelId``: a path that came with the archive is never
+    kept (it would choose which folder the studio loads)."""
     if (root / METADATA_FILE).is_file():
         metadata = inspect_adapter(root).metadata
         if metadata is None:
             raise StudioError("the adapter's metadata.json is invalid")
+        metadata.baseModelPath = None
+        if base is not None:
+            metadata.baseModelId, metadata.baseModelPath = base.id, str(base.path)
         if name:
             metadata.adapterName = check_name(name)
         return metadata

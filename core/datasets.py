@@ -347,6 +347,21 @@ def preview(
     ]
 
 
+def confine(path: str | Path, roots: list[Path]) -> Path:
+    """``path`` with symlinks and ``..`` resolved, if it lies under one of ``roots``;
+    otherwise a StudioError naming the roots (the studio is open to other machines, and a
+    path box must not read whatever the server can)."""
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved.is_relative_to(root.expanduser().resolve()):
+            return resolved
+    allowed = ", ".join(str(r) for r in roots)
+    raise StudioError(
+        f"{path} is outside the folders datasets may be read from ({allowed})",
+        hint="upload the file instead, or add its folder to LORA_STUDIO_DATA_ROOTS",
+    )
+
+
 def store_upload(source: Path, folder: Path) -> Path:
     """Keep an uploaded dataset as ``<sha256>.jsonl``: the same content is stored once, and
     nothing of the uploaded file's name reaches the path."""

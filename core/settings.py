@@ -41,6 +41,13 @@ class Settings:
             datasets=folder("datasets"),
         )
 
+    def dataset_roots(self) -> list[Path]:
+        """Where datasets may be read by path when the studio is reachable from other
+        machines: the datasets folder, and the folders in ``LORA_STUDIO_DATA_ROOTS``
+        (separated by the OS path separator)."""
+        extra = os.environ.get("LORA_STUDIO_DATA_ROOTS", "")
+        return [self.datasets, *(Path(p) for p in extra.split(os.pathsep) if p)]
+
     def ensure(self) -> Settings:
         """Create the folders; the runs and adapters folders must share a file system so
         that publishing an adapter is one atomic rename."""

@@ -177,3 +177,36 @@ def test_fuse_gives_a_base_model_that_answers_like_base_plus_adapter(store, stud
     assert registry.get("toy-colours").available
     with pytest.raises(StudioError, match="already exists"):
         store.fuse(adapter_id, inspect_model(toy_model), studio.models, "toy-colours")
+
+
+def test_an_imported_archive_cannot_choose_what_the_studio_loads(store, toy_model, tmp_path):
+    """A zip whose metadata.json points at another folder, with extra members: the path is
+    dropped (the base is found by id, or the one picked) and only adapter files are kept."""
+    adapter_id = only_id(store)
+    archive = store.export(adapter_id, tmp_path / "a.zip")
+    elsewhere = tmp_path / "elsewhere-model"
+    with zipfile.ZipFile(archive) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    meta_name = next(n for n in members if n.endswith(METADATA_FILE))
+    meta = json.loads(members[meta_name])
+    meta["baseModelPath"] = str(elsewhere)
+    members[meta_name] = json.dumps(meta).encode()
+    members[meta_name.replace(METADATA_FILE, "run-me.sh")] = b"#!/bin/sh\necho pwned\n"
+    hostile = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(hostile, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+    imported = store.import_zip(hostile)
+    folder = store.path(imported)
+    assert {p.name for p in folder.iterdir()} <= {
+        "adapters.safetensors",
+        "adapter_config.json",
+        "metadata.json",
+        "events.jsonl",
+    }
+    meta = store.read(imported).metadata
+    assert meta.baseModelPath is None and meta.baseModelId == "toy"  # found by id, if here
+    base = inspect_model(toy_model)
+    picked = store.read(store.import_zip(hostile, base=base)).metadata
+    assert (picked.baseModelId, picked.baseModelPath) == (base.id, str(base.path))

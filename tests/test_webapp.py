@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -169,9 +170,19 @@ def test_lan_mode_refuses_to_start_without_credentials(tmp_path):
     assert bad.returncode == 2 and "user:password" in bad.stderr
 
 
-def test_credentials_protect_the_page_and_the_api(tmp_path, toy_model):
+def test_every_door_beyond_loopback_needs_credentials(tmp_path):
+    env = {"LORA_STUDIO_HOME": str(tmp_path)}
+    for args in (("--host", "0.0.0.0"), ("--host", "::"), ("--share",), ("--lan",)):
+        refused = run_cli(*args, env_extra=env)
+        assert refused.returncode == 2 and "--auth user:password" in refused.stderr, args
+    api_only = run_cli("serve", "--host", "0.0.0.0", env_extra=env)
+    assert api_only.returncode == 2 and "--api-key" in api_only.stderr
+
+
+@pytest.mark.parametrize("door", [("--lan",), ("--host", "0.0.0.0")])
+def test_credentials_protect_the_page_and_the_api(tmp_path, toy_model, door):
     shutil.copytree(toy_model, tmp_path / "models" / "toy")
-    with lora_studio_server(tmp_path, "--auth", "ann:secret", "--lan") as (_, url, log):
+    with lora_studio_server(tmp_path, "--auth", "ann:secret", *door) as (_, url, log):
         assert httpx.get(f"{url}/config").status_code in (401, 403)
         assert httpx.get(f"{url}/v1/models").status_code == 401
         ok = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer secret"})
@@ -181,9 +192,54 @@ def test_credentials_protect_the_page_and_the_api(tmp_path, toy_model):
         assert "on your network: http://" in log.read_text()
 
 
-def test_share_fails_fast_offline_and_the_local_link_works(tmp_path, toy_model):
+def test_share_needs_credentials_fails_fast_offline_and_the_local_link_works(tmp_path, toy_model):
     shutil.copytree(toy_model, tmp_path / "models" / "toy")
-    with lora_studio_server(tmp_path, "--share", timeout=60) as (_, url, log):
+    args = ("--share", "--auth", "ann:secret")
+    with lora_studio_server(tmp_path, *args, timeout=60) as (_, url, log):
         assert "Share link unavailable" in log.read_text()
-        assert httpx.get(url).status_code == 200
-        assert "Share link unavailable" in httpx.get(f"{url}/config").text
+        with httpx.Client(base_url=url) as browser:
+            assert browser.get("/config").status_code in (401, 403)
+            browser.post("/login", data={"username": "ann", "password": "secret"})
+            assert "Share link unavailable" in browser.get("/config").text
+
+
+def test_a_studio_open_to_the_network_reads_datasets_only_under_its_roots(tmp_path, toy_model):
+    home = tmp_path / "home"
+    shutil.copytree(toy_model, home / "models" / "toy")
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    write_jsonl(allowed / "ok.jsonl", colour_rows(20))
+    secret = write_jsonl(outside / "secret.jsonl", colour_rows(20))
+    (allowed / "link.jsonl").symlink_to(secret)
+    os.environ["LORA_STUDIO_DATA_ROOTS"] = str(allowed)
+    try:
+        server = lora_studio_server(home, "--host", "0.0.0.0", "--auth", "ann:secret")
+        with server as (_, url, _log):
+            client = Client(url, auth=("ann", "secret"), verbose=False)
+
+            def check(path: Path):
+                return client.predict(
+                    base_model="toy",
+                    dataset_path=str(path),
+                    dataset_name=path.name,
+                    lora_layers=-1,
+                    api_name="/check_dataset",
+                )
+
+            for hostile in (secret, allowed / "link.jsonl", allowed / ".." / "outside" / "x"):
+                summary, _, _, why = check(hostile)
+                assert "outside the folders datasets may be read from" in why, hostile
+                assert str(allowed) in why and "sky" not in summary
+            summary, _, _, why = check(allowed / "ok.jsonl")
+            assert "20** examples" in summary, why
+            job = client.submit(
+                base_model="toy",
+                dataset_path=str(secret),
+                dataset_name="secret.jsonl",
+                adapter_name="x",
+                api_name="/train",
+            )
+            assert "outside the folders" in job.result(timeout=60)[2]
+    finally:
+        del os.environ["LORA_STUDIO_DATA_ROOTS"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("LORA_STUDIO_API_KEY"),
         help="require this bearer key (default: $LORA_STUDIO_API_KEY; none: no key)",
     )
+    serve.add_argument(
+        "--no-auth", action="store_true", help="allow a non-loopback --host without --api-key"
+    )
     adapters_command.add_parser(commands)
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -107,8 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     return launch(args)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def launch(args: argparse.Namespace) -> int:
-    """Start the page (and the API on the same port)."""
+    """Start the page (and the API on the same port).
+
+    Any door beyond this machine (a bind address other than loopback, or --share) needs
+    credentials: the page a password, the API a key (the password, or --api-key)."""
     auth = None
     if args.auth:
         user, _, password = args.auth.partition(":")
@@ -116,9 +133,12 @@ def launch(args: argparse.Namespace) -> int:
             print("error: --auth must be user:password", file=sys.stderr)
             return EXIT_REFUSED
         auth = (user, password)
-    if args.lan and auth is None and not args.no_auth:
+    host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
+    exposed = args.share or not is_loopback(host)
+    if exposed and auth is None and not args.no_auth:
+        door = "--share opens a public link" if args.share else f"binding {host} serves the studio"
         print(
-            "error: --lan serves the studio to your whole network; give --auth user:password "
+            f"error: {door} beyond this machine; give --auth user:password "
             "(or LORA_STUDIO_AUTH), or --no-auth if you really mean it",
             file=sys.stderr,
         )
@@ -129,16 +149,18 @@ def launch(args: argparse.Namespace) -> int:
     from webapp.app import create_server
     from webapp.studio import Studio
 
-    host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
-    api_key = args.api_key or (auth[1] if auth and args.lan else None)
+    api_key = args.api_key or (auth[1] if auth and exposed else None)
     settings = Settings.from_env()
     notice = share_notice(args.port) if args.share else ""
-    studio = Studio.open(settings)
+    studio = Studio.open(settings, exposed=exposed)
     app = create_server(studio, auth=auth, api_key=api_key, notice=notice)
     print(f"studio: {settings.home}")
     print(f"LoRA Studio on http://127.0.0.1:{args.port} (API: http://127.0.0.1:{args.port}/v1)")
     if host == "0.0.0.0":
         print(f"on your network: http://{lan_address()}:{args.port}")
+    if exposed:
+        roots = ", ".join(str(r) for r in settings.dataset_roots())
+        print(f"datasets by path: only under {roots} (LORA_STUDIO_DATA_ROOTS adds folders)")
     if notice:
         print(notice)
     return run_server(app, studio, host, args.port)
@@ -174,7 +196,14 @@ def share_notice(port: int) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve the OpenAI-compatible API alone."""
+    """Serve the OpenAI-compatible API alone (beyond loopback, only with a key)."""
+    if not is_loopback(args.host) and not args.api_key and not args.no_auth:
+        print(
+            f"error: binding {args.host} serves the API beyond this machine; give --api-key KEY "
+            "(or LORA_STUDIO_API_KEY), or --no-auth if you really mean it",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
     from core.blas import reexec_with_fast_blas
 
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.adapters import AdapterStore
+from core.datasets import confine
 from core.engine import InferenceEngine
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -19,12 +21,14 @@ class Studio:
     training: TrainingService
     engine: InferenceEngine
     adapters: AdapterStore
+    exposed: bool = False  # reachable from other machines: dataset paths are confined
 
     @classmethod
-    def open(cls, settings: Settings) -> Studio:
+    def open(cls, settings: Settings, exposed: bool = False) -> Studio:
         """Start the services: the registry's watcher and the engine's thread."""
         registry = ModelRegistry(settings).start()
         return cls(
+            exposed=exposed,
             settings=settings,
             registry=registry,
             training=TrainingService(settings),
@@ -54,6 +58,13 @@ class Studio:
             for e in self.registry.entries()
             if e.kind == "base" and e.available
         ]
+
+    def dataset_path(self, text: str) -> Path:
+        """A dataset path from the page or its API: anything on a loopback-only studio,
+        only under the dataset roots on one that other machines reach."""
+        if self.exposed:
+            return confine(text, self.settings.dataset_roots())
+        return Path(text).expanduser()
 
     def preferred_base(self) -> str | None:
         """The base model a new training starts with: the only one, else the one used last

@@ -129,6 +129,7 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     if not path:
         return "", "", "", "Pick a base model." if not model_id else "Add a dataset.", refused
     try:
+        path = studio.dataset_path(path)
         params = _params(form)
         if not model_id:
             data = load_dataset(
@@ -398,7 +399,7 @@ class TrainActions:
                 raise StudioError("pick a base model and add a dataset first")
             run = self.studio.training.start(
                 self.studio.registry.get(base_model).path,
-                dataset_path,
+                self.studio.dataset_path(dataset_path),
                 _params(form),
                 name=adapter_name,
                 dataset_name=dataset_name,
