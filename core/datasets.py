@@ -8,10 +8,12 @@ problem is reported with its file, line number and the fix.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import shutil
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -146,67 +148,66 @@ class _Collector:
             raise DatasetError(self.problems, self.more)
 
 
-def _read_rows(path: Path, fmt: str | None, out: _Collector) -> tuple[list[dict], str | None]:
-    """Every row of a .jsonl file; problems go to ``out``. Returns (rows, format)."""
-    name = path.name
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        out.add(name, None, f"cannot be read ({exc.strerror})", "check the path and permissions")
-        return [], fmt
-    if not data.strip():
-        out.add(name, None, "the file is empty", "add one JSON object per line")
-        return [], fmt
-    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line
-    rows = []
-    for number, raw in enumerate(lines, start=1):
+class _Reader:
+    """Reads .jsonl files line by line, never whole, checking each row; problems go to
+    ``out``, and the first good row sets the format every other row must have."""
+
+    def __init__(self) -> None:
+        self.out = _Collector()
+        self.format: str | None = None
+
+    def rows(self, path: Path) -> Iterator[dict]:
+        name = path.name
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+                if not first.strip() and not f.peek(1):
+                    self.out.add(name, None, "the file is empty", "add one JSON object per line")
+                    return
+                lines = itertools.chain([first.removeprefix(b"\xef\xbb\xbf")], f)
+                for number, raw in enumerate(lines, start=1):
+                    row = self._row(name, number, raw.removesuffix(b"\n"))
+                    if row is not None:
+                        yield row
+        except OSError as exc:
+            self.out.add(
+                name, None, f"cannot be read ({exc.strerror})", "check the path and permissions"
+            )
+
+    def _row(self, name: str, number: int, raw: bytes) -> dict | None:
+        out = self.out
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             byte = raw[exc.start]
-            out.add(
-                name,
-                number,
-                f"byte 0x{byte:02x} at column {exc.start + 1} is not UTF-8",
-                "save the file as UTF-8",
-            )
-            continue
+            where = f"byte 0x{byte:02x} at column {exc.start + 1}"
+            out.add(name, number, f"{where} is not UTF-8", "save the file as UTF-8")
+            return None
         if not text.strip():
             out.add(name, number, "blank line", "remove it: every line must be a JSON object")
-            continue
+            return None
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            out.add(
-                name,
-                number,
-                f"not valid JSON ({exc.msg} at column {exc.colno})",
-                "write one complete JSON object per line",
-            )
-            continue
+            message = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            out.add(name, number, message, "write one complete JSON object per line")
+            return None
         if not isinstance(row, dict):
             out.add(name, number, f"a JSON {type(row).__name__}, not an object", FORMAT_FIX)
-            continue
+            return None
         this = row_format(row)
         if this is None:
             out.add(name, number, f"no known fields (found {sorted(row)[:5]})", FORMAT_FIX)
-            continue
-        if fmt is None:
-            fmt = this
-        elif this != fmt:
-            out.add(
-                name,
-                number,
-                f"{this} row in a {fmt} dataset (format set by its first row)",
-                "use one format for the whole dataset",
-            )
-            continue
-        for message in row_problems(row, fmt):
-            out.add(name, number, message, _fix_for(fmt))
-        rows.append(row)
-    return rows, fmt
+            return None
+        if self.format is None:
+            self.format = this
+        elif this != self.format:
+            message = f"{this} row in a {self.format} dataset (format set by its first row)"
+            out.add(name, number, message, "use one format for the whole dataset")
+            return None
+        for message in row_problems(row, this):
+            out.add(name, number, message, _fix_for(this))
+        return row
 
 
 def _fix_for(fmt: str) -> str:
@@ -231,69 +232,148 @@ def split_size(n: int, validation_split: float) -> int:
     return max(1, round(n * validation_split))
 
 
+def split_indices(n: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic shuffled split of ``n`` rows: (train indices, validation indices)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_valid = split_size(n, validation_split)
+    return order[n_valid:], order[:n_valid]
+
+
 def split_rows(rows: list, validation_split: float, seed: int) -> tuple[list, list]:
     """Deterministic shuffled split: the same rows and seed give the same sets."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_valid = split_size(len(rows), validation_split)
-    return [rows[i] for i in order[n_valid:]], [rows[i] for i in order[:n_valid]]
+    train, valid = split_indices(len(rows), validation_split, seed)
+    return [rows[i] for i in train], [rows[i] for i in valid]
+
+
+@dataclass(frozen=True)
+class _Files:
+    name: str
+    train: Path
+    valid: Path | None  # None: split from train
+
+
+def _files(path: str | Path) -> _Files:
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / "train.jsonl").is_file():
+        valid = path / "valid.jsonl"
+        return _Files(path.name, path / "train.jsonl", valid if valid.is_file() else None)
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        return _Files(path.name, path, None)
+    problem = Problem(
+        path.name, None, "not a .jsonl file or a folder with train.jsonl", "pick a .jsonl dataset"
+    )
+    raise DatasetError([problem])
+
+
+def _check_sizes(files: _Files, n_train: int, n_valid: int | None, batch_size, split) -> None:
+    if n_valid is None:
+        needed = minimum_examples(batch_size, split)
+        if n_train < needed:
+            message = (
+                f"{n_train} example(s); batch size {batch_size} with a {split:.0%} "
+                f"validation split needs at least {needed}"
+            )
+            fix = "add examples or lower the batch size"
+            raise DatasetError([Problem(files.name, None, message, fix)])
+    elif n_train < batch_size:
+        message = f"{n_train} example(s), fewer than one batch of {batch_size}"
+        fix = f"add at least {batch_size - n_train} example(s) or lower the batch size"
+        raise DatasetError([Problem("train.jsonl", None, message, fix)])
 
 
 def load_dataset(
     path: str | Path, *, batch_size: int, validation_split: float = 0.2, seed: int = 0
 ) -> Dataset:
-    """Read and check a .jsonl file, or a folder with train.jsonl (+ valid.jsonl).
+    """Read and check a .jsonl file, or a folder with train.jsonl (+ valid.jsonl), keeping
+    every row (what the training process needs).
 
     Raises DatasetError listing every problem; a dataset that is returned trains as is.
     """
-    path = Path(path).expanduser()
-    out = _Collector()
-    valid = None
-    if path.is_dir() and (path / "train.jsonl").is_file():
-        train, fmt = _read_rows(path / "train.jsonl", None, out)
-        if (path / "valid.jsonl").is_file():
-            valid, fmt = _read_rows(path / "valid.jsonl", fmt, out)
-    elif path.is_file() and path.suffix.lower() == ".jsonl":
-        train, fmt = _read_rows(path, None, out)
-    else:
-        raise DatasetError(
-            [
-                Problem(
-                    path.name,
-                    None,
-                    "not a .jsonl file or a folder with train.jsonl",
-                    "pick a .jsonl dataset",
-                )
-            ]
-        )
-    out.raise_if_any()
+    files, reader = _files(path), _Reader()
+    train = list(reader.rows(files.train))
+    valid = list(reader.rows(files.valid)) if files.valid else None
+    reader.out.raise_if_any()
+    _check_sizes(
+        files, len(train), None if valid is None else len(valid), batch_size, validation_split
+    )
     if valid is None:
-        needed = minimum_examples(batch_size, validation_split)
-        if len(train) < needed:
-            raise DatasetError(
-                [
-                    Problem(
-                        path.name,
-                        None,
-                        f"{len(train)} example(s); batch size {batch_size} with a "
-                        f"{validation_split:.0%} validation split needs at least {needed}",
-                        "add examples or lower the batch size",
-                    )
-                ]
-            )
         train, valid = split_rows(train, validation_split, seed)
-    elif len(train) < batch_size:
-        raise DatasetError(
-            [
-                Problem(
-                    "train.jsonl",
-                    None,
-                    f"{len(train)} example(s), fewer than one batch of {batch_size}",
-                    f"add at least {batch_size - len(train)} example(s) or lower the batch size",
-                )
-            ]
-        )
-    return Dataset(name=path.name, format=fmt or "text", train=train, valid=valid)
+    return Dataset(name=files.name, format=reader.format or "text", train=train, valid=valid)
+
+
+@dataclass
+class DatasetScan:
+    """A checked dataset without its rows: what the studio needs before training (counts,
+    format, a sample to preview), in bounded memory whatever the file's size."""
+
+    name: str
+    format: str
+    files: _Files
+    train_count: int
+    valid_count: int
+    sample: list[dict[str, Any]]  # the first SAMPLE_ROWS rows
+    total: int
+    validation_split: float
+    seed: int
+
+    def write(self, folder: Path) -> Path:
+        """train.jsonl and valid.jsonl in ``folder``, streamed line by line: the split of
+        ``split_rows`` (the same rows for the same seed), in the file's order."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.files.valid is not None:
+            shutil.copyfile(self.files.train, folder / "train.jsonl")
+            shutil.copyfile(self.files.valid, folder / "valid.jsonl")
+            return folder
+        held_out = set(split_indices(self.total, self.validation_split, self.seed)[1])
+        with (
+            self.files.train.open("rb") as source,
+            (folder / "train.jsonl").open("wb") as train,
+            (folder / "valid.jsonl").open("wb") as valid,
+        ):
+            for index, raw in enumerate(source):
+                line = raw.removeprefix(b"\xef\xbb\xbf") if index == 0 else raw
+                (valid if index in held_out else train).write(line.rstrip(b"\n") + b"\n")
+        return folder
+
+
+SAMPLE_ROWS = 1000
+
+
+def scan_dataset(
+    path: str | Path, *, batch_size: int, validation_split: float = 0.2, seed: int = 0
+) -> DatasetScan:
+    """Every check of ``load_dataset``, reading line by line and keeping only counts and
+    the first SAMPLE_ROWS rows: a 500 MB upload costs the server no more than a small one."""
+    files, reader, sample = _files(path), _Reader(), []
+    n_train = _count(reader.rows(files.train), sample)
+    n_valid = _count(reader.rows(files.valid), sample) if files.valid else None
+    reader.out.raise_if_any()
+    _check_sizes(files, n_train, n_valid, batch_size, validation_split)
+    total = n_train + (n_valid or 0)
+    if n_valid is None:
+        n_valid = split_size(n_train, validation_split)
+        n_train -= n_valid
+    return DatasetScan(
+        name=files.name,
+        format=reader.format or "text",
+        files=files,
+        train_count=n_train,
+        valid_count=n_valid,
+        sample=sample,
+        total=total,
+        validation_split=validation_split,
+        seed=seed,
+    )
+
+
+def _count(rows: Iterator[dict], sample: list) -> int:
+    count = 0
+    for row in rows:
+        if len(sample) < SAMPLE_ROWS:
+            sample.append(row)
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -365,11 +445,19 @@ def confine(path: str | Path, roots: list[Path]) -> Path:
 def store_upload(source: Path, folder: Path) -> Path:
     """Keep an uploaded dataset as ``<sha256>.jsonl``: the same content is stored once, and
     nothing of the uploaded file's name reaches the path."""
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with source.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()  # streamed, not read whole
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{digest}.jsonl"
     if not target.exists():
         partial = folder / f".{digest}.partial"
-        shutil.copyfile(source, partial)
-        partial.replace(target)
+        try:
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StudioError(
+                f"the upload could not be stored in {folder}: {exc.strerror or exc}",
+                hint="free some disk space and upload it again",
+            ) from None
     return target

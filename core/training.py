@@ -27,7 +27,7 @@ from typing import IO
 from . import protocol
 from .adapters import EVENTS_FILE, WEIGHTS_FILE
 from .blas import Blas, choose_blas, with_blas
-from .datasets import Dataset, load_dataset
+from .datasets import DatasetScan, scan_dataset
 from .errors import StudioError
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams
@@ -54,7 +54,7 @@ class TrainingRun:
         record: RunRecord,
         folder: Path,
         model: ModelInfo,
-        dataset: Dataset,
+        dataset: DatasetScan,
         params: TrainingParams,
         settings: Settings,
         lock: IO,
@@ -336,12 +336,13 @@ class TrainingService:
         params: TrainingParams | None = None,
         *,
         dataset_name: str | None = None,
-    ) -> tuple[ModelInfo, TrainingParams, Dataset]:
+    ) -> tuple[ModelInfo, TrainingParams, DatasetScan]:
         """Everything ``start`` checks, without starting: the model, the parameters against
-        it, and every line of the dataset. Raises StudioError (DatasetError for data)."""
+        it, and every line of the dataset (read line by line: bounded memory for any size).
+        Raises StudioError (DatasetError for data)."""
         info = inspect_model(model)
         params = (params or TrainingParams()).for_model(info)
-        dataset = load_dataset(
+        dataset = scan_dataset(
             data,
             batch_size=params.batch_size,
             validation_split=params.validation_split,
@@ -404,7 +405,7 @@ class TrainingService:
             folder = self.runs.path(run_id)
             info = inspect_model(record.model_path)
             params = TrainingParams(**record.params)
-            dataset = load_dataset(folder / DATA, batch_size=params.batch_size, seed=params.seed)
+            dataset = scan_dataset(folder / DATA, batch_size=params.batch_size, seed=params.seed)
             dataset.name = record.dataset_name
             step = latest_checkpoint_step(folder)
             history = _history_until(protocol.read_events(folder / EVENTS_FILE), step)

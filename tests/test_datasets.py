@@ -166,3 +166,32 @@ def test_token_statistics_use_the_models_tokenizer(tmp_path, toy_model):
     unmasked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=False)
     masked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=True)
     assert unmasked.trained_tokens == sum(expected) > masked.trained_tokens > 0
+
+
+def test_the_streamed_scan_and_split_equal_the_in_memory_ones(tmp_path):
+    from core.datasets import load_dataset, scan_dataset
+
+    rows = [{"text": f"row {i}"} for i in range(103)]
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    loaded = load_dataset(path, batch_size=4, validation_split=0.2, seed=7)
+    scanned = scan_dataset(path, batch_size=4, validation_split=0.2, seed=7)
+    assert (scanned.train_count, scanned.valid_count, scanned.total) == (
+        len(loaded.train),
+        len(loaded.valid),
+        103,
+    )
+    assert scanned.format == loaded.format == "text" and scanned.sample == rows
+    written = load_dataset(scanned.write(tmp_path / "split"), batch_size=4)
+    # the same rows on each side; the streamed split keeps the file's order
+    assert sorted(map(str, written.train)) == sorted(map(str, loaded.train))
+    assert sorted(map(str, written.valid)) == sorted(map(str, loaded.valid))
+
+
+def test_a_scan_keeps_a_bounded_sample(tmp_path):
+    from core.datasets import SAMPLE_ROWS, scan_dataset
+
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"text": f"r{i}"}) + "\n" for i in range(3000)))
+    scanned = scan_dataset(path, batch_size=4)
+    assert scanned.total == 3000 and len(scanned.sample) == SAMPLE_ROWS

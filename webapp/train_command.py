@@ -155,7 +155,7 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
         f"base model: {run.model.id} ({run.model.parameter_count / 1e6:.1f}M parameters, "
         f"{run.model.num_layers} layers)",
         f"dataset: {run.dataset.name}, {run.dataset.format} format, "
-        f"{len(run.dataset.train)} train / {len(run.dataset.valid)} validation examples",
+        f"{run.dataset.train_count} train / {run.dataset.valid_count} validation examples",
         f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
         f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
     ]
@@ -171,7 +171,7 @@ def describe_tokens(run) -> str:
     from core.datasets import token_statistics
 
     tokenizer = load_tokenizer(run.model.path)
-    rows = run.dataset.train + run.dataset.valid
+    rows = run.dataset.sample
     stats = token_statistics(
         rows,
         run.dataset.format,
@@ -183,6 +183,8 @@ def describe_tokens(run) -> str:
         f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
         f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"
     )
+    if run.dataset.total > len(rows):
+        text += f" (of the first {len(rows):,} examples)"
     if stats.over_max_length:
         text += (
             f"\nwarning: {stats.over_max_length} example(s) exceed max_seq_length "

@@ -19,7 +19,14 @@ from pathlib import Path
 import gradio as gr
 
 from core import protocol
-from core.datasets import DatasetError, load_dataset, preview, store_upload, token_statistics
+from core.datasets import (
+    SAMPLE_ROWS,
+    DatasetError,
+    preview,
+    scan_dataset,
+    store_upload,
+    token_statistics,
+)
 from core.errors import StudioError
 from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
@@ -103,10 +110,9 @@ def _params(form: dict) -> TrainingParams:
 
 
 def _counts(data) -> str:
-    total = len(data.train) + len(data.valid)
     return (
-        f"**{data.format}** format, **{total}** examples "
-        f"({len(data.train)} train / {len(data.valid)} validation)."
+        f"**{data.format}** format, **{data.total}** examples "
+        f"({data.train_count} train / {data.valid_count} validation)."
     )
 
 
@@ -132,7 +138,7 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         path = studio.dataset_path(path)
         params = _params(form)
         if not model_id:
-            data = load_dataset(
+            data = scan_dataset(
                 path,
                 batch_size=params.batch_size,
                 validation_split=params.validation_split,
@@ -146,7 +152,7 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
         return "", "", "", explain(exc), refused
-    rows = data.train + data.valid
+    rows = data.sample
     tokenizer = _tokenizer(str(info.path))
     stats = token_statistics(
         rows,
@@ -160,6 +166,8 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
         f"{stats.trained_tokens:,} trained on per epoch."
     )
+    if data.total > len(rows):
+        text += f"  \n(Token statistics of the first {SAMPLE_ROWS:,} examples.)"
     if stats.over_max_length:
         text += (
             f"  \n**{stats.over_max_length}** example(s) are longer than "
