@@ -247,11 +247,15 @@ class AdapterStore:
         """A .zip with the weights, adapter_config.json, metadata.json and the event log."""
         path = self.path(adapter_id)
         partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name in EXPORTED_FILES:
-                if (path / name).is_file():
-                    archive.write(path / name, arcname=name)
-        partial.replace(target)
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for name in EXPORTED_FILES:
+                    if (path / name).is_file():
+                        archive.write(path / name, arcname=name)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise StudioError(f"the export to {target} failed: {exc.strerror or exc}") from None
         return target
 
     def import_zip(

@@ -22,7 +22,7 @@ from core.errors import StudioError
 from core.models import inspect_model
 from core.registry import ModelRegistry
 from core.toymodel import build_toy_llama
-from tests.helpers import colour_rows, write_jsonl
+from tests.helpers import colour_rows, small_filesystem, write_jsonl
 
 
 @pytest.fixture
@@ -210,3 +210,10 @@ def test_an_imported_archive_cannot_choose_what_the_studio_loads(store, toy_mode
     base = inspect_model(toy_model)
     picked = store.read(store.import_zip(hostile, base=base)).metadata
     assert (picked.baseModelId, picked.baseModelPath) == (base.id, str(base.path))
+
+
+def test_a_failed_export_leaves_no_partial_file(store, tmp_path):
+    with small_filesystem(tmp_path / "small", "16k") as folder:
+        with pytest.raises(StudioError, match="export .* failed"):
+            store.export(only_id(store), folder / "a.zip")
+        assert list(folder.iterdir()) == []

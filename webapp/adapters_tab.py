@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +131,12 @@ def build(studio: Studio) -> AdaptersTab:
         return f"Imported as `lora/{new_id}`."
 
     def export_it(adapter_id):
+        """The .zip to download. Only the latest export is kept (the folder goes with the
+        studio): every export used to leave a full adapter copy behind."""
         try:
-            folder = Path(tempfile.mkdtemp(prefix="lora-export-"))
+            folder = studio.scratch / "exports"
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
             name = studio.adapters.read(adapter_id or "").name
             safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60]
             return studio.adapters.export(adapter_id, folder / f"{safe or 'adapter'}.zip"), ""

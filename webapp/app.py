@@ -20,7 +20,9 @@ REFRESH_SECONDS = 1.0
 
 
 def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
-    with gr.Blocks(title="LoRA Studio") as page:
+    # Gradio keeps a copy of every file it serves (uploads, exports): drop those older than
+    # an hour, hourly, so a long-running studio does not fill its temp folder
+    with gr.Blocks(title="LoRA Studio", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             "# LoRA Studio\nTrain LoRA adapters on local models with MLX, then chat "
             "with them here or through the OpenAI-compatible API at `/v1`."

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.adapters import AdapterStore
@@ -22,6 +24,8 @@ class Studio:
     engine: InferenceEngine
     adapters: AdapterStore
     exposed: bool = False  # reachable from other machines: dataset paths are confined
+    # files made for the page (exports to download), removed when the studio closes
+    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lora-studio-")))
 
     @classmethod
     def open(cls, settings: Settings, exposed: bool = False) -> Studio:
@@ -50,6 +54,7 @@ class Studio:
             run.wait(timeout=60)
         self.engine.close()
         self.registry.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def base_choices(self) -> list[tuple[str, str]]:
         """(label, id) of the base models that can be trained or chatted with."""
