@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable, base_path
 from .errors import StudioError
 from .models import context_length
-from .registry import ModelRegistry
+from .registry import ModelRegistry, UnknownModel
 
 MAX_BODY_BYTES = 1_000_000
 
@@ -131,9 +131,9 @@ def create_router(
             first = await run_in_threadpool(next, chunks)
         except ModelUnavailable as exc:
             raise APIError(409, exc.message, "model_unavailable", "model") from None
+        except UnknownModel as exc:
+            raise APIError(404, exc.message, "model_not_found", "model") from None
         except StudioError as exc:
-            if exc.message.startswith("unknown model"):
-                raise APIError(404, exc.message, "model_not_found", "model") from None
             raise APIError(503, exc.message, "server_error") from None
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if chat.stream:

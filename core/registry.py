@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Literal
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .adapters import AdapterStore
+from .adapters import AdapterStore, check_adapter_id
 from .errors import StudioError
 from .models import ModelInfo, inspect_model
 from .settings import Settings
@@ -101,6 +102,32 @@ def discover_hub_models(cache: Path) -> dict[str, ModelInfo]:
     return found
 
 
+class UnknownModel(StudioError):
+    """No such model: the id is malformed or not listed (HTTP 404 in the API)."""
+
+
+_BASE_ID = re.compile(r"[^/\x00-\x1f]{1,255}(/[^/\x00-\x1f]{1,255})?")
+
+
+def check_model_id(model_id: str) -> str:
+    """``lora/<uuid>`` for an adapter; a folder name or an ``owner/name`` hub id for a base.
+    Anything else (``..``, absolute paths, NUL, very long strings) is refused."""
+    if not isinstance(model_id, str):
+        raise UnknownModel(f"{model_id!r} is not a model id")
+    if model_id.startswith("lora/"):
+        try:
+            return "lora/" + check_adapter_id(model_id)
+        except StudioError as exc:
+            raise UnknownModel(exc.message, exc.hint) from None
+    if (
+        not _BASE_ID.fullmatch(model_id)
+        or ".." in model_id.split("/")
+        or "." in model_id.split("/")
+    ):
+        raise UnknownModel(f"{model_id!r} is not a model id", "see GET /v1/models for the ids")
+    return model_id
+
+
 class ModelRegistry:
     """The models that can be chatted with, and who wants to hear when they change."""
 
@@ -108,7 +135,8 @@ class ModelRegistry:
         self.settings = settings.ensure()
         self.hub = hub if hub is not None else hub_cache()
         self.adapters = AdapterStore(settings.adapters)
-        self.version = 0
+        self.version = 0  # grows with every change of the list
+        self.scans = 0  # grows with every scan, changed or not (tests wait on it)
         self._entries: dict[str, ModelEntry] = {}
         self._listeners: list[Callable[[ModelRegistry], None]] = []
         self._lock = threading.RLock()
@@ -127,10 +155,13 @@ class ModelRegistry:
             return list(self._entries.values())
 
     def get(self, model_id: str) -> ModelEntry:
+        """The entry of ``model_id``; UnknownModel for an id that is malformed (checked
+        before any lookup: an id from outside never names a path) or not listed."""
+        check_model_id(model_id)
         with self._lock:
             entry = self._entries.get(model_id)
         if entry is None:
-            raise StudioError(f"unknown model {model_id!r}")
+            raise UnknownModel(f"unknown model {model_id!r}")
         return entry
 
     def base_info(self, base_id: str) -> ModelInfo:
@@ -155,6 +186,7 @@ class ModelRegistry:
         never overwrite a newer one."""
         with self._scanning:
             entries = self._scan()
+            self.scans += 1
             with self._lock:
                 if entries == self._entries:
                     return False

@@ -70,11 +70,12 @@ def test_an_adapter_published_by_training_appears_by_itself(registry, studio, co
     assert entry.display_name == "Trained on colours.jsonl (LoRA on toy)"
 
 
-def test_a_publish_is_listed_within_half_a_second(registry, studio, trained_adapter):
+def test_a_publish_is_listed_by_itself(registry, studio, trained_adapter):
+    """(How fast: bench/hot_reload.py measures it; a test must not race the clock.)"""
     for _ in range(3):
         version = registry.version
         model_id = publish(studio, trained_adapter, studio.models / "toy")
-        assert wait_for(lambda: model_id in ids(registry)) < 0.5  # noqa: B023
+        wait_for(lambda: model_id in ids(registry))  # noqa: B023
         assert registry.version > version
 
 
@@ -111,7 +112,9 @@ def test_a_folder_without_metadata_is_ignored_until_it_has_one(registry, studio,
     folder.mkdir()
     shutil.copy(trained_adapter / WEIGHTS_FILE, folder / WEIGHTS_FILE)
     shutil.copy(trained_adapter / "adapter_config.json", folder / "adapter_config.json")
-    time.sleep(0.5)
+    scans = registry.scans
+    (studio.models / "trigger").mkdir()  # a change after those: once it is seen, they were too
+    wait_for(lambda: registry.scans > scans and "trigger" in ids(registry))
     assert f"lora/{folder.name}" not in ids(registry)
     meta = json.loads((trained_adapter / METADATA_FILE).read_text())
     meta["baseModelPath"] = str(studio.models / "toy")
@@ -143,9 +146,9 @@ def test_each_model_appears_once_and_spurious_events_change_nothing(
 ):
     model_id = publish(studio, trained_adapter, studio.models / "toy")
     wait_for(lambda: model_id in ids(registry))
-    version = registry.version
+    version, scans = registry.version, registry.scans
     (studio.adapters / model_id.removeprefix("lora/") / METADATA_FILE).touch()
-    time.sleep(0.4)
+    wait_for(lambda: registry.scans > scans)  # the touch was seen and rescanned
     assert registry.version == version
     assert len(ids(registry)) == len(set(ids(registry))) == 2
 
@@ -162,8 +165,14 @@ def test_a_failing_listener_does_not_stop_the_watcher(registry, studio, trained_
 
 
 def test_unknown_ids_are_refused(registry):
-    for bad in ("nope", "lora/../../etc/passwd", "lora/not-a-uuid"):
-        with pytest.raises(StudioError, match="unknown model"):
+    with pytest.raises(StudioError, match="unknown model 'nope'"):
+        registry.get("nope")
+    # malformed ids are refused by the id check itself, before any lookup
+    for bad in ("lora/../../etc/passwd", "lora/not-a-uuid", "lora/" + "a" * 5000):
+        with pytest.raises(StudioError, match="is not an adapter id"):
+            registry.get(bad)
+    for bad in ("../toy", "..", "/etc/passwd", "a/b/c", "toy\x00", "x" * 300, "org/."):
+        with pytest.raises(StudioError, match="is not a model id"):
             registry.get(bad)
 
 

@@ -86,8 +86,17 @@ def trained(served):
     outputs = train_job(client, home).result(timeout=180)
     assert outputs[2].startswith("Done"), outputs[2]
     adapter_id = re.search(r"lora/[0-9a-f-]{36}", outputs[3]).group(0)
-    time.sleep(0.5)  # the watcher lists the new adapter
-    return adapter_id, before, client.predict(api_name="/refresh")
+    after = until(lambda: client.predict(api_name="/refresh"), lambda r: adapter_id in str(r))
+    return adapter_id, before, after
+
+
+def until(get, holds, timeout=30.0):
+    """``get()`` once ``holds`` of it (polling the real thing, not sleeping a fixed time)."""
+    deadline = time.monotonic() + timeout
+    while not holds(value := get()):
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout} s"
+        time.sleep(0.05)
+    return value
 
 
 def test_refresh_start_and_the_new_adapter_in_the_pickers(trained):
@@ -118,9 +127,11 @@ def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
     saved = weights.read_bytes()
     try:
         weights.write_bytes(b"corrupt")
-        time.sleep(0.5)
-        history, _, _ = client.predict(
-            "hi", [], [], adapter_id, False, "", 0.0, 1.0, 8, api_name="/chat"
+        history, _, _ = until(
+            lambda: client.predict(
+                "hi", [], [], adapter_id, False, "", 0.0, 1.0, 8, api_name="/chat"
+            ),
+            lambda answer: "unreadable" in str(answer[0][-1]["content"]),  # the watcher saw it
         )
         reply = str(history[-1]["content"])
         assert "adapter unavailable" in reply and "unreadable" in reply
