@@ -254,14 +254,18 @@ class _Files:
 
 
 def _files(path: str | Path) -> _Files:
-    path = Path(path).expanduser()
-    if path.is_dir() and (path / "train.jsonl").is_file():
-        valid = path / "valid.jsonl"
-        return _Files(path.name, path / "train.jsonl", valid if valid.is_file() else None)
-    if path.is_file() and path.suffix.lower() == ".jsonl":
-        return _Files(path.name, path, None)
+    try:
+        path = Path(path).expanduser()
+        if path.is_dir() and (path / "train.jsonl").is_file():
+            valid = path / "valid.jsonl"
+            return _Files(path.name, path / "train.jsonl", valid if valid.is_file() else None)
+        if path.is_file() and path.suffix.lower() == ".jsonl":
+            return _Files(path.name, path, None)
+    except (OSError, ValueError):  # a name too long, a NUL byte: no such dataset either
+        pass
+    name = Path(str(path)[:200].replace("\x00", "")).name
     problem = Problem(
-        path.name, None, "not a .jsonl file or a folder with train.jsonl", "pick a .jsonl dataset"
+        name, None, "not a .jsonl file or a folder with train.jsonl", "pick a .jsonl dataset"
     )
     raise DatasetError([problem])
 
@@ -431,7 +435,10 @@ def confine(path: str | Path, roots: list[Path]) -> Path:
     """``path`` with symlinks and ``..`` resolved, if it lies under one of ``roots``;
     otherwise a StudioError naming the roots (the studio is open to other machines, and a
     path box must not read whatever the server can)."""
-    resolved = Path(path).expanduser().resolve()
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError):
+        raise StudioError(f"{str(path)[:200]!r} is not a usable path") from None
     for root in roots:
         if resolved.is_relative_to(root.expanduser().resolve()):
             return resolved

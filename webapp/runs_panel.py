@@ -34,7 +34,15 @@ def build() -> RunsPanel:
     with gr.Accordion("Unfinished runs", open=True):
         table = gr.HTML(elem_id="ls-runs")
         with gr.Row():
-            picker = gr.Dropdown([], label="Run", value=None, scale=3, elem_id="ls-run-picker")
+            # any run id is accepted (scripts resume by id); the service checks it
+            picker = gr.Dropdown(
+                [],
+                label="Run",
+                value=None,
+                scale=3,
+                elem_id="ls-run-picker",
+                allow_custom_value=True,
+            )
             resume = gr.Button("Resume", scale=1)
         with gr.Row():
             sure = gr.Checkbox(False, label="Yes, discard this run and its checkpoints")

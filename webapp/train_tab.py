@@ -388,7 +388,11 @@ class TrainActions:
     def take_upload(self, path):
         if not path:
             return "", ""
-        return str(store_upload(Path(path), self.studio.settings.datasets)), Path(path).name
+        try:
+            stored = store_upload(Path(path), self.studio.settings.datasets)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None  # the page shows it; nothing else changes
+        return str(stored), Path(path).name
 
     def take_path(self, text):
         text = (text or "").strip()
@@ -531,7 +535,7 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     check |= {"inputs_kwargs": form, **private}
 
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
-    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **private).then(
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **private).success(
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
     ui.model.input(**pick).then(**check)
