@@ -284,3 +284,22 @@ def test_a_stop_that_meets_the_end_of_the_run_keeps_the_adapter(studio, toy_mode
     assert isinstance(run.wait(timeout=60), protocol.Complete)
     assert (studio.adapters / run.id / "adapters.safetensors").read_bytes() == b"weights"
     assert service.list_runs() == []
+
+
+class MissingWorkerService(TrainingService):
+    def worker_command(self):
+        return ["/nonexistent/python-for-the-worker"]
+
+
+def test_a_worker_that_cannot_start_is_explained_and_leaks_nothing(studio, toy_model, tmp_path):
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+    service = MissingWorkerService(studio)
+    open_files = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StudioError, match="the training process did not start"):
+        service.start(toy_model, data, TrainingParams(**FAST))
+    assert len(os.listdir("/proc/self/fd")) == open_files  # the log file and lock closed
+    (record,) = service.list_runs()
+    assert record.state == "interrupted" and "did not start" in record.error
+    run = TrainingService(studio).start(toy_model, data, TrainingParams(**FAST))  # lock freed
+    run.stop()
+    run.wait(timeout=60)
