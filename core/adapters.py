@@ -266,8 +266,8 @@ class AdapterStore:
         Only the files an adapter has are taken from the archive, never its other members."""
         unpacked = self._staging()
         try:
-            _safe_extract(archive, unpacked)
-            return self.import_folder(_adapter_root(unpacked), base, name)
+            safe_extract(archive, unpacked)
+            return self.import_folder(adapter_root(unpacked), base, name)
         finally:
             shutil.rmtree(unpacked, ignore_errors=True)
 
@@ -285,9 +285,17 @@ class AdapterStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def fuse(self, adapter_id: str, base: ModelInfo, models_folder: Path, name: str) -> Path:
+    def fuse(
+        self,
+        adapter_id: str,
+        base: ModelInfo,
+        models_folder: Path,
+        name: str,
+        dequantize: bool = False,
+    ) -> Path:
         """Fuse an adapter into its base with ``mlx_lm fuse``; the result is a new base model
-        folder (it appears in the models folder whole, by one rename)."""
+        folder (it appears in the models folder whole, by one rename). ``dequantize`` gives
+        float weights from a quantized base (what GGUF export needs)."""
         path = self.path(adapter_id)
         name = check_name(name)
         if Path(name).name != name or name.startswith("."):
@@ -298,6 +306,8 @@ class AdapterStore:
         staging = models_folder / f".fusing-{uuid.uuid4().hex[:8]}"
         command = [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(base.path)]
         command += ["--adapter-path", str(path), "--save-path", str(staging)]
+        if dequantize:
+            command.append("--dequantize")
         try:
             run_tool(command, what="mlx_lm fuse", timeout=FUSE_TIMEOUT_SECONDS)
             staging.rename(target)
@@ -361,7 +371,7 @@ def _metadata_for_import(root: Path, base: ModelInfo | None, name: str | None) -
     )
 
 
-def _safe_extract(archive: Path, target: Path) -> None:
+def safe_extract(archive: Path, target: Path) -> None:
     """Unpack a zip refusing anything that could write outside ``target`` or fill the disk."""
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -382,7 +392,7 @@ def _safe_extract(archive: Path, target: Path) -> None:
         raise StudioError(f"{archive.name} is not a valid .zip file") from None
 
 
-def _adapter_root(folder: Path) -> Path:
+def adapter_root(folder: Path) -> Path:
     """Where the adapter files are in an unpacked archive: at the top, or in one folder."""
     if (folder / CONFIG_FILE).is_file():
         return folder

@@ -61,7 +61,9 @@ def test_greedy_output_equals_mlx_lm_with_the_adapter(engine, two_adapters):
     settings, (first, _) = two_adapters
     text, last = engine.chat(first, QUESTION, GREEDY)
     assert text == reference(settings, first)
-    assert last.completion_tokens == GREEDY.max_tokens and last.finish_reason == "length"
+    # a full-length reply ends for "length", a shorter one because the model said stop
+    assert (last.finish_reason == "length") == (last.completion_tokens == GREEDY.max_tokens)
+    assert last.finish_reason in ("length", "stop") and last.completion_tokens > 0
 
 
 def test_switching_adapters_swaps_weights_without_reloading_the_base(engine, two_adapters):
