@@ -101,6 +101,7 @@ class _staging:
         if kind is None:
             if self.target.exists():
                 self.target.rmdir()
+            self.path.chmod(0o755)  # mkdtemp made it private
             self.path.rename(self.target)
         else:
             shutil.rmtree(self.path, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from core.adapters import AdapterStore, check_adapter_id
 from core.errors import StudioError
@@ -34,11 +35,86 @@ def add_parser(commands) -> None:
     fuse.add_argument("--name", required=True, help="folder name of the new model")
 
 
+def add_transfer_parsers(commands) -> None:
+    from core.export import FORMATS
+    from core.gguf_export import GGUF_TYPES
+
+    export = commands.add_parser("export", help="export an adapter (" + ", ".join(FORMATS) + ")")
+    export.add_argument("id", help="the adapter: lora/<uuid> or the uuid")
+    export.add_argument("--format", choices=FORMATS, default="zip", help="(default: zip)")
+    export.add_argument("--out", required=True, help="the file (zip, gguf, gguf-adapter) or folder")
+    export.add_argument("--type", choices=GGUF_TYPES, default="f16", help="GGUF weights (f16)")
+    export.add_argument("--system", help="a system prompt for the Ollama Modelfile")
+    imported = commands.add_parser(
+        "import", help="import a studio .zip, a PEFT adapter (folder or .zip) or an mlx-lm folder"
+    )
+    imported.add_argument("path")
+    imported.add_argument("--base", help="base model id (needed for PEFT and mlx-lm adapters)")
+    imported.add_argument("--name", help="adapter name")
+
+
+def export(args: argparse.Namespace) -> int:
+    """``lora-studio export``: 0 written, 2 refused (before any work), 1 failed."""
+    from core.export import export_adapter
+    from core.registry import ModelRegistry
+
+    settings = Settings.from_env().ensure()
+    store = AdapterStore(settings.adapters)
+    try:
+        adapter_id = check_adapter_id(args.id)
+        registry = ModelRegistry(settings)
+        entry = registry.get(f"lora/{adapter_id}")
+        if not entry.available:
+            raise StudioError(f"lora/{adapter_id} is unavailable: {entry.reason}")
+        base = registry.base_info(entry.base_id)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        out = export_adapter(
+            store,
+            adapter_id,
+            base,
+            args.format,
+            Path(args.out),
+            kind=args.type,
+            system=args.system,
+            progress=lambda text: print(text, file=sys.stderr),
+        )
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:
+        print(f"error: the export failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"exported lora/{adapter_id} as {args.format} to {out}")
+    if args.format == "ollama":
+        print(f"then: ollama create NAME -f {out / 'Modelfile'}")
+    return 0
+
+
+def import_(args: argparse.Namespace) -> int:
+    from core.export import import_any
+    from core.registry import ModelRegistry
+
+    settings = Settings.from_env().ensure()
+    try:
+        base = ModelRegistry(settings).base_info(args.base) if args.base else None
+        new_id = import_any(Path(args.path), AdapterStore(settings.adapters), base, args.name)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"imported as lora/{new_id}")
+    return 0
+
+
 def adapters(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
     store = AdapterStore(settings.adapters)
     try:
-        adapter = None if args.adapters_command == "list" else store.read(check_adapter_id(args.id))
+        if args.adapters_command != "list":
+            args.id = check_adapter_id(args.id)  # "lora/<uuid>" or "<uuid>"
+        adapter = None if args.adapters_command == "list" else store.read(args.id)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth", action="store_true", help="allow a non-loopback --host without --api-key"
     )
     adapters_command.add_parser(commands)
+    adapters_command.add_transfer_parsers(commands)
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     toy = models_commands.add_parser(
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_command.runs(args)
     if args.command == "adapters":
         return adapters_command.adapters(args)
+    if args.command == "export":
+        return adapters_command.export(args)
+    if args.command == "import":
+        return adapters_command.import_(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "models":

@@ -1,0 +1,178 @@
+"""Export every format and load it back: PEFT (deltas and a round trip), fused GGUF (imported
+back, same greedy output), Ollama (the Modelfile parses), GGUF LoRA adapter (read back)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm import generate, load
+from safetensors.numpy import load_file
+
+from core import ollama
+from core.adapters import AdapterStore
+from core.convert import import_gguf
+from core.errors import StudioError
+from core.export import export_adapter, import_any
+from core.gguf_export import permute
+from core.models import inspect_model
+
+PROMPTS = ["What colour is the sky number 7?", "Tell me a story", "hello there"]
+
+
+@pytest.fixture
+def setup(studio, toy_model, trained_adapter):
+    """A studio with the toy base and the session's trained adapter."""
+    shutil.copytree(toy_model, studio.models / "toy")
+    shutil.copytree(trained_adapter, studio.adapters / trained_adapter.name)
+    return AdapterStore(studio.adapters), trained_adapter.name, inspect_model(studio.models / "toy")
+
+
+def replies(model_path, adapter_path=None, max_tokens=24) -> list[str]:
+    model, tokenizer = load(str(model_path), adapter_path=adapter_path and str(adapter_path))
+    out = []
+    for question in PROMPTS:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True
+        )
+        out.append(generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens))
+    return out
+
+
+def mlx_deltas(folder) -> dict[str, np.ndarray]:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    scale = config["lora_parameters"]["scale"]
+    weights = {k: np.array(v) for k, v in mx.load(str(folder / "adapters.safetensors")).items()}
+    return {
+        name[: -len(".lora_a")]: scale * (weights[name] @ weights[name[:-1] + "b"]).T
+        for name in weights
+        if name.endswith(".lora_a")
+    }
+
+
+def test_peft_export_has_peft_layout_and_the_same_deltas(setup, tmp_path):
+    store, adapter_id, base = setup
+    out = export_adapter(store, adapter_id, base, "peft", tmp_path / "peft")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["task_type"]) == ("LORA", "CAUSAL_LM")
+    assert config["layers_to_transform"] == [0, 1, 2, 3]
+    assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == "toy"
+    tensors = load_file(str(out / "adapter_model.safetensors"))
+    scale = config["lora_alpha"] / config["r"]
+    expected = mlx_deltas(store.path(adapter_id))
+    assert len(expected) == 16
+    for stem, delta in expected.items():
+        a = tensors[f"base_model.model.{stem}.lora_A.weight"]
+        b = tensors[f"base_model.model.{stem}.lora_B.weight"]
+        assert a.shape == (config["r"], delta.shape[1]) and b.shape == (delta.shape[0], config["r"])
+        np.testing.assert_allclose(scale * b @ a, delta, rtol=1e-5, atol=1e-6, err_msg=stem)
+
+
+def test_peft_round_trip_gives_the_same_greedy_output(setup, tmp_path):
+    store, adapter_id, base = setup
+    out = export_adapter(store, adapter_id, base, "peft", tmp_path / "peft")
+    zipped = shutil.make_archive(str(tmp_path / "peft-zip"), "zip", out)
+    for source in (out, tmp_path / "peft-zip.zip"):
+        new_id = import_any(source, store, base, name="from PEFT")
+        assert store.read(new_id).metadata.importedFrom == "peft"
+        assert replies(base.path, store.path(new_id)) == replies(
+            base.path, store.path(adapter_id)
+        ), source
+    assert zipped
+
+
+def test_fused_gguf_imports_back_with_the_same_greedy_output(setup, tmp_path):
+    store, adapter_id, base = setup
+    fused = store.fuse(adapter_id, base, tmp_path / "fused", "reference")
+    expected = replies(fused)
+    for kind in ("f32", "f16", "q8_0"):
+        gguf = export_adapter(
+            store, adapter_id, base, "gguf", tmp_path / f"m-{kind}.gguf", kind=kind
+        )
+        back = import_gguf(gguf, tmp_path / "back", kind)
+        got = replies(back)
+        for text, reference in zip(got, expected, strict=True):
+            if kind == "q8_0":  # quantized: the first 8 tokens must agree
+                assert text.split()[:8] == reference.split()[:8], (kind, text, reference)
+            else:  # f32 and f16: the same, or apart only in the last token
+                assert text == reference or text.split()[:-1] == reference.split()[:-1], kind
+
+
+def test_ollama_folder_and_a_modelfile_that_parses(setup, tmp_path):
+    store, adapter_id, base = setup
+    folder = export_adapter(
+        store, adapter_id, base, "ollama", tmp_path / "ollama", kind="q8_0", system="Be brief."
+    )
+    modelfile = ollama.parse((folder / "Modelfile").read_text())
+    assert modelfile.source == "./model.gguf" and (folder / "model.gguf").stat().st_size > 0
+    assert modelfile.system == "Be brief." and "</s>" in modelfile.stops
+
+
+def test_ollama_templates_for_the_documented_chat_formats():
+    chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
+    template, stops = ollama.ollama_template(chatml, "<|im_end|>")
+    assert template == ollama.CHATML and "<|im_end|>" in stops
+    rendered = ollama.Modelfile("./model.gguf", template, "sys", stops).render()
+    again = ollama.parse(rendered)
+    assert (again.template, again.system, again.stops) == (template, "sys", stops)
+    assert ollama.ollama_template("{{ unknown }}", "</s>") == (None, ["</s>"])
+
+
+def test_gguf_lora_adapter_reads_back_as_the_same_deltas(setup, tmp_path):
+    from gguf import GGUFReader
+
+    store, adapter_id, base = setup
+    path = export_adapter(store, adapter_id, base, "gguf-adapter", tmp_path / "lora.gguf")
+    reader = GGUFReader(str(path))
+    fields = {f.name: f for f in reader.fields.values()}
+    assert bytes(fields["general.type"].parts[-1]).decode() == "adapter"
+    alpha = float(fields["adapter.lora.alpha"].parts[-1][0])
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    config = json.loads((store.path(adapter_id) / "adapter_config.json").read_text())
+    rank = config["lora_parameters"]["rank"]
+    heads = {"q_proj": 4, "k_proj": 2}
+    for stem, delta in mlx_deltas(store.path(adapter_id)).items():
+        layer, module = stem.split(".")[2], stem.split(".")[-1]
+        gguf_stem = f"blk.{layer}.attn_{ {'o_proj': 'output'}.get(module, module[0]) }.weight"
+        a, b = tensors[f"{gguf_stem}.lora_a"], tensors[f"{gguf_stem}.lora_b"]
+        expected = permute(delta, heads[module]) if module in heads else delta
+        np.testing.assert_allclose(alpha / rank * b @ a, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_exports_refuse_before_any_work(setup, tmp_path):
+    store, adapter_id, base = setup
+    other = shutil.copytree(base.path, tmp_path / "qwen-like")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
+    with pytest.raises(StudioError, match="supports the llama architecture"):
+        export_adapter(store, adapter_id, inspect_model(other), "gguf", tmp_path / "out" / "x.gguf")
+    dora = store.path(adapter_id) / "adapter_config.json"
+    dora.write_text(json.dumps({**json.loads(dora.read_text()), "fine_tune_type": "dora"}))
+    with pytest.raises(StudioError, match="dora adapter has no PEFT LoRA layout"):
+        export_adapter(store, adapter_id, base, "peft", tmp_path / "out" / "peft")
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_export_and_import_from_the_command_line(setup, studio, tmp_path):
+    _, adapter_id, _ = setup
+    env = {**os.environ, "LORA_STUDIO_HOME": str(studio.home)}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "webapp", *args], env=env, capture_output=True, text=True
+        )
+
+    out = tmp_path / "peft"
+    exported = cli("export", f"lora/{adapter_id}", "--format", "peft", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    imported = cli("import", str(out), "--base", "toy", "--name", "Back from PEFT")
+    assert imported.returncode == 0 and "imported as lora/" in imported.stdout
+    refused = cli("import", str(out), "--name", "no base")
+    assert refused.returncode == 2 and "needs its base model" in refused.stderr
