@@ -186,6 +186,9 @@ def import_gguf(
             weights["model.embed_tokens.weight"].shape[0],
             tied="lm_head.weight" not in weights,
         )
+        pre = _value(meta, "tokenizer.ggml.pre")
+        if pre:  # kept so that a GGUF export names llama.cpp's pre-tokenizer again
+            config["gguf_tokenizer_pre"] = pre
         for layer in range(config["num_hidden_layers"]):
             prefix = f"model.layers.{layer}.self_attn"
             q, k = f"{prefix}.q_proj.weight", f"{prefix}.k_proj.weight"

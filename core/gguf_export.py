@@ -169,7 +169,7 @@ def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
         tokens[index] = token
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or "gpt2")
+    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or "gpt-2")  # llama.cpp's name
     writer.add_token_list(tokens)
     writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control
     writer.add_token_merges(merges)

@@ -117,6 +117,15 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
     pick(page, "Adapter", f"Trained on pirate-colours.jsonl ({adapter_id[5:13]})")
     expect(page.locator("#ls-adapter-curve polyline.ls-train")).to_be_visible()
     shot(page, "adapters")
+    status = page.locator("#ls-export-status")
+    page.get_by_label("Ollama (GGUF + Modelfile)").check()
+    page.get_by_role("button", name="Export", exact=True).click()
+    expect(status).to_contain_text("ollama create NAME -f", timeout=60000)
+    page.get_by_label("PEFT (transformers, vLLM)").check()
+    page.get_by_role("button", name="Export", exact=True).click()
+    expect(status).to_contain_text("Done", timeout=60000)
+    expect(status).to_contain_text(".zip")
+    shot(page, "adapters-export")
 
     page.get_by_role("tab", name="Chat").click()  # no reload: the picker refreshed by itself
     pick(page, "Model", "Trained on pirate-colours.jsonl (LoRA on toy)")

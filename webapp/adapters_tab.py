@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import pandas as pd
 
 from core.adapters import loss_history
 from core.errors import StudioError
+from core.export import import_any
 
-from . import charts
+from . import charts, export_panel
 from .studio import Studio, explain
 
 COLUMNS = ["name", "base", "dataset", "created", "steps", "final loss", "best val loss", "state"]
@@ -70,19 +70,20 @@ def build(studio: Studio) -> AdaptersTab:
     with gr.Row():
         sure = gr.Checkbox(False, label="Yes, delete this adapter for good")
         delete = gr.Button("Delete", variant="stop")
-        export = gr.Button("Export .zip")
-        download = gr.File(label="Exported adapter", interactive=False, height=80)
     with gr.Row():
         fused_name = gr.Textbox(label="Fused model name", scale=3)
         fuse = gr.Button("Fuse into a base model", scale=1)
+    export_panel.build(studio, picker)
     with gr.Accordion("Import an adapter", open=False):
         archive = gr.File(
-            label=".zip exported here, or a zipped mlx-lm adapter folder",
+            label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
             file_types=[".zip"],
             type="filepath",
         )
-        import_base = gr.Dropdown(studio.base_choices(), label="Base model (for mlx-lm adapters)")
-        import_name = gr.Textbox(label="Name (for mlx-lm adapters)")
+        import_base = gr.Dropdown(
+            studio.base_choices(), label="Base model (for PEFT and mlx-lm adapters)"
+        )
+        import_name = gr.Textbox(label="Name (for PEFT and mlx-lm adapters)")
         do_import = gr.Button("Import")
 
     def show(adapter_id):
@@ -100,9 +101,9 @@ def build(studio: Studio) -> AdaptersTab:
             try:
                 done = action(*args)
             except StudioError as exc:
-                return explain(exc), gr.skip(), gr.skip(), gr.skip()
+                return explain(exc), gr.skip(), gr.skip()
             studio.registry.reload()
-            return done, table(studio), gr.update(choices=picker_choices(studio)), gr.skip()
+            return done, table(studio), gr.update(choices=picker_choices(studio))
 
         return handler
 
@@ -127,23 +128,10 @@ def build(studio: Studio) -> AdaptersTab:
         if not path:
             raise StudioError("choose a .zip to import")
         base = studio.registry.base_info(base_id) if base_id else None
-        new_id = studio.adapters.import_zip(Path(path), base, name or None)
+        new_id = import_any(Path(path), studio.adapters, base, name or None)
         return f"Imported as `lora/{new_id}`."
 
-    def export_it(adapter_id):
-        """The .zip to download. Only the latest export is kept (the folder goes with the
-        studio): every export used to leave a full adapter copy behind."""
-        try:
-            folder = studio.scratch / "exports"
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            name = studio.adapters.read(adapter_id or "").name
-            safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60]
-            return studio.adapters.export(adapter_id, folder / f"{safe or 'adapter'}.zip"), ""
-        except StudioError as exc:
-            return None, explain(exc)
-
-    outputs = [message, grid, picker, download]
+    outputs = [message, grid, picker]
     # page actions, not API: `lora-studio adapters` is the scriptable way
     private = {"api_visibility": "private"}
     picker.change(show, picker, [details, curve], **private)
@@ -151,5 +139,4 @@ def build(studio: Studio) -> AdaptersTab:
     delete.click(act(delete_it), [picker, sure], outputs, **private)
     fuse.click(act(fuse_it), [picker, fused_name], outputs, **private)
     do_import.click(act(import_it), [archive, import_base, import_name], outputs, **private)
-    export.click(export_it, picker, [download, message], **private)
     return AdaptersTab(table=grid, picker=picker, import_base=import_base)

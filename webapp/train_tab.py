@@ -10,7 +10,6 @@ parameters (``rank=8, epochs=3, ...``); the page's internal events are private.
 from __future__ import annotations
 
 import html
-import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +31,7 @@ from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
 
 from . import charts, runs_panel
+from .background import with_progress
 from .studio import Studio, explain
 
 PREVIEW_ROWS = 3
@@ -478,34 +478,26 @@ class TrainActions:
         from core.demo import get_demo as fetch
 
         studio = self.studio
-        steps: list[str] = []
-        outcome: dict = {}
 
-        def work():
-            try:
-                outcome["paths"] = fetch(
-                    studio.settings.models, studio.settings.datasets, steps.append
-                )
-            except StudioError as exc:
-                outcome["error"] = exc
+        def work(progress):
+            return fetch(studio.settings.models, studio.settings.datasets, progress)
 
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        while worker.is_alive():
-            worker.join(timeout=0.5)
-            yield "  \n".join(steps) or "starting...", gr.skip(), gr.skip(), gr.skip()
-        if "error" in outcome:
-            yield explain(outcome["error"]), gr.skip(), gr.skip(), gr.skip()
-            return
-        model_path, dataset_path = outcome["paths"]
-        studio.registry.reload()
-        done = "  \n".join(steps) + "  \nReady: the demo model and the sample dataset are picked."
-        yield (
-            done,
-            gr.update(choices=studio.base_choices(), value=model_path.name),
-            str(dataset_path),
-            dataset_path.name,
-        )
+        for steps, paths, error in with_progress(work):
+            text = "  \n".join(steps)
+            if error is not None:
+                yield explain(error), gr.skip(), gr.skip(), gr.skip()
+                return
+            if paths is None:
+                yield text or "starting...", gr.skip(), gr.skip(), gr.skip()
+                continue
+            model_path, dataset_path = paths
+            studio.registry.reload()
+            yield (
+                text + "  \nReady: the demo model and the sample dataset are picked.",
+                gr.update(choices=studio.base_choices(), value=model_path.name),
+                str(dataset_path),
+                dataset_path.name,
+            )
 
 
 def build(studio: Studio, page: gr.Blocks) -> TrainTab:
