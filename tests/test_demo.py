@@ -6,10 +6,13 @@ by CI all the same. The imported model is cached across runs in the pytest cache
 
 from __future__ import annotations
 
+import json
 import zipfile
 
+import numpy as np
 import pytest
 from mlx_lm import generate, load
+from safetensors.numpy import load_file
 
 from core import protocol
 from core.convert import build_tokenizer, import_gguf
@@ -114,13 +117,21 @@ def test_unsupported_ggufs_are_named(tmp_path):
     assert not (tmp_path / "models" / "x").exists()
 
 
-def test_a_short_run_teaches_the_persona(demo, tmp_path):
+@pytest.fixture(scope="module")
+def persona(demo, tmp_path_factory):
+    """A one-epoch pirate adapter on the demo model: (settings, its run, its events)."""
     model_path, dataset = demo
     from core.settings import Settings
 
-    service = TrainingService(Settings.from_env(tmp_path / "studio"))
+    settings = Settings.from_env(tmp_path_factory.mktemp("demo-studio"))
+    service = TrainingService(settings)
     run = service.start(model_path, dataset, TrainingParams(epochs=1), name="Pirate")
-    events = list(run.follow(timeout=600))
+    return service, run, list(run.follow(timeout=600))
+
+
+def test_a_short_run_teaches_the_persona(demo, persona):
+    model_path, _ = demo
+    service, run, events = persona
     assert isinstance(events[-1], protocol.Complete), events[-1]
     start = next(e for e in events if isinstance(e, protocol.Start))
     assert start.blas != "stock" or service.blas.name == "stock"
@@ -136,3 +147,46 @@ def test_a_short_run_teaches_the_persona(demo, tmp_path):
         pirate = ("Arr", "matey", "hearty", "Avast", "Yo ho", "timbers", "landlubber", " be ")
         assert any(word in after for word in pirate) and not any(w in before for w in pirate[:6])
     assert DEMO_MODEL in str(model_path)
+
+
+def test_the_persona_exports_to_peft_and_gguf_and_loads_back(demo, persona, tmp_path):
+    """The export round trips on a real 135M model: PEFT deltas, PEFT -> import -> the same
+    replies, and an f16 GGUF imported back answers like the fused model. (q8_0 is checked on
+    the tiny model; here the adapter's first token is a near tie, "The" 24.90 vs "Arr" 24.80,
+    which 8-bit rounding may flip.)"""
+    from core.adapters import AdapterStore
+    from core.convert import import_gguf
+    from core.export import export_adapter, import_any
+    from core.models import inspect_model
+    from tests.test_export import mlx_deltas
+
+    model_path, _ = demo
+    service, run, _ = persona
+    store, base = AdapterStore(service.settings.adapters), inspect_model(model_path)
+    peft = export_adapter(store, run.id, base, "peft", tmp_path / "peft")
+    tensors = load_file(str(peft / "adapter_model.safetensors"))
+    config = json.loads((peft / "adapter_config.json").read_text())
+    for stem, delta in mlx_deltas(store.path(run.id)).items():
+        a = tensors[f"base_model.model.{stem}.lora_A.weight"]
+        b = tensors[f"base_model.model.{stem}.lora_B.weight"]
+        got = config["lora_alpha"] / config["r"] * b @ a
+        np.testing.assert_allclose(got, delta, rtol=1e-4, atol=1e-6)
+    back = import_any(peft, store, base, "Pirate via PEFT")
+    question = HELD_OUT_PROMPTS[0]
+    tokenizer = load(str(model_path))[1]
+    original = greedy(
+        load(str(model_path), adapter_path=str(run.adapter_path))[0], tokenizer, question
+    )
+    again = greedy(
+        load(str(model_path), adapter_path=str(store.path(back)))[0], tokenizer, question
+    )
+    assert again == original
+
+    gguf = export_adapter(store, run.id, base, "gguf", tmp_path / "p.gguf", kind="f16")
+    fused = store.fuse(run.id, base, tmp_path / "fused", "pirate")
+    imported = import_gguf(gguf, tmp_path / "back", "pirate-f16")
+    expected = greedy(*load(str(fused)), question)
+    got = greedy(*load(str(imported)), question)
+    print(f"adapter: {original!r}\nfused: {expected!r}\ngguf f16: {got!r}")
+    assert expected == original
+    assert got == expected or got.split()[:-1] == expected.split()[:-1]
