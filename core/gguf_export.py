@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,6 @@ def write_model_gguf(
     folder: Path, target: Path, kind: str = "f16", progress: Callable[[str], None] = log.info
 ) -> Path:
     """The model in ``folder`` (MLX layout, llama, float weights) as one GGUF file."""
-    import gguf
 
     if kind not in GGUF_TYPES:
         raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
@@ -106,9 +106,7 @@ def write_model_gguf(
     progress("reading the fused weights")
     weights = _load_float32(folder)
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads")
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        writer = gguf.GGUFWriter(str(partial), "llama")
+    with _writing(target) as writer:
         _model_metadata(writer, config, info.id)
         _tokenizer_metadata(writer, folder, config)
         progress(f"writing {len(weights)} tensors as {kind}")
@@ -119,6 +117,19 @@ def write_model_gguf(
                 value = permute(value, kv_heads or heads)
             data, raw = _encoded(name, value, kind)
             writer.add_tensor(gguf_name(name), data, raw_dtype=raw)
+    return target
+
+
+@contextmanager
+def _writing(target: Path):
+    """A GGUFWriter whose file is written out and renamed to ``target`` when the block ends,
+    and removed if anything fails: a GGUF appears whole or not at all."""
+    import gguf
+
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        writer = gguf.GGUFWriter(str(partial), "llama")
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -127,7 +138,6 @@ def write_model_gguf(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return target
 
 
 def _model_metadata(writer, config: dict, name: str) -> None:
@@ -230,9 +240,7 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
     lora = adapter["lora_parameters"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        writer = gguf.GGUFWriter(str(partial), "llama")
+    with _writing(target) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(lora["scale"] * lora["rank"]))
@@ -244,15 +252,6 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
                 data = permute(data, heads)
             elif side == "b" and stem.endswith("k_proj"):
                 data = permute(data, kv_heads)
-            writer.add_tensor(
-                f"{gguf_name(stem + '.weight')}.lora_{side}", np.ascontiguousarray(data)
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        partial.replace(target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+            name = f"{gguf_name(stem + '.weight')}.lora_{side}"
+            writer.add_tensor(name, np.ascontiguousarray(data))
     return target

@@ -24,23 +24,15 @@ def lora_studio(*args: str, home) -> subprocess.CompletedProcess:
     )
 
 
+def train_quickly(toy_model, data, *extra: str, home) -> subprocess.CompletedProcess:
+    """``lora-studio train`` for one epoch on the toy model."""
+    args = ["--model", str(toy_model), "--data", str(data), "--epochs", "1", "--lora-layers", "-1"]
+    return lora_studio("train", *args, *extra, home=home)
+
+
 def test_train_prints_where_the_adapter_went(tmp_path, toy_model, colour_dataset):
-    result = lora_studio(
-        "train",
-        "--model",
-        str(toy_model),
-        "--data",
-        str(colour_dataset),
-        "--epochs",
-        "1",
-        "--lora-layers",
-        "-1",
-        "--learning-rate",
-        "5e-3",
-        "--name",
-        "from the shell",
-        home=tmp_path / "home",
-    )
+    extra = ("--learning-rate", "5e-3", "--name", "from the shell")
+    result = train_quickly(toy_model, colour_dataset, *extra, home=tmp_path / "home")
     assert result.returncode == 0, result.stderr
     assert f"adapter saved to {tmp_path / 'home' / 'adapters'}" in result.stdout
     assert "model id: lora/" in result.stdout
@@ -96,18 +88,7 @@ def test_train_draws_a_progress_bar_on_a_terminal(tmp_path, toy_model, colour_da
 
 
 def test_train_prints_plain_lines_when_not_a_terminal(tmp_path, toy_model, colour_dataset):
-    result = lora_studio(
-        "train",
-        "--model",
-        str(toy_model),
-        "--data",
-        str(colour_dataset),
-        "--epochs",
-        "1",
-        "--lora-layers",
-        "-1",
-        home=tmp_path,
-    )
+    result = train_quickly(toy_model, colour_dataset, home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "step 12/12 epoch 1 loss" in result.stderr and "trained tok/s" in result.stderr
     assert "━" not in result.stderr and "\x1b[" not in result.stderr
