@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -26,6 +26,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.utils import average_gradients
+from mlx.utils import tree_map
 from mlx_lm.tuner import trainer
 
 from . import checkpoints, protocol
@@ -47,15 +48,23 @@ class Schedule:
     eval_every: int
     save_every: int
 
+    accumulation: int = 1
+
     @classmethod
     def for_run(cls, params: TrainingParams, steps_per_epoch: int) -> Schedule:
+        accumulate = params.grad_accumulation_steps
         return cls(
             steps_per_epoch=steps_per_epoch,
             total_steps=steps_per_epoch * params.epochs,
             report_every=report_interval(steps_per_epoch),
-            eval_every=params.eval_every or steps_per_epoch,
-            save_every=params.save_every or steps_per_epoch,
+            eval_every=_multiple(params.eval_every or steps_per_epoch, accumulate),
+            save_every=_multiple(params.save_every or steps_per_epoch, accumulate),
+            accumulation=accumulate,
         )
+
+    def updates_at(self, step: int) -> bool:
+        """Whether the optimizer updates after ``step`` (batches are 1-based)."""
+        return step % self.accumulation == 0
 
     def evaluates_at(self, step: int) -> bool:
         return step % self.eval_every == 0 or step == self.total_steps
@@ -63,6 +72,37 @@ class Schedule:
     def saves_at(self, step: int) -> bool:
         # the last step's weights are written as the adapter itself
         return step % self.save_every == 0 and step < self.total_steps
+
+
+def _multiple(steps: int, of: int) -> int:
+    """``steps`` rounded up to a multiple of ``of``: checkpoints fall on optimizer updates."""
+    return -(-steps // of) * of
+
+
+def lr_schedule(params: TrainingParams, steps_per_epoch: int) -> dict | None:
+    """The run's schedule in mlx-lm's ``lr_schedule`` format (what ``build_schedule`` reads
+    and adapter_config.json records), in optimizer steps; None for a constant rate."""
+    warmup = params.warmup(steps_per_epoch)
+    if params.lr_schedule == "constant" and not warmup:
+        return None
+    lr, decay = params.learning_rate, params.optimizer_steps(steps_per_epoch) - warmup
+    name, arguments = {
+        "constant": ("linear_schedule", [lr, lr, 1]),
+        "cosine": ("cosine_decay", [lr, decay, 0.0]),
+        "linear": ("linear_schedule", [lr, 0.0, decay]),
+    }[params.lr_schedule]
+    config: dict = {"name": name, "arguments": arguments}
+    if warmup:
+        config |= {"warmup": warmup, "warmup_init": 0.0}
+    return config
+
+
+def learning_rate(params: TrainingParams, steps_per_epoch: int):
+    """What the optimizer takes: mlx-lm's ``build_schedule`` of the schedule, or the rate."""
+    from mlx_lm.tuner.utils import build_schedule
+
+    config = lr_schedule(params, steps_per_epoch)
+    return build_schedule(config) if config else params.learning_rate
 
 
 def report_interval(steps_per_epoch: int, target: int = 10) -> int:
@@ -122,7 +162,10 @@ class TrainingLoop:
     def run(self) -> TrainerState:
         """Train from ``self.state`` to the last step (or an early stop); returns the state."""
         self.optimizer.init(self.model.trainable_parameters())
+        if self.params.grad_checkpoint:
+            trainer.grad_checkpoint(self.model.layers[0])  # mlx-lm's: every layer of that type
         step_fn, compiled_state = self.compiled_step()
+        accumulated = None
         self.model.train()
         if self.state.step == 0 or self._evaluation_pending():
             self.validate()
@@ -133,8 +176,9 @@ class TrainingLoop:
             for batch in islice(self._epoch_batches(epoch), position, None):
                 self._check_stop()
                 tic = time.perf_counter()
-                loss, tokens = step_fn(*batch)
-                mx.eval(compiled_state, loss, tokens)
+                update = s.updates_at(self.state.step + 1)
+                loss, tokens, accumulated = step_fn(*batch, accumulated, update)
+                mx.eval(compiled_state, loss, tokens, accumulated)
                 window.add(loss, tokens, time.perf_counter() - tic)
                 self._advance()
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
@@ -148,14 +192,24 @@ class TrainingLoop:
         return self.state
 
     def compiled_step(self):
+        """mlx-lm's training step: gradients summed over ``accumulation`` batches, averaged
+        over ranks, then one optimizer update."""
         value_and_grad = nn.value_and_grad(self.model, self.loss)
         state = [self.model.state, self.optimizer.state, mx.random.state]
+        accumulation = self.schedule.accumulation
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch, lengths):
+        def step(batch, lengths, previous, update: bool):
             (loss, tokens), grad = value_and_grad(self.model, batch, lengths)
-            self.optimizer.update(self.model, average_gradients(grad))
-            return loss, tokens
+            if previous is not None:
+                grad = tree_map(lambda g, p: g + p, grad, previous)
+            if update:
+                grad = average_gradients(grad)
+                if accumulation > 1:
+                    grad = tree_map(lambda g: g / accumulation, grad)
+                self.optimizer.update(self.model, grad)
+                grad = None
+            return loss, tokens, grad
 
         return step, state
 
@@ -175,8 +229,11 @@ class TrainingLoop:
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
-            if self.last_checkpoint != self.state.step and self.state.step > 0:
-                self.save()  # a stop loses no finished step
+            # a stop loses no finished optimizer step: the weights have not changed since the
+            # last update, so the checkpoint is that update's (batches after it are redone)
+            updated = self.state.step - self.state.step % self.schedule.accumulation
+            if updated > 0 and self.last_checkpoint != updated:
+                self.save(at=updated)
             raise Stopped
 
     def _evaluation_pending(self) -> bool:
@@ -244,14 +301,19 @@ class TrainingLoop:
         if patience and state.evals_since_best >= patience:
             self.stopped_early = True
 
-    def save(self) -> Path:
+    def save(self, at: int | None = None) -> Path:
+        """Checkpoint the current weights as step ``at`` (default: the current step)."""
         key = mx.random.state[0].tolist()
         self.state.random_key = [int(k) for k in key]
-        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, self.state)
-        self.last_checkpoint = self.state.step
+        state = self.state
+        if at is not None and at != state.step:
+            epoch, position = divmod(at, self.schedule.steps_per_epoch)
+            state = replace(state, step=at, epoch=epoch, batch_in_epoch=position)
+        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
+        self.last_checkpoint = state.step
         keep = {self.state.best_step} if self.state.best_step is not None else set()
         checkpoints.prune(self.checkpoint_folder, keep)
-        self.emit(protocol.Checkpoint(step=self.state.step, path=str(path)))
+        self.emit(protocol.Checkpoint(step=state.step, path=str(path)))
         return path
 
 

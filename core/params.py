@@ -69,6 +69,18 @@ class TrainingParams(BaseModel):
     early_stop: int = Field(
         0, ge=0, description="stop after N validations without improvement (0: never)"
     )
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="learning rate after the warmup: constant, or decaying to 0"
+    )
+    warmup_steps: float = Field(
+        0, ge=0, description="optimizer steps of linear warmup from 0 (below 1: a share of the run)"
+    )
+    grad_accumulation_steps: int = Field(
+        1, ge=1, le=1024, description="batches whose gradients make one optimizer step"
+    )
+    grad_checkpoint: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, slower"
+    )
 
     @field_validator("lora_layers")
     @classmethod
@@ -84,6 +96,30 @@ class TrainingParams(BaseModel):
         if unknown or not value:
             raise ValueError(f"unknown or no target modules {unknown}")
         return value
+
+    def optimizer_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer updates in the run (one per ``grad_accumulation_steps`` batches)."""
+        return steps_per_epoch * self.epochs // self.grad_accumulation_steps
+
+    def warmup(self, steps_per_epoch: int) -> int:
+        """Warmup in optimizer steps (a value below 1 is a share of the run)."""
+        total = self.optimizer_steps(steps_per_epoch)
+        return round(self.warmup_steps * total) if self.warmup_steps < 1 else int(self.warmup_steps)
+
+    def check_steps(self, steps_per_epoch: int) -> None:
+        """What only the dataset's size decides: warmup and accumulation must fit the run."""
+        total = self.optimizer_steps(steps_per_epoch)
+        if total < 1:
+            raise StudioError(
+                f"grad_accumulation_steps = {self.grad_accumulation_steps}: the run has only "
+                f"{steps_per_epoch * self.epochs} batches",
+                hint="lower it, or train more epochs",
+            )
+        if self.warmup(steps_per_epoch) >= total:
+            raise StudioError(
+                f"warmup_steps = {self.warmup_steps:g}: the run has {total} optimizer steps",
+                hint="a warmup must end before the run does: lower it",
+            )
 
     @property
     def scale(self) -> float:

@@ -350,6 +350,7 @@ class TrainingService:
         )
         if dataset_name:
             dataset.name = dataset_name
+        params.check_steps(dataset.train_count // params.batch_size)
         return info, params, dataset
 
     def start(

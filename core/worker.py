@@ -41,7 +41,7 @@ from .adapters import CONFIG_FILE, WEIGHTS_FILE
 from .blas import loaded_blas
 from .datasets import Dataset, DatasetError, load_dataset
 from .errors import StudioError
-from .loop import Schedule, Stopped, TrainingLoop
+from .loop import Schedule, Stopped, TrainingLoop, learning_rate, lr_schedule
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams, add_arguments, params_from_args
 
@@ -104,6 +104,8 @@ def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
         "max_seq_length": params.max_seq_length,
         "mask_prompt": params.mask_prompt,
         "seed": params.seed,
+        "grad_accumulation_steps": params.grad_accumulation_steps,
+        "grad_checkpoint": params.grad_checkpoint,
     }
 
 
@@ -120,6 +122,7 @@ def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Datas
         validation_split=params.validation_split,
         seed=params.seed,
     )
+    params.check_steps(len(dataset.train) // params.batch_size)
     return params, info, dataset
 
 
@@ -131,11 +134,12 @@ def train(
     """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
     params, info, dataset = _prepare(args)
     model, train_set, valid_set = _load(info, params, dataset)
-    schedule = Schedule.for_run(params, len(train_set) // params.batch_size)
+    steps_per_epoch = len(train_set) // params.batch_size
+    schedule = Schedule.for_run(params, steps_per_epoch)
     output = Path(args.output)
     loop = TrainingLoop(
         model=model,
-        optimizer=optim.Adam(learning_rate=params.learning_rate),
+        optimizer=optim.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
         train_set=train_set,
         valid_set=valid_set,
         params=params,
@@ -161,7 +165,8 @@ def train(
         )
     )
     loop.run()
-    emit(_write_adapter(loop, output, adapter_config(params, info)))
+    config = adapter_config(params, info) | {"lr_schedule": lr_schedule(params, steps_per_epoch)}
+    emit(_write_adapter(loop, output, config))
 
 
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):

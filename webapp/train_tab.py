@@ -54,6 +54,10 @@ FORM_FIELDS = (
     "eval_every",
     "keep",
     "early_stop",
+    "lr_schedule",
+    "warmup_steps",
+    "grad_accumulation_steps",
+    "grad_checkpoint",
 )
 EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
 
@@ -180,7 +184,11 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         for masked, trained in samples
     )
     legend = "<p>Grey: masked from the loss. Bold: trained on.</p>"
-    ready = f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}."
+    effective = params.batch_size * params.grad_accumulation_steps
+    ready = (
+        f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}, "
+        f"effective batch {effective} ({params.batch_size} x {params.grad_accumulation_steps})."
+    )
     return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
 
 
@@ -356,6 +364,23 @@ def _form_fields() -> dict[str, gr.components.Component]:
             DEFAULTS.early_stop,
             label="Early stopping: validations without improvement (0: off)",
             precision=0,
+        )
+        f["lr_schedule"] = gr.Radio(
+            ["constant", "cosine", "linear"],
+            value=DEFAULTS.lr_schedule,
+            label="Learning rate schedule (after the warmup)",
+        )
+        f["warmup_steps"] = gr.Number(
+            DEFAULTS.warmup_steps, label="Warmup steps (below 1: a share of the run)"
+        )
+        f["grad_accumulation_steps"] = gr.Number(
+            DEFAULTS.grad_accumulation_steps,
+            label="Gradient accumulation steps (batches per optimizer step)",
+            precision=0,
+            minimum=1,
+        )
+        f["grad_checkpoint"] = gr.Checkbox(
+            DEFAULTS.grad_checkpoint, label="Gradient checkpointing (less memory, slower)"
         )
     return f
 
