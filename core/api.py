@@ -145,21 +145,7 @@ def create_router(
         finally:
             watcher.cancel()
             gone.set()
-        last = parts[-1]
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": chat.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(p.text for p in parts)},
-                    "finish_reason": last.finish_reason,
-                }
-            ],
-            "usage": usage(last),
-        }
+        return completion(completion_id, chat, parts)
 
     return router
 
@@ -213,6 +199,25 @@ def parse_request(body: bytes) -> ChatRequest:
         param = ".".join(str(p) for p in error["loc"])
         message = f"{param}: {error['msg']}" if param else error["msg"]
         raise APIError(400, message, "invalid_request_error", param or None) from None
+
+
+def completion(completion_id: str, chat: ChatRequest, parts: list[Chunk]) -> dict:
+    """A non-streamed reply in OpenAI's ``chat.completion`` shape."""
+    last = parts[-1]
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(p.text for p in parts)},
+                "finish_reason": last.finish_reason,
+            }
+        ],
+        "usage": usage(last),
+    }
 
 
 def usage(chunk: Chunk) -> dict:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from core.errors import StudioError
-from core.params import add_arguments
 from core.settings import Settings
 
 from . import adapters_command, train_command
@@ -36,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="user:password for the page (default: $LORA_STUDIO_AUTH)",
     )
     parser.add_argument(
-        "--no-auth", action="store_true", help="allow --lan without credentials (not advised)"
+        "--no-auth",
+        action="store_true",
+        help="allow a non-loopback --host, --lan or --share without credentials (not advised)",
     )
     parser.add_argument("--share", action="store_true", help="try a public Gradio share link")
     parser.add_argument(
@@ -45,25 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer key for /v1 (default: $LORA_STUDIO_API_KEY; with --lan: the password)",
     )
     commands = parser.add_subparsers(dest="command")
-    train = commands.add_parser("train", help="train a LoRA adapter from the shell")
-    train.add_argument("--model", help="base model folder, or a model name in the models folder")
-    train.add_argument("--data", help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)")
-    train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
-    train.add_argument(
-        "--resume",
-        metavar="RUN_ID",
-        help="continue a stopped or interrupted run from its last checkpoint (see `runs`)",
-    )
-    add_arguments(train)
-    runs = commands.add_parser("runs", help="unfinished runs: list, discard, publish")
-    runs.add_argument("--json", action="store_true", help="print a JSON list")
-    runs_commands = runs.add_subparsers(dest="runs_command")
-    discard = runs_commands.add_parser("discard", help="delete a run and its checkpoints")
-    discard.add_argument("run_id")
-    publish = runs_commands.add_parser(
-        "publish", help="publish a run whose training finished but whose publishing failed"
-    )
-    publish.add_argument("run_id")
+    train_command.add_parsers(commands)
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible API (no page)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)

@@ -24,10 +24,33 @@ from rich.progress import (
 from core import protocol
 from core.errors import StudioError
 from core.models import resolve_model
-from core.params import params_from_args
+from core.params import add_arguments, params_from_args
 from core.settings import Settings
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
+
+
+def add_parsers(commands) -> None:
+    """``train`` and ``runs``."""
+    train = commands.add_parser("train", help="train a LoRA adapter from the shell")
+    train.add_argument("--model", help="base model folder, or a model name in the models folder")
+    train.add_argument("--data", help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)")
+    train.add_argument("--name", help="adapter name (default: 'Trained on <dataset>')")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a stopped or interrupted run from its last checkpoint (see `runs`)",
+    )
+    add_arguments(train)
+    runs = commands.add_parser("runs", help="unfinished runs: list, discard, publish")
+    runs.add_argument("--json", action="store_true", help="print a JSON list")
+    runs_commands = runs.add_subparsers(dest="runs_command")
+    discard = runs_commands.add_parser("discard", help="delete a run and its checkpoints")
+    discard.add_argument("run_id")
+    publish = runs_commands.add_parser(
+        "publish", help="publish a run whose training finished but whose publishing failed"
+    )
+    publish.add_argument("run_id")
 
 
 def train(args: argparse.Namespace) -> int:
