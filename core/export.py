@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -49,6 +50,8 @@ def export_adapter(
         raise StudioError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt in ("gguf", "ollama", "gguf-adapter"):
         gguf_export.check_exportable(base)
+    if fmt in ("gguf", "ollama"):
+        check_disk(out, base, kind)
     if fmt == "zip":
         return store.export(adapter_id, out)
     if fmt == "peft":
@@ -63,6 +66,23 @@ def export_adapter(
     if fmt == "gguf":
         return gguf_export.export_fused_gguf(fuse, base, out, kind, progress)
     return _ollama_folder(fuse, base, out, kind, system, progress)
+
+
+BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 + an f16 scale
+
+
+def check_disk(out: Path, base: ModelInfo, kind: str) -> None:
+    """Refuse a fused export, before any work, when the disk cannot hold the fused model
+    (written in the base's float width) and the GGUF beside it."""
+    folder = next(p for p in (out, *out.parents) if p.exists())
+    needed = base.parameter_count * (4 + BYTES_PER_WEIGHT.get(kind, 4.0))
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StudioError(
+            f"not enough disk space in {folder}: the export needs about {needed / 1e9:.1f} GB "
+            f"(the fused model and the GGUF), {free / 1e9:.1f} GB are free",
+            hint="free some space, choose another --out, or a smaller --type",
+        )
 
 
 def _ollama_folder(fuse, base: ModelInfo, out: Path, kind, system, progress) -> Path:

@@ -22,6 +22,7 @@ from core.errors import StudioError
 from core.export import export_adapter, import_any
 from core.gguf_export import permute
 from core.models import inspect_model
+from tests.helpers import small_filesystem
 
 PROMPTS = ["What colour is the sky number 7?", "Tell me a story", "hello there"]
 
@@ -158,6 +159,14 @@ def test_exports_refuse_before_any_work(setup, tmp_path):
     with pytest.raises(StudioError, match="dora adapter has no PEFT LoRA layout"):
         export_adapter(store, adapter_id, base, "peft", tmp_path / "out" / "peft")
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_fused_export_that_cannot_fit_the_disk_is_refused_first(setup, tmp_path):
+    store, adapter_id, base = setup
+    with small_filesystem(tmp_path / "small", "64k") as folder:
+        with pytest.raises(StudioError, match="not enough disk space"):
+            export_adapter(store, adapter_id, base, "gguf", folder / "m.gguf", kind="f32")
+        assert list(folder.iterdir()) == []
 
 
 def test_export_and_import_from_the_command_line(setup, studio, tmp_path):
