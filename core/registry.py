@@ -171,6 +171,13 @@ class ModelRegistry:
             raise StudioError(f"{base_id} is not an available base model: {entry.reason}")
         return inspect_model(entry.path, model_id=entry.id)
 
+    def adapter_base(self, adapter_id: str) -> ModelInfo:
+        """The base model an available adapter runs on (what fuse and export need)."""
+        entry = self.get("lora/" + check_adapter_id(adapter_id))
+        if not entry.available:
+            raise StudioError(f"{entry.id} is unavailable: {entry.reason}")
+        return self.base_info(entry.base_id)
+
     # -- listening -----------------------------------------------------------------------------
 
     def subscribe(self, listener: Callable[[ModelRegistry], None]) -> Callable[[], None]:

@@ -62,11 +62,7 @@ def export(args: argparse.Namespace) -> int:
     store = AdapterStore(settings.adapters)
     try:
         adapter_id = check_adapter_id(args.id)
-        registry = ModelRegistry(settings)
-        entry = registry.get(f"lora/{adapter_id}")
-        if not entry.available:
-            raise StudioError(f"lora/{adapter_id} is unavailable: {entry.reason}")
-        base = registry.base_info(entry.base_id)
+        base = ModelRegistry(settings).adapter_base(adapter_id)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -150,11 +146,7 @@ def _act(command: str, args, settings: Settings, store: AdapterStore) -> int:
 def _fuse(args, settings: Settings, store: AdapterStore) -> int:
     from core.registry import ModelRegistry
 
-    registry = ModelRegistry(settings)
-    entry = registry.get(f"lora/{args.id}")
-    if not entry.available:
-        raise StudioError(f"lora/{args.id} is unavailable: {entry.reason}")
-    base = registry.base_info(entry.base_id)
+    base = ModelRegistry(settings).adapter_base(args.id)
     try:
         path = store.fuse(args.id, base, settings.models, args.name)
     except StudioError as exc:

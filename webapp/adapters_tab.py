@@ -55,6 +55,58 @@ def picker_choices(studio: Studio) -> list[tuple[str, str]]:
     return [(f"{a.name} ({a.id[:8]})", a.id) for a in studio.adapters.list()]
 
 
+class AdapterActions:
+    """What the tab's events do; each change reports its outcome (or the error, as a message)
+    and refreshes the table and the picker."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    def show(self, adapter_id):
+        if not adapter_id:
+            return None, None
+        adapter = self.studio.adapters.read(adapter_id)
+        meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
+        kept = adapter.metadata.keptStep if adapter.metadata else None
+        return meta, charts.loss_chart(loss_history(adapter.path), kept_step=kept)
+
+    def changing(self, action):
+        studio = self.studio
+
+        def handler(*args):
+            try:
+                done = action(*args)
+            except StudioError as exc:
+                return explain(exc), gr.skip(), gr.skip()
+            studio.registry.reload()
+            return done, table(studio), gr.update(choices=picker_choices(studio))
+
+        return handler
+
+    def rename(self, adapter_id, name):
+        self.studio.adapters.rename(adapter_id or "", name)
+        return f"Renamed to **{name.strip()}**."
+
+    def delete(self, adapter_id, confirmed):
+        if not confirmed:
+            raise StudioError("tick the box to confirm the deletion")
+        self.studio.adapters.delete(adapter_id or "")
+        return "Deleted."
+
+    def fuse(self, adapter_id, name):
+        studio = self.studio
+        base = studio.registry.adapter_base(adapter_id or "")
+        path = studio.adapters.fuse(adapter_id, base, studio.settings.models, name)
+        return f"Fused into the base model **{path.name}**."
+
+    def import_(self, path, base_id, name):
+        if not path:
+            raise StudioError("choose a .zip to import")
+        base = self.studio.registry.base_info(base_id) if base_id else None
+        new_id = import_any(Path(path), self.studio.adapters, base, name or None)
+        return f"Imported as `lora/{new_id}`."
+
+
 def build(studio: Studio) -> AdaptersTab:
     grid = gr.Dataframe(table(studio), interactive=False, label="Adapters", elem_id="ls-adapters")
     with gr.Row():
@@ -86,57 +138,15 @@ def build(studio: Studio) -> AdaptersTab:
         import_name = gr.Textbox(label="Name (for PEFT and mlx-lm adapters)")
         do_import = gr.Button("Import")
 
-    def show(adapter_id):
-        if not adapter_id:
-            return None, None
-        adapter = studio.adapters.read(adapter_id)
-        meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
-        kept = adapter.metadata.keptStep if adapter.metadata else None
-        return meta, charts.loss_chart(loss_history(adapter.path), kept_step=kept)
-
-    def act(action):
-        """Run one store action; report its outcome (or the error) and refresh the view."""
-
-        def handler(*args):
-            try:
-                done = action(*args)
-            except StudioError as exc:
-                return explain(exc), gr.skip(), gr.skip()
-            studio.registry.reload()
-            return done, table(studio), gr.update(choices=picker_choices(studio))
-
-        return handler
-
-    def rename_it(adapter_id, name):
-        studio.adapters.rename(adapter_id or "", name)
-        return f"Renamed to **{name.strip()}**."
-
-    def delete_it(adapter_id, confirmed):
-        if not confirmed:
-            raise StudioError("tick the box to confirm the deletion")
-        studio.adapters.delete(adapter_id or "")
-        return "Deleted."
-
-    def fuse_it(adapter_id, name):
-        entry = studio.registry.get(f"lora/{adapter_id}")
-        path = studio.adapters.fuse(
-            adapter_id, studio.registry.base_info(entry.base_id), studio.settings.models, name
-        )
-        return f"Fused into the base model **{path.name}**."
-
-    def import_it(path, base_id, name):
-        if not path:
-            raise StudioError("choose a .zip to import")
-        base = studio.registry.base_info(base_id) if base_id else None
-        new_id = import_any(Path(path), studio.adapters, base, name or None)
-        return f"Imported as `lora/{new_id}`."
-
+    act = AdapterActions(studio)
     outputs = [message, grid, picker]
     # page actions, not API: `lora-studio adapters` is the scriptable way
     private = {"api_visibility": "private"}
-    picker.change(show, picker, [details, curve], **private)
-    rename.click(act(rename_it), [picker, new_name], outputs, **private)
-    delete.click(act(delete_it), [picker, sure], outputs, **private)
-    fuse.click(act(fuse_it), [picker, fused_name], outputs, **private)
-    do_import.click(act(import_it), [archive, import_base, import_name], outputs, **private)
+    picker.change(act.show, picker, [details, curve], **private)
+    rename.click(act.changing(act.rename), [picker, new_name], outputs, **private)
+    delete.click(act.changing(act.delete), [picker, sure], outputs, **private)
+    fuse.click(act.changing(act.fuse), [picker, fused_name], outputs, **private)
+    do_import.click(
+        act.changing(act.import_), [archive, import_base, import_name], outputs, **private
+    )
     return AdaptersTab(table=grid, picker=picker, import_base=import_base)

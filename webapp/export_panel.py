@@ -53,8 +53,7 @@ def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, syst
     folder.mkdir(parents=True)
 
     def work(progress) -> Path:
-        entry = studio.registry.get(f"lora/{adapter_id}")
-        base = studio.registry.base_info(entry.base_id)
+        base = studio.registry.adapter_base(adapter_id)
         target = folder / _file_name(studio, adapter_id, fmt)
         return export_adapter(
             studio.adapters,
