@@ -10,7 +10,10 @@ value-and-grad step with ``average_gradients``) and adds what it lacks:
   again after a restart, and the batches already trained are skipped;
 - checkpoints hold the optimizer state and the random key as well as the weights;
 - validation every ``eval_every`` steps keeps track of the best step, which is checkpointed so
-  it can be published, and of the patience left for early stopping.
+  it can be published, and of the patience left for early stopping;
+- over several ranks (``mlx.launch``), gradients and losses are weighted by each rank's token
+  count, so a run's numbers do not depend on how many ranks share its batches; a stop asked
+  of any rank is agreed by all at the next step; only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
@@ -105,6 +108,13 @@ def learning_rate(params: TrainingParams, steps_per_epoch: int):
     return build_schedule(config) if config else params.learning_rate
 
 
+def validation_batch(batch_size: int, examples: int, ranks: int) -> int:
+    """The validation batch: the training batch, or fewer when the validation set is
+    smaller, split evenly over ranks (mlx-lm requires it)."""
+    batch = min(batch_size, examples)
+    return max(batch - batch % ranks, ranks)
+
+
 def report_interval(steps_per_epoch: int, target: int = 10) -> int:
     """Steps between progress lines: the largest divisor of an epoch up to ``target``, so
     every epoch ends on a report."""
@@ -142,6 +152,8 @@ class TrainingLoop:
         self.last_checkpoint: int | None = None
         self.stopped_early = False
         self.last_loss = float("nan")
+        self.group = mx.distributed.init()
+        self.writes = self.group.rank() == 0  # the other ranks hold the same weights
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -177,9 +189,9 @@ class TrainingLoop:
                 self._check_stop()
                 tic = time.perf_counter()
                 update = s.updates_at(self.state.step + 1)
-                loss, tokens, accumulated = step_fn(*batch, accumulated, update)
-                mx.eval(compiled_state, loss, tokens, accumulated)
-                window.add(loss, tokens, time.perf_counter() - tic)
+                weighted, tokens, accumulated = step_fn(*batch, accumulated, update)
+                mx.eval(compiled_state, weighted, tokens, accumulated)
+                window.add(weighted, tokens, time.perf_counter() - tic)
                 self._advance()
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
                     self._report(window)
@@ -192,24 +204,32 @@ class TrainingLoop:
         return self.state
 
     def compiled_step(self):
-        """mlx-lm's training step: gradients summed over ``accumulation`` batches, averaged
-        over ranks, then one optimizer update."""
+        """mlx-lm's training step, with gradients weighted by tokens: summed over
+        ``accumulation`` batches and over ranks, then divided by the tokens of them all (the
+        gradient of one big batch), and one optimizer update.
+
+        Returns the step and the state it updates. The step gives the batch's loss times its
+        tokens, its tokens, and what to pass as ``previous`` to the next batch."""
         value_and_grad = nn.value_and_grad(self.model, self.loss)
         state = [self.model.state, self.optimizer.state, mx.random.state]
-        accumulation = self.schedule.accumulation
+        ranks = self.group.size()
 
         @partial(mx.compile, inputs=state, outputs=state)
         def step(batch, lengths, previous, update: bool):
             (loss, tokens), grad = value_and_grad(self.model, batch, lengths)
+            grad = tree_map(lambda g: g * tokens, grad)
+            total = tokens
             if previous is not None:
-                grad = tree_map(lambda g, p: g + p, grad, previous)
+                grad = tree_map(lambda g, p: g + p, grad, previous[0])
+                total = total + previous[1]
             if update:
-                grad = average_gradients(grad)
-                if accumulation > 1:
-                    grad = tree_map(lambda g: g / accumulation, grad)
+                # average_gradients is mlx's batched all-reduce; its mean times the ranks
+                # is the sum
+                scale = ranks / mx.distributed.all_sum(total)
+                grad = tree_map(lambda g: g * scale, average_gradients(grad))
                 self.optimizer.update(self.model, grad)
-                grad = None
-            return loss, tokens, grad
+                return loss * tokens, tokens, None
+            return loss * tokens, tokens, (grad, total)
 
         return step, state
 
@@ -228,13 +248,21 @@ class TrainingLoop:
         state.epoch, state.batch_in_epoch = divmod(state.step, self.schedule.steps_per_epoch)
 
     def _check_stop(self) -> None:
-        if self.stop.is_set():
+        if self._stop_agreed():
             # a stop loses no finished optimizer step: the weights have not changed since the
             # last update, so the checkpoint is that update's (batches after it are redone)
             updated = self.state.step - self.state.step % self.schedule.accumulation
             if updated > 0 and self.last_checkpoint != updated:
                 self.save(at=updated)
             raise Stopped
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: every rank must leave at the same step, or
+        the others would wait for it in the next all-reduce."""
+        if self.group.size() == 1:
+            return self.stop.is_set()
+        asked = mx.array(1.0 if self.stop.is_set() else 0.0)
+        return mx.distributed.all_max(asked, stream=mx.cpu).item() > 0
 
     def _evaluation_pending(self) -> bool:
         step = self.state.step
@@ -256,10 +284,17 @@ class TrainingLoop:
                 loss=loss,
                 learning_rate=self.optimizer.learning_rate.item(),
                 tokens_per_second=tokens / seconds if seconds else 0.0,
-                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                peak_memory_gb=self._peak_memory_gb(),
                 progress=100.0 * step / s.total_steps,
             )
         )
+
+    def _peak_memory_gb(self) -> float:
+        """This process's peak, or the largest over ranks."""
+        peak = mx.array(mx.get_peak_memory() / 1e9)
+        if self.group.size() > 1:
+            peak = mx.distributed.all_max(peak, stream=mx.cpu)
+        return peak.item()
 
     def validate(self) -> float:
         """Validation loss over the whole validation set; tracks the best and the patience."""
@@ -267,7 +302,9 @@ class TrainingLoop:
         loss = trainer.evaluate(
             self.model,
             self.valid_set,
-            batch_size=min(self.params.batch_size, len(self.valid_set)),
+            batch_size=validation_batch(
+                self.params.batch_size, len(self.valid_set), self.group.size()
+            ),
             num_batches=-1,
             max_seq_length=self.params.max_seq_length,
             loss=self.loss,
@@ -302,15 +339,19 @@ class TrainingLoop:
             self.stopped_early = True
 
     def save(self, at: int | None = None) -> Path:
-        """Checkpoint the current weights as step ``at`` (default: the current step)."""
+        """Checkpoint the current weights as step ``at`` (default: the current step); on
+        rank 0 only. Returns the checkpoint's folder."""
         key = mx.random.state[0].tolist()
         self.state.random_key = [int(k) for k in key]
         state = self.state
         if at is not None and at != state.step:
             epoch, position = divmod(at, self.schedule.steps_per_epoch)
             state = replace(state, step=at, epoch=epoch, batch_in_epoch=position)
-        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
+        path = checkpoints.step_folder(self.checkpoint_folder, state.step)
         self.last_checkpoint = state.step
+        if not self.writes:
+            return path
+        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
         keep = {self.state.best_step} if self.state.best_step is not None else set()
         checkpoints.prune(self.checkpoint_folder, keep)
         self.emit(protocol.Checkpoint(step=state.step, path=str(path)))
@@ -318,22 +359,21 @@ class TrainingLoop:
 
 
 class _Window:
-    """Loss and token counts since the last report (kept as MLX arrays: no sync per step)."""
+    """Token-weighted losses and token counts since the last report (kept as MLX arrays: no
+    sync per step)."""
 
     def __init__(self) -> None:
-        self.losses, self.tokens, self.steps, self.seconds = mx.array(0.0), mx.array(0), 0, 0.0
+        self.weighted, self.tokens, self.seconds = mx.array(0.0), mx.array(0), 0.0
 
-    def add(self, loss: mx.array, tokens: mx.array, seconds: float) -> None:
-        self.losses = self.losses + loss
+    def add(self, weighted_loss: mx.array, tokens: mx.array, seconds: float) -> None:
+        self.weighted = self.weighted + weighted_loss
         self.tokens = self.tokens + tokens
-        self.steps += 1
         self.seconds += seconds
 
     def take(self) -> tuple[float, int, float]:
-        """(mean loss, tokens, seconds) over the window, summed over ranks; then reset."""
-        losses = mx.distributed.all_sum(self.losses, stream=mx.cpu).item()
+        """(loss per token, tokens, seconds) over the window and every rank; then reset."""
+        weighted = mx.distributed.all_sum(self.weighted, stream=mx.cpu).item()
         tokens = int(mx.distributed.all_sum(self.tokens, stream=mx.cpu).item())
-        world = mx.distributed.init().size()
-        result = losses / (max(self.steps, 1) * world), tokens, self.seconds
+        result = weighted / max(tokens, 1), tokens, self.seconds
         self.__init__()
         return result

@@ -36,6 +36,9 @@ class Start(_Message):
     lora_modules: int = 0
     blas: str = "unknown"
     resumed_from: int | None = None  # the checkpoint's step when the run continues one
+    # processes sharing each batch (mlx.launch): tokens/s are then sums over them, and the
+    # peak memory the largest of them
+    ranks: int = 1
 
 
 class Progress(_Message):

@@ -53,6 +53,7 @@ class RunRecord(BaseModel):
     dataset_name: str
     dataset_format: str | None = None
     params: dict[str, Any]
+    launch: dict[str, Any] | None = None  # core.launch.Launch, for a run over several ranks
     step: int = 0
     total_steps: int | None = None
     checkpoint_step: int | None = None

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,8 @@ from .adapters import EVENTS_FILE, WEIGHTS_FILE
 from .blas import Blas, choose_blas, with_blas
 from .datasets import DatasetScan, scan_dataset
 from .errors import StudioError
+from .hosts import copy_to_hosts
+from .launch import Host, Launch, rank_failure
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams
 from .publish import publish, write_events
@@ -59,6 +62,7 @@ class TrainingRun:
         settings: Settings,
         lock: IO,
         history: list[protocol.Event] | None = None,
+        hosts: list[Host] | None = None,
     ):
         self.record = record
         self.id = record.id
@@ -77,6 +81,8 @@ class TrainingRun:
         self._done = False
         self._stop_as: RunState | None = None
         self._process: subprocess.Popen | None = None
+        self.hosts = hosts  # the ranks' hosts, for a run under mlx.launch
+        self._log_start = 0  # where this session's part of the log begins
 
     # -- what viewers use ------------------------------------------------------------------
 
@@ -111,8 +117,9 @@ class TrainingRun:
                 return
 
     def stop(self, state: RunState = "stopped") -> None:
-        """Stop the run, keeping it resumable: SIGTERM (the worker checkpoints the last
-        finished step and exits), SIGKILL after a grace period. Returns at once.
+        """Stop the run, keeping it resumable: a ``stop`` line on the worker's stdin (every
+        rank gets it, through mlx.launch), then the worker checkpoints the last finished step
+        and exits; SIGKILL after a grace period. Returns at once.
 
         ``state`` is what the run folder records: ``stopped`` when a person asked, or
         ``interrupted`` when the studio itself is closing. A run that has already finished
@@ -122,7 +129,11 @@ class TrainingRun:
         if process is None or process.poll() is not None or self._done:
             return
         self._stop_as = state
-        _signal_group(process, signal.SIGTERM)
+        try:
+            process.stdin.write(b"stop\n")
+            process.stdin.flush()
+        except (OSError, ValueError):
+            _signal_group(process, signal.SIGTERM)
         threading.Thread(target=self._kill_after_grace, daemon=True).start()
 
     def wait(self, timeout: float | None = None) -> protocol.Event | None:
@@ -139,6 +150,7 @@ class TrainingRun:
         unwatched. It also holds the runs lock, so no other studio takes the run over."""
         try:
             with (self.folder / LOG_FILE).open("ab") as stderr:
+                self._log_start = stderr.tell()
                 self._process = subprocess.Popen(
                     command,
                     stdout=subprocess.PIPE,
@@ -225,9 +237,28 @@ class TrainingRun:
             self._record(self._stop_as, final)
             return final
         if not isinstance(ending, protocol.Error):
-            ending = _silent_death(code, _tail(self.folder / LOG_FILE))
+            ending = self._death(code)
         self._record("failed" if ending.kind in PERMANENT_ERRORS else "interrupted", ending)
         return ending
+
+    def _death(self, code: int) -> protocol.Error:
+        """The error of a process that ended without saying how; under mlx.launch (which
+        exits 0 whatever its ranks did), the rank that ended it, from the log."""
+        if self.hosts:
+            text = _read_from(self.folder / LOG_FILE, self._log_start)
+            failure = rank_failure(text, self.hosts)
+            if failure:
+                oom = re.search(r"killed by SIG(KILL|SEGV|BUS)", failure)
+                if oom:
+                    head, _, rest = failure.partition(oom.group(0))
+                    failure = f"{head}{oom.group(0)}, most likely because memory ran out{rest}"
+                return protocol.Error(
+                    error=f"the training ended: {failure}",
+                    kind="out_of_memory" if oom else "internal",
+                    hint=(protocol.OOM_HINT + "; " if oom else "")
+                    + "check the hosts (`lora-studio hosts check`), then resume the run",
+                )
+        return _silent_death(code, _tail(self.folder / LOG_FILE))
 
     def _record(self, state: RunState, error: protocol.Error, publishable: bool = False) -> None:
         self.record.state = state
@@ -268,6 +299,15 @@ class TrainingRun:
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as log_file:
+            log_file.seek(offset)
+            return log_file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _tail(path: Path) -> str:
@@ -336,10 +376,11 @@ class TrainingService:
         params: TrainingParams | None = None,
         *,
         dataset_name: str | None = None,
+        launch: Launch | None = None,
     ) -> tuple[ModelInfo, TrainingParams, DatasetScan]:
         """Everything ``start`` checks, without starting: the model, the parameters against
-        it, and every line of the dataset (read line by line: bounded memory for any size).
-        Raises StudioError (DatasetError for data)."""
+        it, every line of the dataset (read line by line: bounded memory for any size), and
+        the ranks' hosts. Raises StudioError (DatasetError for data)."""
         info = inspect_model(model)
         params = (params or TrainingParams()).for_model(info)
         dataset = scan_dataset(
@@ -351,6 +392,7 @@ class TrainingService:
         if dataset_name:
             dataset.name = dataset_name
         params.check_steps(dataset.train_count // params.batch_size)
+        (launch or Launch()).check(params.batch_size, dataset.valid_count)
         return info, params, dataset
 
     def start(
@@ -361,13 +403,18 @@ class TrainingService:
         *,
         name: str | None = None,
         dataset_name: str | None = None,
+        launch: Launch | None = None,
     ) -> TrainingRun:
         """Check everything, then start the training process; returns the running run.
 
         Raises StudioError (DatasetError for data problems) before any process starts.
-        ``dataset_name`` is the name to record when ``data`` is a stored upload.
+        ``dataset_name`` is the name to record when ``data`` is a stored upload; ``launch``
+        spreads the run over several processes or hosts.
         """
-        info, params, dataset = self.check(model, data, params, dataset_name=dataset_name)
+        launch = launch or Launch()
+        info, params, dataset = self.check(
+            model, data, params, dataset_name=dataset_name, launch=launch
+        )
         lock = self._take_lock()
         run_id = str(uuid.uuid4())
         folder = self.settings.runs / run_id
@@ -381,6 +428,7 @@ class TrainingService:
             dataset_name=dataset.name,
             dataset_format=dataset.format,
             params=params.model_dump(mode="json"),
+            launch=launch.model_dump(mode="json") if launch.distributed else None,
         )
         try:
             folder.mkdir(parents=True)
@@ -441,27 +489,42 @@ class TrainingService:
                 raise StudioError(f"publishing run {run_id} failed again: {exc}") from exc
 
     def _launch(self, record, folder, info, dataset, params, lock, history) -> TrainingRun:
-        run = TrainingRun(
-            record=record,
-            folder=folder,
-            model=info,
-            dataset=dataset,
-            params=params,
-            settings=self.settings,
-            lock=lock,
-            history=history,
-        )
-        command = [*self.worker_command(), "--model", str(info.path), "--data", str(folder / DATA)]
-        command += ["--output", str(folder), "--stop-on-stdin-eof", *params.to_argv()]
-        if record.checkpoint_step is not None:
-            command += ["--resume", str(folder / CHECKPOINTS)]
+        launch = Launch(**record.launch) if record.launch else Launch()
         try:
-            run.launch(command, with_blas(dict(os.environ), self.blas))
+            hosts = launch.check(params.batch_size, dataset.valid_count)
+            run = TrainingRun(
+                record=record,
+                folder=folder,
+                model=info,
+                dataset=dataset,
+                params=params,
+                settings=self.settings,
+                lock=lock,
+                history=history,
+                hosts=hosts if launch.distributed else None,
+            )
+            command, files = self._worker_command(record, folder, info, params)
+            env = with_blas(dict(os.environ), self.blas)
+            if launch.distributed:
+                copy_to_hosts(hosts, files)
+                command += ["--parent-pid", str(os.getpid())]
+                command = launch.command(hosts, folder, command)
+                env = launch.environment(env, hosts)
+            run.launch(command, env)
         except BaseException:
             lock.close()
             raise
         self.current = run
         return run
+
+    def _worker_command(self, record, folder, info, params) -> tuple[list[str], list[Path]]:
+        """The worker's command line, and the files it reads (which each host needs)."""
+        data = folder / DATA
+        command = [*self.worker_command(), "--model", str(info.path), "--data", str(data)]
+        command += ["--output", str(folder), "--stop-on-stdin-eof", *params.to_argv()]
+        if record.checkpoint_step is None:
+            return command, [data]
+        return [*command, "--resume", str(folder / CHECKPOINTS)], [data, folder / CHECKPOINTS]
 
     def _take_lock(self) -> IO:
         """An exclusive lock on the studio's runs folder, held for the whole run; it also

@@ -6,7 +6,14 @@ else that writes to stdout, rich consoles and C libraries included, is sent to s
 
 SIGTERM stops the run at the next step boundary, after a checkpoint of the last finished step,
 so a stopped run resumes without losing work. With ``--stop-on-stdin-eof`` the same happens
-when stdin closes: the service keeps a pipe open, so the worker never outlives its studio.
+when stdin says ``stop`` or closes: the service keeps a pipe open, so the worker never outlives
+its studio.
+
+Under ``mlx.launch`` (several ranks) only rank 0 prints protocol lines and writes files; the
+other ranks log to stderr with a ``[rank N]`` prefix. A stop reaches every rank as a ``stop``
+line, which mlx.launch copies to each rank's stdin. SIGTERM there is mlx.launch ending the
+survivors of a failed rank: they may be waiting on the dead rank in an all-reduce, so they
+exit at once; the run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -76,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stop-on-stdin-eof",
         action="store_true",
-        help="stop (after a checkpoint) when stdin closes: the parent process has gone",
+        help="stop (after a checkpoint) when stdin says `stop` or closes (the parent has gone)",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop (after a checkpoint) when this process has gone; checked by rank 0, for "
+        "runs under mlx.launch, which does not pass on the end of stdin",
     )
     add_arguments(parser)
     return parser
@@ -162,11 +175,14 @@ def train(
             lora_modules=sum(isinstance(m, LoRALinear) for m in model.modules()),
             blas=loaded_blas(),
             resumed_from=loop.state.step or None,
+            ranks=loop.group.size(),
         )
     )
     loop.run()
-    config = adapter_config(params, info) | {"lr_schedule": lr_schedule(params, steps_per_epoch)}
-    emit(_write_adapter(loop, output, config))
+    if loop.writes:
+        config = adapter_config(params, info)
+        config["lr_schedule"] = lr_schedule(params, steps_per_epoch)
+        emit(_write_adapter(loop, output, config))
 
 
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
@@ -259,24 +275,46 @@ def _protocol_stream() -> TextIO:
     return stream
 
 
-def _stop_when_stdin_closes(stop: threading.Event) -> None:
+def _stop_when_stdin_says(stop: threading.Event) -> None:
     def watch() -> None:
         # the raw descriptor, not sys.stdin: a buffered reader blocked in a daemon thread
         # aborts the interpreter at exit
-        while os.read(0, 4096):
-            pass
-        log.warning("stdin closed: the studio has gone; stopping after a checkpoint")
+        while chunk := os.read(0, 4096):
+            if b"stop" in chunk:
+                log.info("asked to stop; stopping after a checkpoint")
+                break
+        else:
+            log.warning("stdin closed: the studio has gone; stopping after a checkpoint")
         stop.set()
 
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
+def _stop_when_gone(pid: int, stop: threading.Event, every: float = 2.0) -> None:
+    def watch() -> None:
+        while not stop.wait(every):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.warning("the studio (pid %s) has gone; stopping after a checkpoint", pid)
+                stop.set()
+            except PermissionError:
+                pass  # alive, someone else's
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    group = mx.distributed.init()
+    rank = group.rank() if group.size() > 1 else None
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=prefix + "%(message)s")
     out = _protocol_stream()
 
     def emit(message: protocol._Message) -> None:
+        if rank:
+            return  # rank 0 speaks for the run
         try:
             out.write(message.to_line())
             out.flush()
@@ -284,9 +322,12 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()  # nobody reads the events any more: stop, keeping a checkpoint
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if rank is None:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.stop_on_stdin_eof:
-        _stop_when_stdin_closes(stop)
+        _stop_when_stdin_says(stop)
+    if args.parent_pid and not rank:
+        _stop_when_gone(args.parent_pid, stop)
     started = time.monotonic()
     try:
         train(args, emit, stop)
@@ -294,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(exc, (Stopped, StudioError)):
             log.exception("training failed")
         emit(error_message(exc))
+        if isinstance(exc, Stopped) and rank:
+            return 0  # agreed by all ranks: mlx.launch must not end rank 0 mid-checkpoint
         return 130 if isinstance(exc, (Stopped, KeyboardInterrupt)) else 1
     log.info("training finished in %.1f s", time.monotonic() - started)
     return 0

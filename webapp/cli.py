@@ -12,7 +12,7 @@ from pathlib import Path
 from core.errors import StudioError
 from core.settings import Settings
 
-from . import adapters_command, train_command
+from . import adapters_command, hosts_command, train_command
 from .train_command import EXIT_FAILED, EXIT_REFUSED
 
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adapters_command.add_parser(commands)
     adapters_command.add_transfer_parsers(commands)
+    hosts_command.add_parser(commands)
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     toy = models_commands.add_parser(
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return adapters_command.export(args)
     if args.command == "import":
         return adapters_command.import_(args)
+    if args.command == "hosts":
+        return hosts_command.hosts(args)
     if args.command == "serve":
         return serve(args)
     if args.command == "models":

@@ -27,6 +27,8 @@ from core.models import resolve_model
 from core.params import add_arguments, params_from_args
 from core.settings import Settings
 
+from .hosts_command import add_launch_arguments, launch_from_args
+
 EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
 
 
@@ -42,6 +44,7 @@ def add_parsers(commands) -> None:
         help="continue a stopped or interrupted run from its last checkpoint (see `runs`)",
     )
     add_arguments(train)
+    add_launch_arguments(train)
     runs = commands.add_parser("runs", help="unfinished runs: list, discard, publish")
     runs.add_argument("--json", action="store_true", help="print a JSON list")
     runs_commands = runs.add_subparsers(dest="runs_command")
@@ -78,7 +81,8 @@ def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
         raise StudioError("train needs --model and --data (or --resume RUN_ID)")
     params = params_from_args(args)
     model = resolve_model(args.model, settings.models)
-    return service.start(model, args.data, params, name=args.name)
+    launch = launch_from_args(args, settings)
+    return service.start(model, args.data, params, name=args.name, launch=launch)
 
 
 def follow_run(run, service, settings: Settings) -> int:
@@ -245,6 +249,12 @@ class ProgressBar:
                 f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
                 f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
                 f"BLAS: {event.blas}",
+                always=True,
+            )
+        if event.ranks > 1:
+            self._line(
+                f"{event.ranks} ranks share each batch: tok/s is their sum, memory the "
+                "largest rank's",
                 always=True,
             )
         if self.live and self.progress is None:
