@@ -232,3 +232,46 @@ def test_stop_reload_resume_completes_with_one_continuous_chart(browser, studio_
     expect(page.locator("#ls-loss-chart .ls-kept")).to_have_count(1)
     shot(page, "train-resumed-done")
     page.close()
+
+
+def test_two_local_processes_from_the_hosts_setting_train_an_adapter_that_chats(
+    page, studio_url, tmp_path
+):
+    import httpx
+
+    data = write_jsonl(tmp_path / "ranks.jsonl", colour_rows(64))
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    expect(page.locator("#ls-dataset-summary")).to_contain_text("64 examples", timeout=20000)
+    page.get_by_text("Advanced", exact=True).click()
+    page.get_by_label("N processes on this machine").check()
+    fill_number(page, "Processes (N)", "3")
+    expect(page.locator("#ls-why")).to_contain_text("3 ranks share each batch", timeout=20000)
+    expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+    fill_number(page, "Processes (N)", "2")
+    expect(page.locator("#ls-why")).to_contain_text("2 ranks share each batch", timeout=20000)
+    page.get_by_role("button", name="Check hosts").click()
+    report = page.locator("#ls-hosts-report")
+    expect(report).to_contain_text("All hosts are ready", timeout=60000)
+    expect(report).to_contain_text("rank 1 (this machine): ok")
+    fill_number(page, "Learning rate", "0.02")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    start.click()
+    expect(page.locator("#ls-progress-text")).to_contain_text("2 ranks", timeout=60000)
+    expect(page.locator("#ls-progress-text")).to_contain_text("(largest rank)")
+    shot(page, "train-two-ranks")
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
+    adapter_id = page.locator("#ls-result code").first.inner_text()
+
+    reply = httpx.post(
+        f"{studio_url}/v1/chat/completions",
+        json={
+            "model": adapter_id,
+            "messages": [{"role": "user", "content": "What colour is the sky?"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].strip()

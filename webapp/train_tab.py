@@ -30,7 +30,7 @@ from core.errors import StudioError
 from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
 
-from . import charts, runs_panel
+from . import charts, hosts_panel, runs_panel
 from .background import with_progress
 from .studio import Studio, explain
 
@@ -58,7 +58,10 @@ FORM_FIELDS = (
     "warmup_steps",
     "grad_accumulation_steps",
     "grad_checkpoint",
+    "hosts",
+    "processes",
 )
+LAUNCH_FIELDS = ("hosts", "processes")
 EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
 
 
@@ -93,6 +96,7 @@ class _Layout:
     chat_with: gr.Button
     new_adapter: gr.State
     runs: runs_panel.RunsPanel
+    hosts: hosts_panel.HostsPanel
 
 
 @lru_cache(maxsize=4)
@@ -105,7 +109,7 @@ def _tokenizer(model_path: str):
 def _params(form: dict) -> TrainingParams:
     """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
     Fields a script leaves out keep their defaults."""
-    form = {name: value for name, value in form.items() if value is not None}
+    form = {k: v for k, v in form.items() if v is not None and k not in LAUNCH_FIELDS}
     form["keys"] = form.get("keys") or DEFAULTS.keys
     for name in ("save_every", "eval_every"):
         if form.get(name) == EVERY_EPOCH:
@@ -151,7 +155,10 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
             text = f"### {name}\n{_counts(data)}  \nPick a base model for token statistics."
             return text, "", "", "Pick a base model.", refused
         entry = studio.registry.get(model_id)
-        info, params, data = studio.training.check(entry.path, path, params, dataset_name=name)
+        launch = hosts_panel.launch(studio, form.get("hosts"), form.get("processes"))
+        info, params, data = studio.training.check(
+            entry.path, path, params, dataset_name=name, launch=launch
+        )
     except DatasetError as exc:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
@@ -189,6 +196,8 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}, "
         f"effective batch {effective} ({params.batch_size} x {params.grad_accumulation_steps})."
     )
+    if launch.distributed:
+        ready += f" {len(launch.hosts())} ranks share each batch."
     return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
 
 
@@ -207,9 +216,12 @@ def _progress_line(run, events: list) -> tuple[float, str]:
     done_here = p.step - (resumed_at or 0)
     elapsed = time.time() - run.started
     eta = elapsed / done_here * (p.total_steps - p.step) if done_here > 0 else 0
+    speed, memory = f"{p.tokens_per_second:.0f} trained tok/s", f"{p.peak_memory_gb:.2f} GB"
+    if start.ranks > 1:
+        speed, memory = f"{start.ranks} ranks · {speed} (sum)", f"{memory} (largest rank)"
     text = (
         f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss {p.loss:.3f} · "
-        f"{p.tokens_per_second:.0f} trained tok/s · {p.peak_memory_gb:.2f} GB · ETA {eta:.0f} s"
+        f"{speed} · {memory} · ETA {eta:.0f} s"
     )
     return p.progress, text
 
@@ -283,7 +295,7 @@ def _layout(studio: Studio) -> _Layout:
             data_path = gr.Textbox(visible=False)
             data_name = gr.Textbox(visible=False)
             name = gr.Textbox(label="Adapter name", placeholder="Trained on <dataset>")
-            form = _form_fields()
+            form, hosts = _form_fields(studio)
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
@@ -322,10 +334,11 @@ def _layout(studio: Studio) -> _Layout:
         chat_with,
         new_adapter,
         runs,
+        hosts,
     )
 
 
-def _form_fields() -> dict[str, gr.components.Component]:
+def _form_fields(studio: Studio) -> tuple[dict, hosts_panel.HostsPanel]:
     f: dict[str, gr.components.Component] = {}
     with gr.Row():
         f["rank"] = gr.Number(8, label="Rank (1-256)", precision=0, minimum=1, maximum=256)
@@ -382,7 +395,9 @@ def _form_fields() -> dict[str, gr.components.Component]:
         f["grad_checkpoint"] = gr.Checkbox(
             DEFAULTS.grad_checkpoint, label="Gradient checkpointing (less memory, slower)"
         )
-    return f
+        hosts = hosts_panel.build(studio)
+    f["hosts"], f["processes"] = hosts.mode, hosts.processes
+    return f, hosts
 
 
 class TrainActions:
@@ -398,6 +413,10 @@ class TrainActions:
         Returns the summary, the token histogram, the trained/masked preview, why Start is
         (not) ready, and Start's state."""
         return _summary(self.studio, base_model, dataset_path, dataset_name, form)
+
+    def check_hosts(self, mode: str, processes, base_model: str | None) -> str:
+        """Check the chosen hosts over ssh (this machine without): their status as Markdown."""
+        return hosts_panel.check(self.studio, mode, processes, base_model)
 
     def preselect(self):
         """The base model to start with: the only one, or the one used last."""
@@ -440,6 +459,7 @@ class TrainActions:
                 _params(form),
                 name=adapter_name,
                 dataset_name=dataset_name,
+                launch=hosts_panel.launch(self.studio, form.get("hosts"), form.get("processes")),
             )
         except StudioError as exc:
             yield self._refused(exc)
@@ -564,7 +584,8 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     )
     alpha.input(lambda: False, None, alpha_follows, **private)
     for field in form.values():
-        field.input(**check)
+        # a check still running must not swallow the latest edit
+        field.input(**check, trigger_mode="always_last")
     ui.get_demo.click(
         act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **private
     ).then(**pick).then(**check)
@@ -576,6 +597,12 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
         api_name="train",
     )
     ui.stop.click(act.stop, None, None, api_name="stop")
+    ui.hosts.check.click(
+        act.check_hosts,
+        [ui.hosts.mode, ui.hosts.processes, ui.model],
+        ui.hosts.report,
+        api_name="check_hosts",
+    )
     ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
     ui.runs.discard.click(
         act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **private
