@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import device
 from .engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable, base_path
 from .errors import StudioError
 from .models import context_length
@@ -116,7 +117,8 @@ def create_router(
             for e in registry.entries()
             if e.available
         ]
-        return {"object": "list", "data": data}
+        # not in OpenAI's schema (clients ignore it): which device answers
+        return {"object": "list", "data": data, "device": device.describe()}
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):

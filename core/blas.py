@@ -5,7 +5,8 @@ matrix products training is made of. The training process is ours to start, so w
 a faster library into it with LD_PRELOAD: MKL from PyPI (a dependency of this package on
 x86_64 Linux, so set-up stays one pip command) or a system OpenBLAS. Both export the
 standard ``sgemm_`` symbol that MLX calls; numbers agree with the reference to float
-tolerance. macOS uses Accelerate through MLX and needs none of this.
+tolerance. macOS uses Accelerate through MLX and needs none of this, nor do GPU backends
+(``mlx[cuda]``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import site
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import distributions
 from pathlib import Path
 
 CHOICES = ("auto", "mkl", "openblas", "stock")
@@ -59,7 +61,7 @@ def choose_blas(choice: str | None = None) -> Blas:
     choice = (choice or os.environ.get("LORA_STUDIO_BLAS") or "auto").lower()
     if choice not in CHOICES:
         choice = "auto"
-    if not sys.platform.startswith("linux") or choice == "stock":
+    if not sys.platform.startswith("linux") or choice == "stock" or gpu_backend():
         return Blas("stock")
     # A system OpenBLAS trained 14% faster than MKL here, but only MKL comes with pip install.
     finders = {"mkl": [_mkl], "openblas": [_openblas], "auto": [_openblas, _mkl]}[choice]
@@ -72,6 +74,17 @@ def choose_blas(choice: str | None = None) -> Blas:
         hint="training uses MLX's slow reference BLAS: `pip install mkl` (x86_64) or "
         "`apt-get install libopenblas0-pthread` makes it many times faster",
     )
+
+
+def gpu_backend() -> str | None:
+    """The installed MLX GPU backend's package (``mlx-cuda-12``...), read from the package
+    metadata: this runs before MLX is imported. The preload is a CPU fix; on a GPU the
+    matrix products are not the CPU's BLAS at all."""
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name.startswith("mlx-cuda") or name.startswith("mlx_cuda"):
+            return name
+    return None
 
 
 def with_blas(env: dict[str, str], blas: Blas) -> dict[str, str]:

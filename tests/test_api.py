@@ -51,9 +51,11 @@ def client(server):
     return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
 
 
-def test_models_are_listed(client, server):
+def test_models_are_listed_with_the_device_that_answers(client, server):
     _, adapter, *_ = server
-    assert {m.id for m in client.models.list()} == {"toy", adapter}
+    listed = client.models.list()
+    assert {m.id for m in listed} == {"toy", adapter}
+    assert listed.model_extra["device"].startswith("cpu (")  # mlx[cpu] here
 
 
 def test_streamed_chat_from_an_adapter(client, server):

@@ -48,3 +48,12 @@ def test_stock_can_be_chosen_and_unknown_choices_fall_back(monkeypatch):
 def test_existing_preload_is_kept():
     merged = with_blas({"LD_PRELOAD": "/x/libfoo.so"}, Blas("mkl", {"LD_PRELOAD": "/y/mkl.so"}))
     assert merged["LD_PRELOAD"] == "/y/mkl.so:/x/libfoo.so"
+
+
+def test_no_preload_on_a_gpu_backend(monkeypatch):
+    import core.blas
+
+    assert core.blas.gpu_backend() is None  # this machine has mlx[cpu] only
+    monkeypatch.setattr(core.blas, "gpu_backend", lambda: "mlx-cuda-12")
+    for choice in ("auto", "mkl", "openblas"):
+        assert choose_blas(choice) == Blas("stock")  # no preload, and no hint to add one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 from fastapi import FastAPI
 
+from core import device
 from core.api import create_app
 
 from . import adapters_tab, chat_tab, train_tab
@@ -25,7 +26,9 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
     with gr.Blocks(title="LoRA Studio", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             "# LoRA Studio\nTrain LoRA adapters on local models with MLX, then chat "
-            "with them here or through the OpenAI-compatible API at `/v1`."
+            "with them here or through the OpenAI-compatible API at `/v1`.  \n"
+            f"Computing on: **{device.describe()}**",
+            elem_id="ls-header",
         )
         if notice:
             gr.Markdown(notice, elem_id="ls-notice")

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     # transformers (loaded with mlx-lm) warns that PyTorch is absent: it is not needed here
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+    if not _mlx_has_a_backend():
+        return EXIT_REFUSED
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "train":
         return train_command.train(args)
@@ -100,6 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return models(args)
     return launch(args)
+
+
+def _mlx_has_a_backend() -> bool:
+    """On Linux MLX's libraries come with a backend extra; without one, say which to pick."""
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"error: MLX cannot load ({exc}); on Linux install a backend with LoRA Studio: "
+            "`pip install -e '.[cpu]'`, or `.[cuda]` on an NVIDIA GPU",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def is_loopback(host: str) -> bool:
