@@ -132,10 +132,18 @@ class Launch(BaseModel):
         reads is written into the run's ``folder``."""
         hostfile = folder / HOSTS_FILE
         entries = [host.model_dump() for host in hosts]
-        hostfile.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+        content = {"backend": self.backend, "envs": self._envs(), "hosts": entries}
+        hostfile.write_text(json.dumps(content, indent=2), encoding="utf-8")
         port = str(free_port())
         backend = ["--backend", self.backend, "--hostfile", str(hostfile)]
         return [str(launcher()), *backend, "--starting-port", port, "--", *worker]
+
+    def _envs(self) -> list[str]:
+        """The hosts file's ``envs`` (``mlx.distributed_config`` writes some), kept."""
+        if self.hostfile is None:
+            return []
+        data = json.loads(self.hostfile.read_text(encoding="utf-8"))
+        return list(data.get("envs", [])) if isinstance(data, dict) else []
 
     def environment(self, env: dict[str, str], hosts: list[Host]) -> dict[str, str]:
         """The launcher's environment, which its local ranks inherit: the CPU's cores shared
