@@ -18,6 +18,7 @@ value-and-grad step with ``average_gradients``) and adds what it lacks:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,9 @@ from mlx_lm.tuner import trainer
 from . import checkpoints, protocol
 from .checkpoints import TrainerState
 from .params import TrainingParams
+
+# the batch width's rounding; LORA_STUDIO_PAD_TO overrides it to measure others
+PAD_TO = int(os.environ.get("LORA_STUDIO_PAD_TO") or 8)
 
 
 class Stopped(Exception):
@@ -113,6 +117,19 @@ def validation_batch(batch_size: int, examples: int, ranks: int) -> int:
     smaller, split evenly over ranks (mlx-lm requires it)."""
     batch = min(batch_size, examples)
     return max(batch - batch % ranks, ranks)
+
+
+def trimmed(batches: Iterator, pad_to: int | None = None) -> Iterator:
+    """mlx-lm's batches, with the padding beyond ``1 + pad_to * ceil(longest / pad_to)``
+    cut off (mlx-lm pads to that with ``pad_to`` 32). The ``1 +`` keeps the target after each
+    row's last token, which mlx-lm's loss counts. Padding only adds masked columns, so the
+    loss is unchanged; a smaller ``pad_to`` wastes less compute on them and costs more
+    compiled shapes (see docs/benchmarks.md for how PAD_TO was chosen)."""
+    pad_to = pad_to or PAD_TO
+    for batch, lengths in batches:
+        longest = lengths[:, 1].max().item()
+        width = 1 + pad_to * -(-longest // pad_to)
+        yield (batch[:, :width] if width < batch.shape[1] else batch), lengths
 
 
 def report_interval(steps_per_epoch: int, target: int = 10) -> int:
@@ -234,12 +251,14 @@ class TrainingLoop:
         return step, state
 
     def _epoch_batches(self, epoch: int) -> Iterator:
-        return trainer.iterate_batches(
-            dataset=self.train_set,
-            batch_size=self.params.batch_size,
-            max_seq_length=self.params.max_seq_length,
-            seed=self.params.seed + epoch,
-            comm_group=mx.distributed.init(),
+        return trimmed(
+            trainer.iterate_batches(
+                dataset=self.train_set,
+                batch_size=self.params.batch_size,
+                max_seq_length=self.params.max_seq_length,
+                seed=self.params.seed + epoch,
+                comm_group=self.group,
+            )
         )
 
     def _advance(self) -> None:
@@ -286,6 +305,8 @@ class TrainingLoop:
                 tokens_per_second=tokens / seconds if seconds else 0.0,
                 peak_memory_gb=self._peak_memory_gb(),
                 progress=100.0 * step / s.total_steps,
+                trained_tokens=self.state.trained_tokens,
+                train_seconds=self.state.train_seconds,
             )
         )
 
@@ -322,7 +343,7 @@ class TrainingLoop:
         return loss
 
     def _stoppable_batches(self, **kwargs) -> Iterator:
-        for batch in trainer.iterate_batches(**kwargs):
+        for batch in trimmed(trainer.iterate_batches(**kwargs)):
             self._check_stop()
             yield batch
 

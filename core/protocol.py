@@ -39,6 +39,8 @@ class Start(_Message):
     # processes sharing each batch (mlx.launch): tokens/s are then sums over them, and the
     # peak memory the largest of them
     ranks: int = 1
+    # "completion_only" (vocabulary projection at the counted positions only) or "default"
+    loss: str = "default"
 
 
 class Progress(_Message):
@@ -51,6 +53,10 @@ class Progress(_Message):
     tokens_per_second: float
     peak_memory_gb: float
     progress: float
+    # since the run's first step (resumed runs included): what the loss was trained on, and
+    # the seconds spent in training steps (validation, checkpoints and start-up excluded)
+    trained_tokens: int = 0
+    train_seconds: float = 0.0
 
 
 class Validation(_Message):

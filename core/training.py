@@ -31,6 +31,7 @@ from .blas import Blas, choose_blas, with_blas
 from .datasets import DatasetScan, scan_dataset
 from .errors import StudioError
 from .hosts import copy_to_hosts
+from .jit import native_jit
 from .launch import Host, Launch, rank_failure
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams
@@ -369,6 +370,11 @@ class TrainingService:
         """How the training process is started: this interpreter, the installed package."""
         return [sys.executable, "-m", "core.worker"]
 
+    def worker_environment(self) -> dict[str, str]:
+        """The training process's environment: the fast BLAS preloaded, MLX's JIT kernels
+        built for this CPU."""
+        return native_jit(with_blas(dict(os.environ), self.blas), self.settings.home / "cache")
+
     def check(
         self,
         model: str | Path,
@@ -504,7 +510,7 @@ class TrainingService:
                 hosts=hosts if launch.distributed else None,
             )
             command, files = self._worker_command(record, folder, info, params)
-            env = with_blas(dict(os.environ), self.blas)
+            env = self.worker_environment()
             if launch.distributed:
                 copy_to_hosts(hosts, files)
                 command += ["--parent-pid", str(os.getpid())]

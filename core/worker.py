@@ -49,6 +49,7 @@ from .blas import loaded_blas
 from .datasets import Dataset, DatasetError, load_dataset
 from .errors import StudioError
 from .loop import Schedule, Stopped, TrainingLoop, learning_rate, lr_schedule
+from .loss import choose_loss
 from .models import ModelInfo, inspect_model
 from .params import TrainingParams, add_arguments, params_from_args
 
@@ -147,6 +148,7 @@ def train(
     """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
     params, info, dataset = _prepare(args)
     model, train_set, valid_set = _load(info, params, dataset)
+    loss = choose_loss(model, train_set, valid_set, max_seq_length=params.max_seq_length)
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
     output = Path(args.output)
@@ -160,6 +162,7 @@ def train(
         checkpoint_folder=Path(args.checkpoints or output / "checkpoints"),
         emit=emit,
         stop=stop,
+        loss=loss.fn,
     )
     if args.resume:
         loop.restore(_checkpoint(Path(args.resume)))
@@ -176,6 +179,7 @@ def train(
             blas=loaded_blas(),
             resumed_from=loop.state.step or None,
             ranks=loop.group.size(),
+            loss=loss.name,
         )
     )
     loop.run()

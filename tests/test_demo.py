@@ -135,6 +135,7 @@ def test_a_short_run_teaches_the_persona(demo, persona):
     assert isinstance(events[-1], protocol.Complete), events[-1]
     start = next(e for e in events if isinstance(e, protocol.Start))
     assert start.blas != "stock" or service.blas.name == "stock"
+    assert start.loss == "completion_only"
     losses = [e.loss for e in events if isinstance(e, protocol.Validation)]
     assert losses[-1] < losses[0] / 2
 
@@ -190,3 +191,20 @@ def test_the_persona_exports_to_peft_and_gguf_and_loads_back(demo, persona, tmp_
     print(f"adapter: {original!r}\nfused: {expected!r}\ngguf f16: {got!r}")
     assert expected == original
     assert got == expected or got.split()[:-1] == expected.split()[:-1]
+
+
+def test_the_completion_only_loss_equals_mlx_lms_on_the_demo_model(demo):
+    from types import SimpleNamespace
+
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+
+    from core.demo import sample_rows
+    from core.loss import COMPLETION, choose_loss
+    from tests.test_loss import assert_same_loss_and_gradients, lora_model
+
+    model, tokenizer = lora_model(demo[0], layers=8)
+    config = SimpleNamespace(mask_prompt=True)
+    dataset = CacheDataset(create_dataset(sample_rows()[:4], tokenizer, config))
+    loss = choose_loss(model, dataset, max_seq_length=2048)
+    assert loss.name == COMPLETION  # SmolLM2: tied embeddings, the head is as_linear
+    assert_same_loss_and_gradients(model, loss, dataset)
