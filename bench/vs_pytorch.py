@@ -83,9 +83,8 @@ def studio_env(env: dict, blas) -> dict:
     """What the studio gives its training process: the BLAS, the native JIT."""
     from core.blas import with_blas
     from core.jit import native_jit
-    from core.settings import Settings
 
-    return native_jit(with_blas(env, blas), Settings.from_env().home / "cache")
+    return native_jit(with_blas(env, blas))
 
 
 def run_torch(python: str, model: Path, batches: Path, env: dict, skip: int) -> dict:

@@ -26,6 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import platformdirs
+
 from .blas import gpu_backend
 
 SHIM = """#!/bin/sh
@@ -45,15 +47,19 @@ def cpu_key() -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def native_jit(env: dict[str, str], cache: Path) -> dict[str, str]:
+def native_jit(env: dict[str, str], cache: Path | None = None) -> dict[str, str]:
     """``env`` for a training process whose MLX JIT kernels are built for this CPU; ``env``
-    unchanged where that does not apply (not Linux, a GPU backend, no g++, turned off)."""
+    unchanged where that does not apply (not Linux, a GPU backend, no g++, turned off).
+
+    ``cache`` defaults to the user's cache folder (``~/.cache/lora-studio``): kernels are
+    built once per CPU model, for every studio."""
     if (
         env.get("LORA_STUDIO_NATIVE_JIT") == "0"
         or not sys.platform.startswith("linux")
         or gpu_backend()
     ):
         return env
+    cache = cache or Path(platformdirs.user_cache_dir("lora-studio"))
     folder = cache / "jit-native" / cpu_key()
     shim = folder / "bin" / "g++"
     path = os.pathsep.join(

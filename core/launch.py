@@ -175,9 +175,10 @@ def local_addresses() -> set[str]:
         return {LOCAL}
 
 
-def rank_failure(log_text: str, hosts: list[Host]) -> str | None:
+def rank_failure(log_text: str, hosts: list[Host]) -> tuple[int, str] | None:
     """Which rank ended the run, from mlx.launch's lines in the run's log: the first rank that
-    ended badly on its own (mlx.launch then ends the others with SIGTERM)."""
+    ended badly on its own (mlx.launch then ends the others with SIGTERM). Returns the rank
+    and what to tell people, with that rank's last log lines."""
     ended = [(int(rank), code) for rank, code in _RANK_ENDED.findall(log_text)]
     if not ended:
         return None
@@ -185,10 +186,9 @@ def rank_failure(log_text: str, hosts: list[Host]) -> str | None:
     rank, code = (culprits or ended)[0]
     where = hosts[rank].ssh if rank < len(hosts) else "?"
     where = "this machine" if where == LOCAL else f"host {where}"
-    how = _exit(code)
     lines = [line for line in log_text.splitlines() if line.startswith(f"[rank {rank}]")]
     said = "; its last output:\n" + "\n".join(lines[-5:]) if lines else ""
-    return f"rank {rank} ({where}) {how}{said}"
+    return rank, f"rank {rank} ({where}) {_exit(code)}{said}"
 
 
 def _exit(code: str) -> str:

@@ -237,29 +237,39 @@ class TrainingRun:
             )
             self._record(self._stop_as, final)
             return final
-        if not isinstance(ending, protocol.Error):
-            ending = self._death(code)
+        ending = self._death(code, ending if isinstance(ending, protocol.Error) else None)
         self._record("failed" if ending.kind in PERMANENT_ERRORS else "interrupted", ending)
         return ending
 
-    def _death(self, code: int) -> protocol.Error:
-        """The error of a process that ended without saying how; under mlx.launch (which
-        exits 0 whatever its ranks did), the rank that ended it, from the log."""
-        if self.hosts:
-            text = _read_from(self.folder / LOG_FILE, self._log_start)
-            failure = rank_failure(text, self.hosts)
-            if failure:
-                oom = re.search(r"killed by SIG(KILL|SEGV|BUS)", failure)
-                if oom:
-                    head, _, rest = failure.partition(oom.group(0))
-                    failure = f"{head}{oom.group(0)}, most likely because memory ran out{rest}"
-                return protocol.Error(
-                    error=f"the training ended: {failure}",
-                    kind="out_of_memory" if oom else "internal",
-                    hint=(protocol.OOM_HINT + "; " if oom else "")
-                    + "check the hosts (`lora-studio hosts check`), then resume the run",
-                )
+    def _death(self, code: int, ending: protocol.Error | None) -> protocol.Error:
+        """Why the run ended: the worker's error line, or the exit of a process that ended
+        without a word. Under mlx.launch (which exits 0 whatever its ranks did), another
+        rank's death comes first: rank 0 then only says that it lost a peer."""
+        failure = self._rank_failure()
+        if failure is not None and (failure[0] != 0 or ending is None):
+            return failure[1]
+        if ending is not None:
+            return ending
         return _silent_death(code, _tail(self.folder / LOG_FILE))
+
+    def _rank_failure(self) -> tuple[int, protocol.Error] | None:
+        if not self.hosts:
+            return None
+        found = rank_failure(_read_from(self.folder / LOG_FILE, self._log_start), self.hosts)
+        if found is None:
+            return None
+        rank, failure = found
+        oom = re.search(r"killed by SIG(KILL|SEGV|BUS)", failure)
+        if oom:
+            head, _, rest = failure.partition(oom.group(0))
+            failure = f"{head}{oom.group(0)}, most likely because memory ran out{rest}"
+        error = protocol.Error(
+            error=f"the training ended: {failure}",
+            kind="out_of_memory" if oom else "internal",
+            hint=(protocol.OOM_HINT + "; " if oom else "")
+            + "check the hosts (`lora-studio hosts check`), then resume the run",
+        )
+        return rank, error
 
     def _record(self, state: RunState, error: protocol.Error, publishable: bool = False) -> None:
         self.record.state = state
@@ -373,7 +383,7 @@ class TrainingService:
     def worker_environment(self) -> dict[str, str]:
         """The training process's environment: the fast BLAS preloaded, MLX's JIT kernels
         built for this CPU."""
-        return native_jit(with_blas(dict(os.environ), self.blas), self.settings.home / "cache")
+        return native_jit(with_blas(dict(os.environ), self.blas))
 
     def check(
         self,
