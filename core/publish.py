@@ -66,6 +66,9 @@ def metadata(
         blas=start.blas,
         durationSeconds=round(record.elapsed_seconds, 2),
         datasetFormat=record.dataset_format,
+        baseQuantization=record.model_quantization,
+        lossFunction=start.loss,
+        ranks=start.ranks,
     )
 
 

@@ -50,6 +50,7 @@ class RunRecord(BaseModel):
     model_id: str
     model_path: str
     model_layers: int | None = None
+    model_quantization: dict[str, Any] | None = None  # the base's, e.g. {"bits": 4, ...}
     dataset_name: str
     dataset_format: str | None = None
     params: dict[str, Any]

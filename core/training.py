@@ -441,6 +441,7 @@ class TrainingService:
             model_id=info.id,
             model_path=str(info.path),
             model_layers=info.num_layers,
+            model_quantization=info.quantization,
             dataset_name=dataset.name,
             dataset_format=dataset.format,
             params=params.model_dump(mode="json"),

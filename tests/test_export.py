@@ -46,6 +46,18 @@ def replies(model_path, adapter_path=None, max_tokens=24) -> list[str]:
     return out
 
 
+def logits(model_path) -> list[np.ndarray]:
+    """The next-token logits after each of PROMPTS."""
+    model, tokenizer = load(str(model_path))
+    out = []
+    for question in PROMPTS:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True
+        )
+        out.append(np.array(model(mx.array([prompt]))[0, -1]))
+    return out
+
+
 def mlx_deltas(folder) -> dict[str, np.ndarray]:
     config = json.loads((folder / "adapter_config.json").read_text())
     scale = config["lora_parameters"]["scale"]
@@ -98,12 +110,16 @@ def test_fused_gguf_imports_back_with_the_same_greedy_output(setup, tmp_path):
             store, adapter_id, base, "gguf", tmp_path / f"m-{kind}.gguf", kind=kind
         )
         back = import_gguf(gguf, tmp_path / "back", kind)
-        got = replies(back)
-        for text, reference in zip(got, expected, strict=True):
-            if kind == "q8_0":  # quantized: the first 8 tokens must agree
-                assert text.split()[:8] == reference.split()[:8], (kind, text, reference)
-            else:  # f32 and f16: the same, or apart only in the last token
-                assert text == reference or text.split()[:-1] == reference.split()[:-1], kind
+        if kind == "q8_0":
+            # quantized: the random toy's near-ties may flip a greedy token, so compare what
+            # the model computes: the next-token logits after each prompt
+            for ours, reference in zip(logits(back), logits(fused), strict=True):
+                error = np.linalg.norm(ours - reference) / np.linalg.norm(reference)
+                assert error < 0.02, (kind, error)
+            continue
+        for text, reference in zip(replies(back), expected, strict=True):
+            # f32 and f16: the same, or apart only in the last token
+            assert text == reference or text.split()[:-1] == reference.split()[:-1], kind
 
 
 def test_ollama_folder_and_a_modelfile_that_parses(setup, tmp_path):

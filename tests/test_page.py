@@ -275,3 +275,36 @@ def test_two_local_processes_from_the_hosts_setting_train_an_adapter_that_chats(
     )
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["message"]["content"].strip()
+
+
+def test_quantize_the_base_train_on_it_and_chat_through_the_api(page, studio_url, tmp_path):
+    import httpx
+
+    page.get_by_text("Quantize this base (QLoRA: less memory)").click()
+    page.get_by_role("button", name="Quantize", exact=True).click()
+    expect(page.locator("#ls-quantize-status")).to_contain_text("Made toy-4bit", timeout=60000)
+    expect(page.get_by_label("Base model", exact=True).first).to_have_value("toy-4bit")
+    data = write_jsonl(tmp_path / "qlora.jsonl", colour_rows(32))
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    expect(page.locator("#ls-why")).to_contain_text("4-bit quantized", timeout=20000)
+    expect(page.locator("#ls-why")).to_contain_text("20x slower")
+    fill_number(page, "Learning rate", "0.02")
+    fill_number(page, "Epochs", "1")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    shot(page, "train-quantized-base")
+    start.click()
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
+    adapter_id = page.locator("#ls-result code").first.inner_text()
+    reply = httpx.post(
+        f"{studio_url}/v1/chat/completions",
+        json={
+            "model": adapter_id,
+            "messages": [{"role": "user", "content": "Sky?"}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"].strip()

@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     gguf = models_commands.add_parser("import-gguf", help="import a .gguf file (llama)")
     gguf.add_argument("file", help="the .gguf file")
     gguf.add_argument("--name", help="model folder name (default: the file's stem)")
+    quantize = models_commands.add_parser(
+        "quantize", help="write a 4- or 8-bit copy of a model (QLoRA), with mlx-lm's conversion"
+    )
+    quantize.add_argument("model", help="a model name in the models folder, or a folder")
+    quantize.add_argument("--bits", type=int, choices=(4, 8), required=True)
+    quantize.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
+    quantize.add_argument("--name", help="the new model's name (default: NAME-4bit...)")
     download = models_commands.add_parser("download", help="download an MLX model from the hub")
     download.add_argument("repo_id", help="e.g. mlx-community/SmolLM2-135M-Instruct")
     return parser
@@ -252,6 +259,13 @@ def models(args: argparse.Namespace) -> int:
 
             path = Path(args.file)
             import_gguf(path, settings.models, args.name or path.stem, print)
+        elif args.models_command == "quantize":
+            from core.models import resolve_model
+            from core.quantize import quantize
+
+            source = resolve_model(args.model, settings.models)
+            made = quantize(source, settings.models, args.bits, args.group_size, args.name)
+            print(f"quantized model: {made}\ntry: lora-studio train --model {made.name} ...")
         elif args.models_command == "download":
             from core.hub import download_model
 

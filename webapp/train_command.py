@@ -25,6 +25,7 @@ from core import protocol
 from core.errors import StudioError
 from core.models import resolve_model
 from core.params import add_arguments, params_from_args
+from core.quantize import cpu_slowdown_warning
 from core.settings import Settings
 
 from .hosts_command import add_launch_arguments, launch_from_args
@@ -188,6 +189,9 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
     ]
     if blas_hint:
         lines.append(f"note: {blas_hint}")
+    slowdown = cpu_slowdown_warning(run.model)
+    if slowdown:
+        lines.append(f"warning: {slowdown}")
     return "\n".join(lines)
 
 

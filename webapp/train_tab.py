@@ -29,8 +29,9 @@ from core.datasets import (
 from core.errors import StudioError
 from core.models import inspect_model
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
+from core.quantize import cpu_slowdown_warning
 
-from . import charts, hosts_panel, runs_panel
+from . import charts, hosts_panel, quantize_panel, runs_panel
 from .background import with_progress
 from .studio import Studio, explain
 
@@ -97,6 +98,7 @@ class _Layout:
     new_adapter: gr.State
     runs: runs_panel.RunsPanel
     hosts: hosts_panel.HostsPanel
+    quantizing: quantize_panel.QuantizePanel
 
 
 @lru_cache(maxsize=4)
@@ -198,6 +200,9 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     )
     if launch.distributed:
         ready += f" {len(launch.hosts())} ranks share each batch."
+    slowdown = cpu_slowdown_warning(info)
+    if slowdown:
+        ready += f"  \n**Note:** {slowdown}"
     return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
 
 
@@ -284,6 +289,7 @@ def _layout(studio: Studio) -> _Layout:
                 )
                 get_demo = gr.Button("Get the demo model")
                 demo_status = gr.Markdown(elem_id="ls-demo-status")
+            quantizing = quantize_panel.build()
             upload = gr.File(
                 label="Dataset (.jsonl): drop it here", file_types=[".jsonl"], type="filepath"
             )
@@ -335,6 +341,7 @@ def _layout(studio: Studio) -> _Layout:
         new_adapter,
         runs,
         hosts,
+        quantizing,
     )
 
 
@@ -418,6 +425,10 @@ class TrainActions:
         """Check the chosen hosts over ssh (this machine without): their status as Markdown."""
         return hosts_panel.check(self.studio, mode, processes, base_model)
 
+    def quantize(self, base_model: str | None, bits: int, group_size: int):
+        """A quantized copy of the picked base, then picked."""
+        return quantize_panel.make(self.studio, base_model, bits, group_size)
+
     def preselect(self):
         """The base model to start with: the only one, or the one used last."""
         model_id = self.studio.preferred_base()
@@ -482,8 +493,11 @@ class TrainActions:
         run = self.studio.training.current
         if run is None:
             yield (gr.skip(),) * 8 + runs_panel.view(self.studio)
-            return
-        yield from self._follow(run)
+        elif run.done:  # its last view; Start's state is the form check's to set
+            view = _render(run)
+            yield view[:6] + (gr.skip(), view[7]) + runs_panel.view(self.studio)
+        else:
+            yield from self._follow(run)
 
     def stop(self):
         """Stop the current run after a checkpoint; it stays resumable."""
@@ -597,6 +611,10 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
         api_name="train",
     )
     ui.stop.click(act.stop, None, None, api_name="stop")
+    q = ui.quantizing
+    q.button.click(
+        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **private
+    ).then(**pick).then(**check)
     ui.hosts.check.click(
         act.check_hosts,
         [ui.hosts.mode, ui.hosts.processes, ui.model],
