@@ -154,6 +154,8 @@ def expected_lora_shapes(config: dict, base: ModelInfo, shapes: dict[str, list[i
             in_dim = shapes[f"{module}.scales"][1] * group
         expected[f"{module}.lora_a"] = [in_dim, rank]
         expected[f"{module}.lora_b"] = [rank, out_dim]
+        if config.get("fine_tune_type") == "dora":  # DoRA's magnitude per output
+            expected[f"{module}.m"] = [out_dim]
     return expected
 
 
@@ -163,8 +165,10 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
         config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StudioError(f"{CONFIG_FILE} is missing or invalid ({exc})") from None
-    if config.get("fine_tune_type", "lora") != "lora":
-        raise StudioError(f"only LoRA adapters can be imported, not {config['fine_tune_type']}")
+    if config.get("fine_tune_type", "lora") not in ("lora", "dora"):
+        raise StudioError(
+            f"only LoRA and DoRA adapters can be imported, not {config['fine_tune_type']}"
+        )
     tensors = tensor_shapes(folder / WEIGHTS_FILE)
     expected = expected_lora_shapes(config, base, base.tensors)
     wrong = []

@@ -307,12 +307,14 @@ class InferenceEngine:
             self._strip_lora(base)
             return
         config = json.loads((entry.path / CONFIG_FILE).read_text(encoding="utf-8"))
-        lora = config["lora_parameters"]
-        shape = (config["num_layers"], lora["rank"], lora["scale"], tuple(lora.get("keys") or ()))
+        lora, kind = config["lora_parameters"], config.get("fine_tune_type", "lora")
+        keys = tuple(lora.get("keys") or ())
+        shape = (kind, config["num_layers"], lora["rank"], lora["scale"], keys)
         weights = self._read_adapter(adapter_id, entry)
         if base.lora_shape != shape:
             self._strip_lora(base)
-            linear_to_lora_layers(base.model, config["num_layers"], lora)
+            use_dora = kind == "dora"  # its magnitudes ("m") come with each adapter's weights
+            linear_to_lora_layers(base.model, config["num_layers"], lora, use_dora=use_dora)
             base.lora_shape = shape
         params = dict(tree_flatten(base.model.parameters()))
         misfits = [n for n, w in weights.items() if n not in params or params[n].shape != w.shape]
@@ -341,10 +343,20 @@ class InferenceEngine:
         return weights
 
     def _strip_lora(self, base: _Base) -> None:
-        from mlx_lm.tuner.utils import remove_lora_layers
+        """The base's own layers back in place of LoRA and DoRA layers (mlx-lm's
+        ``remove_lora_layers`` knows LoRA's only)."""
+        from mlx.utils import tree_unflatten
+        from mlx_lm.tuner.dora import DoRALinear
+        from mlx_lm.tuner.lora import LoRALinear
 
         if base.lora_shape is not None:
-            remove_lora_layers(base.model)
+            wrapped = [
+                (name, module.linear)
+                for name, module in base.model.named_modules()
+                if isinstance(module, LoRALinear | DoRALinear)
+            ]
+            if wrapped:
+                base.model.update_modules(tree_unflatten(wrapped))
         base.lora_shape = base.adapter_id = None
 
     def _on_registry_change(self, registry: ModelRegistry) -> None:

@@ -236,7 +236,10 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
     config = check_exportable(base)
     adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if adapter.get("fine_tune_type", "lora") != "lora":
-        raise StudioError("only LoRA adapters can be written as a GGUF LoRA adapter")
+        raise StudioError(
+            f"llama.cpp's GGUF adapters are LoRA only; this one is {adapter.get('fine_tune_type')}",
+            hint="export the fused model instead (GGUF model, or Ollama with the fused model)",
+        )
     lora = adapter["lora_parameters"]
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)

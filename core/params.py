@@ -81,6 +81,9 @@ class TrainingParams(BaseModel):
     grad_checkpoint: bool = Field(
         False, description="recompute activations in the backward pass: less memory, slower"
     )
+    fine_tune_type: Literal["lora", "dora"] = Field(
+        "lora", description="lora, or dora: LoRA plus a trained magnitude per output (DoRA)"
+    )
 
     @field_validator("lora_layers")
     @classmethod

@@ -67,6 +67,7 @@ def metadata(
         durationSeconds=round(record.elapsed_seconds, 2),
         datasetFormat=record.dataset_format,
         baseQuantization=record.model_quantization,
+        fineTuneType=params.get("fine_tune_type", "lora"),
         lossFunction=start.loss,
         ranks=start.ranks,
     )

@@ -6,7 +6,7 @@ written next to the models it comes from under a dot-name and renamed into place
 so the model pickers (which watch the folder) never list half a model.
 
 On Apple silicon quantized matrix products are fast; on MLX's Linux CPU backend they are not
-(measured: a 4-bit SmolLM2-135M trained about 20x slower per step than float32), which
+(measured: a 4-bit SmolLM2-135M trained about 30x slower per step than float32), which
 ``cpu_slowdown_warning`` says where it matters.
 """
 
@@ -74,6 +74,6 @@ def cpu_slowdown_warning(info: ModelInfo) -> str | None:
     bits = info.quantization.get("bits")
     return (
         f"{info.id} is {bits}-bit quantized: on this CPU backend quantized training runs about "
-        "20x slower per step than float32 (measured on SmolLM2-135M; docs/benchmarks.md). "
+        "30x slower per step than float32 (measured on SmolLM2-135M; docs/benchmarks.md). "
         "It saves memory; if the float32 model fits, train on that."
     )

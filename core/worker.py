@@ -110,7 +110,7 @@ def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
     """adapter_config.json in mlx-lm's format (what ``mlx_lm.load(adapter_path=)`` reads),
     plus the base model it was trained on."""
     return {
-        "fine_tune_type": "lora",
+        "fine_tune_type": params.fine_tune_type,
         "num_layers": params.lora_layers,
         "lora_parameters": lora_parameters(params),
         "model": str(info.path),
@@ -199,7 +199,11 @@ def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
     mx.random.seed(params.seed)
     np.random.seed(params.seed)
     model.freeze()
-    linear_to_lora_layers(model, params.lora_layers, lora_parameters(params))
+    dora = params.fine_tune_type == "dora"
+    try:
+        linear_to_lora_layers(model, params.lora_layers, lora_parameters(params), use_dora=dora)
+    except ValueError as exc:  # mlx-lm refuses DoRA on some layer types
+        raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
     config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
     train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
     valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))

@@ -287,7 +287,7 @@ def test_quantize_the_base_train_on_it_and_chat_through_the_api(page, studio_url
     data = write_jsonl(tmp_path / "qlora.jsonl", colour_rows(32))
     page.locator("input[type=file]").first.set_input_files(str(data))
     expect(page.locator("#ls-why")).to_contain_text("4-bit quantized", timeout=20000)
-    expect(page.locator("#ls-why")).to_contain_text("20x slower")
+    expect(page.locator("#ls-why")).to_contain_text("30x slower")
     fill_number(page, "Learning rate", "0.02")
     fill_number(page, "Epochs", "1")
     start = page.get_by_role("button", name="Start training")

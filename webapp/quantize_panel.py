@@ -25,7 +25,7 @@ def build() -> QuantizePanel:
     with gr.Accordion("Quantize this base (QLoRA: less memory)", open=False):
         gr.Markdown(
             "A 4- or 8-bit copy of the picked model, trained with LoRA as it is. On Apple "
-            "silicon it is fast; on a Linux CPU about 20x slower per step than float32."
+            "silicon it is fast; on a Linux CPU about 30x slower per step than float32."
         )
         with gr.Row():
             bits = gr.Radio([4, 8], value=4, label="Bits")

@@ -59,6 +59,7 @@ FORM_FIELDS = (
     "warmup_steps",
     "grad_accumulation_steps",
     "grad_checkpoint",
+    "fine_tune_type",
     "hosts",
     "processes",
 )
@@ -401,6 +402,11 @@ def _form_fields(studio: Studio) -> tuple[dict, hosts_panel.HostsPanel]:
         )
         f["grad_checkpoint"] = gr.Checkbox(
             DEFAULTS.grad_checkpoint, label="Gradient checkpointing (less memory, slower)"
+        )
+        f["fine_tune_type"] = gr.Radio(
+            [("LoRA", "lora"), ("DoRA (LoRA + a magnitude per output)", "dora")],
+            value=DEFAULTS.fine_tune_type,
+            label="Fine-tune type",
         )
         hosts = hosts_panel.build(studio)
     f["hosts"], f["processes"] = hosts.mode, hosts.processes
