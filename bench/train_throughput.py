@@ -26,6 +26,7 @@ from statistics import fmean, median
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.blas import Blas, choose_blas, with_blas  # noqa: E402
+from core.jit import native_jit  # noqa: E402
 from core.loop import report_interval  # noqa: E402
 from core.params import TARGET_KEYS  # noqa: E402
 from core.toymodel import build_toy_llama, tokenizer_corpus  # noqa: E402
@@ -160,7 +161,9 @@ def main() -> None:
             data = make_data(tmp / f"data-{steps}", steps)
             ours, theirs = [], []
             for i in range(args.repeat):  # alternate, so drift in machine load hits both
-                ours.append(run_studio(model, data, tmp / f"ours-{choice}-{i}", steps, env))
+                # the studio's worker gets what the studio gives it (core.jit's native JIT)
+                studio_env = native_jit(env)
+                ours.append(run_studio(model, data, tmp / f"ours-{choice}-{i}", steps, studio_env))
                 theirs.append(run_mlx_lm(model, data, tmp / f"mlx-{choice}-{i}", steps, env))
             ours, theirs = median(ours), median(theirs)
             print(
