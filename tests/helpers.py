@@ -34,6 +34,13 @@ def colour_rows(n: int = 64, seed: int = 0) -> list[dict]:
     ]
 
 
+def lora_studio(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real ``lora-studio`` command on the studio at ``home``."""
+    env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
+    command = [sys.executable, "-m", "webapp", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,16 +12,7 @@ import uuid
 
 import pytest
 
-
-def lora_studio(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "webapp", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
+from tests.helpers import lora_studio
 
 
 def train_quickly(toy_model, data, *extra: str, home) -> subprocess.CompletedProcess:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from core.errors import StudioError
 from core.launch import Launch, rank_failure
 from core.params import TrainingParams
 from core.training import TrainingService
-from tests.helpers import free_port
+from tests.helpers import free_port, lora_studio
 
 # lr 1e-3: at 1e-2 the toy model's loss bounces, and float noise between the two runs' sums
 # grows into visibly different losses within a few steps
@@ -76,21 +74,24 @@ def test_two_ranks_train_exactly_like_one_process(service, toy_model, colour_dat
     assert len(list(service.settings.adapters.iterdir())) == 2
 
 
-def rank_process(launcher_pid: int, rank: int) -> int:
-    """The pid of a rank's worker: a process of the run's group with MLX_RANK set to it."""
+def workers(pgid: int) -> dict[int, list[bytes]]:
+    """The training processes in a run's process group (a JIT compiler that a rank started
+    may outlive it briefly: it is not one), with their environments."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
         try:
-            if os.getpgid(int(entry.name)) != launcher_pid:
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, ProcessLookupError):
+            ours = entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid
+            if ours and b"core.worker" in (entry / "cmdline").read_bytes():
+                found[int(entry.name)] = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # ProcessLookupError included: it has just ended
             continue
-        if f"MLX_RANK={rank}".encode() in environ and b"core.worker" in command:
-            return int(entry.name)
-    raise AssertionError(f"no rank {rank} under {launcher_pid}")
+    return found
+
+
+def rank_process(pgid: int, rank: int) -> int:
+    """The pid of a rank's worker: the one whose MLX_RANK is ``rank``."""
+    wanted = f"MLX_RANK={rank}".encode()
+    return next(pid for pid, environ in workers(pgid).items() if wanted in environ)
 
 
 def test_a_dead_rank_ends_the_run_naming_it_and_publishes_nothing(
@@ -111,21 +112,7 @@ def test_a_dead_rank_ends_the_run_naming_it_and_publishes_nothing(
     assert list(service.settings.adapters.iterdir()) == []
     record = service.runs.get(run.id)
     assert record.state == "interrupted" and record.resumable
-    assert not _ranks(run.pid), "a rank outlived the run"
-
-
-def _ranks(pgid: int) -> list[int]:
-    """The training processes left in the run's process group (a JIT compiler that a rank
-    started may finish on its own)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        try:
-            ours = entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid
-            if ours and b"core.worker" in (entry / "cmdline").read_bytes():
-                alive.append(int(entry.name))
-        except (ProcessLookupError, OSError):
-            pass
-    return alive
+    assert not workers(run.pid), "a rank outlived the run"
 
 
 def test_a_stop_reaches_every_rank_and_the_run_resumes_to_the_end(
@@ -141,7 +128,7 @@ def test_a_stop_reaches_every_rank_and_the_run_resumes_to_the_end(
     final = run.wait(timeout=120)
     assert isinstance(final, protocol.Error) and final.kind == "cancelled", final
     assert service.runs.get(run.id).state == "stopped"
-    assert not _ranks(run.pid)
+    assert not workers(run.pid)
 
     resumed = service.resume(run.id)
     events = list(resumed.follow(timeout=240))
@@ -173,17 +160,6 @@ def test_rank_failure_names_the_first_rank_that_ended_on_its_own():
     assert rank_failure("all fine\n", hosts) is None
 
 
-def lora_studio(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "webapp", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def test_cli_trains_with_two_processes_and_the_adapter_chats(studio, toy_model, colour_dataset):
     import shutil
 
@@ -194,7 +170,6 @@ def test_cli_trains_with_two_processes_and_the_adapter_chats(studio, toy_model, 
 
     shutil.copytree(toy_model, studio.models / "toy")
     done = lora_studio(
-        studio.home,
         "train",
         "--model",
         "toy",
@@ -206,6 +181,7 @@ def test_cli_trains_with_two_processes_and_the_adapter_chats(studio, toy_model, 
         "1e-2",
         "--lora-layers",
         "-1",
+        home=studio.home,
     )
     assert done.returncode == 0, done.stderr
     assert "2 ranks share each batch" in done.stderr
@@ -238,7 +214,7 @@ def test_hosts_check_names_an_unreachable_host(studio):
         )
     )
     started = time.monotonic()
-    done = lora_studio(studio.home, "hosts", "check", timeout=60)
+    done = lora_studio("hosts", "check", home=studio.home, timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("rank 0 (this machine): ok")
@@ -251,7 +227,6 @@ def test_a_hosts_file_in_another_format_is_refused_clearly(studio, toy_model, co
     bad = studio.home / "bad-hosts.json"
     bad.write_text('{"machines": ["a", "b"]}')
     done = lora_studio(
-        studio.home,
         "train",
         "--model",
         str(toy_model),
@@ -261,6 +236,7 @@ def test_a_hosts_file_in_another_format_is_refused_clearly(studio, toy_model, co
         "-1",
         "--hostfile",
         str(bad),
+        home=studio.home,
     )
     assert done.returncode == 2
     assert "is not in mlx.launch's format" in done.stderr

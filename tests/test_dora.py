@@ -4,10 +4,7 @@ LoRA adapters on one base), exported and imported, fused. Real training on the t
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import mlx.core as mx
 import pytest
@@ -22,7 +19,7 @@ from core.models import inspect_model
 from core.params import TrainingParams
 from core.registry import ModelRegistry
 from core.training import TrainingService
-from tests.helpers import colour_rows, write_jsonl
+from tests.helpers import colour_rows, lora_studio, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
 GREEDY = GenerationParams(temperature=0.0, max_tokens=10)
@@ -99,9 +96,7 @@ def test_a_dora_adapter_exports_imports_and_fuses(adapters, tmp_path):
 
 
 def test_an_unknown_fine_tune_type_is_refused_naming_the_field(studio, toy_model, colour_dataset):
-    env = {**os.environ, "LORA_STUDIO_HOME": str(studio.home)}
-    command = [sys.executable, "-m", "webapp", "train", "--model", str(toy_model)]
-    command += ["--data", str(colour_dataset), "--fine-tune-type", "full"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    args = ["--model", str(toy_model), "--data", str(colour_dataset), "--fine-tune-type", "full"]
+    done = lora_studio("train", *args, home=studio.home)
     assert done.returncode == 2
     assert "--fine-tune-type" in done.stderr and "Traceback" not in done.stderr

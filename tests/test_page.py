@@ -37,6 +37,17 @@ def page(browser, studio_url) -> Page:
     page.close()
 
 
+def chat_through_the_api(url: str, model: str) -> str:
+    """A greedy reply from ``model`` through the studio's /v1 (200 or the test fails)."""
+    import httpx
+
+    question = [{"role": "user", "content": "What colour is the sky?"}]
+    body = {"model": model, "messages": question, "max_tokens": 8, "temperature": 0}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["choices"][0]["message"]["content"].strip()
+
+
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -237,8 +248,6 @@ def test_stop_reload_resume_completes_with_one_continuous_chart(browser, studio_
 def test_two_local_processes_from_the_hosts_setting_train_an_adapter_that_chats(
     page, studio_url, tmp_path
 ):
-    import httpx
-
     data = write_jsonl(tmp_path / "ranks.jsonl", colour_rows(64))
     page.locator("input[type=file]").first.set_input_files(str(data))
     expect(page.locator("#ls-dataset-summary")).to_contain_text("64 examples", timeout=20000)
@@ -263,23 +272,10 @@ def test_two_local_processes_from_the_hosts_setting_train_an_adapter_that_chats(
     expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
     adapter_id = page.locator("#ls-result code").first.inner_text()
 
-    reply = httpx.post(
-        f"{studio_url}/v1/chat/completions",
-        json={
-            "model": adapter_id,
-            "messages": [{"role": "user", "content": "What colour is the sky?"}],
-            "max_tokens": 8,
-            "temperature": 0,
-        },
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["choices"][0]["message"]["content"].strip()
+    assert chat_through_the_api(studio_url, adapter_id)
 
 
 def test_quantize_the_base_train_on_it_and_chat_through_the_api(page, studio_url, tmp_path):
-    import httpx
-
     page.get_by_text("Quantize this base (QLoRA: less memory)").click()
     page.get_by_role("button", name="Quantize", exact=True).click()
     expect(page.locator("#ls-quantize-status")).to_contain_text("Made toy-4bit", timeout=60000)
@@ -296,15 +292,4 @@ def test_quantize_the_base_train_on_it_and_chat_through_the_api(page, studio_url
     start.click()
     expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
     adapter_id = page.locator("#ls-result code").first.inner_text()
-    reply = httpx.post(
-        f"{studio_url}/v1/chat/completions",
-        json={
-            "model": adapter_id,
-            "messages": [{"role": "user", "content": "Sky?"}],
-            "max_tokens": 8,
-            "temperature": 0,
-        },
-        timeout=60,
-    )
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["choices"][0]["message"]["content"].strip()
+    assert chat_through_the_api(studio_url, adapter_id)

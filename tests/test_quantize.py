@@ -6,10 +6,7 @@ Real 4- and 8-bit copies of the toy llama; real training processes; the engine a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 from mlx_lm import generate, load
@@ -22,14 +19,9 @@ from core.params import TrainingParams
 from core.quantize import cpu_slowdown_warning, quantize
 from core.registry import ModelRegistry
 from core.training import TrainingService
+from tests.helpers import colour_rows, lora_studio, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
-
-
-def lora_studio(home, *args):
-    env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
-    command = [sys.executable, "-m", "webapp", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture
@@ -40,17 +32,17 @@ def toy_in_studio(studio, toy_model):
 
 def test_the_cli_writes_a_quantized_copy_and_refuses_what_it_cannot(toy_in_studio):
     studio = toy_in_studio
-    done = lora_studio(studio.home, "models", "quantize", "toy", "--bits", "4")
+    done = lora_studio("models", "quantize", "toy", "--bits", "4", home=studio.home)
     assert done.returncode == 0, done.stderr
     config = json.loads((studio.models / "toy-4bit" / "config.json").read_text())
     assert config["quantization"]["bits"] == 4 and config["quantization"]["group_size"] == 64
     assert sorted(p.name for p in studio.models.iterdir()) == ["toy", "toy-4bit"]  # no partial
 
-    again = lora_studio(studio.home, "models", "quantize", "toy", "--bits", "4")
+    again = lora_studio("models", "quantize", "toy", "--bits", "4", home=studio.home)
     assert again.returncode == 1 and "toy-4bit already exists" in again.stderr
-    twice = lora_studio(studio.home, "models", "quantize", "toy-4bit", "--bits", "8")
+    twice = lora_studio("models", "quantize", "toy-4bit", "--bits", "8", home=studio.home)
     assert twice.returncode == 1 and "already quantized (4-bit)" in twice.stderr
-    odd = lora_studio(studio.home, "models", "quantize", "toy", "--bits", "3")
+    odd = lora_studio("models", "quantize", "toy", "--bits", "3", home=studio.home)
     assert odd.returncode == 2 and "argument --bits: invalid choice: 3" in odd.stderr
     assert "Traceback" not in again.stderr + twice.stderr + odd.stderr
     with pytest.raises(StudioError, match="group_size = 48: choose 32, 64 or 128"):
@@ -63,8 +55,6 @@ def test_an_adapter_trained_on_a_quantized_base_chats_like_mlx_lm(toy_in_studio,
     base = quantize(studio.models / "toy", studio.models, bits)
     service = TrainingService(studio)
     data = studio.home / "colours.jsonl"
-    from tests.helpers import colour_rows, write_jsonl
-
     write_jsonl(data, colour_rows(32))
     params = TrainingParams(learning_rate=1e-2, epochs=1, lora_layers=-1, batch_size=4)
     run = service.start(base, data, params)
