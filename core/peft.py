@@ -4,7 +4,9 @@ PEFT adapter trained elsewhere.
 mlx-lm keeps ``lora_a`` as (in, r) and ``lora_b`` as (r, out) and scales by ``alpha / rank``;
 PEFT keeps ``lora_A.weight`` as (r, in) and ``lora_B.weight`` as (out, r) under
 ``base_model.model.`` and scales by ``lora_alpha / r``. The weight delta is the same:
-``scale * (x @ a @ b)`` = ``scale * x @ (B @ A).T``.
+``scale * (x @ a @ b)`` = ``scale * x @ (B @ A).T``. A DoRA adapter's magnitude ``m`` (one
+per output) is PEFT's ``lora_magnitude_vector``: both scale each output row of the adapted
+weight ``W + scale * delta`` to it, over that row's norm. (DoRA exports; imports are LoRA only.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .models import ModelInfo
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
-_MLX_NAME = re.compile(r"model\.layers\.(\d+)\.(\w+)\.(\w+)\.lora_([ab])")
+_MLX_NAME = re.compile(r"model\.layers\.(\d+)\.(\w+)\.(\w+)\.(lora_a|lora_b|m)")
 _PEFT_NAME = re.compile(
     r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+)\.(\w+)\.lora_([AB])\.weight"
 )
@@ -44,10 +46,11 @@ def export_peft(folder: Path, target: Path) -> Path:
     from safetensors.numpy import save_file
 
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    if config.get("fine_tune_type", "lora") != "lora":
+    kind = config.get("fine_tune_type", "lora")
+    if kind not in ("lora", "dora"):
         raise StudioError(
-            f"a {config['fine_tune_type']} adapter has no PEFT LoRA layout to export to",
-            hint="only LoRA adapters export to PEFT",
+            f"a {kind} adapter has no PEFT LoRA layout to export to",
+            hint="only LoRA and DoRA adapters export to PEFT",
         )
     meta = AdapterMetadata.read(folder)
     lora = config["lora_parameters"]
@@ -59,9 +62,17 @@ def export_peft(folder: Path, target: Path) -> Path:
         layer, block, module, which = found.groups()
         layers.add(int(layer))
         modules.add(module)
-        side = "A" if which == "a" else "B"
-        key = f"{PEFT_PREFIX}model.layers.{layer}.{block}.{module}.lora_{side}.weight"
-        tensors[key] = np.ascontiguousarray(value.T)
+        stem = f"{PEFT_PREFIX}model.layers.{layer}.{block}.{module}"
+        if which == "m":
+            tensors[f"{stem}.lora_magnitude_vector"] = value
+        else:
+            side = "A" if which == "lora_a" else "B"
+            tensors[f"{stem}.lora_{side}.weight"] = np.ascontiguousarray(value.T)
+    if kind == "dora":
+        stems = {key.removesuffix(".weight").rsplit(".", 1)[0] for key in tensors}
+        missing = sorted(s for s in stems if f"{s}.lora_magnitude_vector" not in tensors)
+        if missing:
+            raise StudioError(f"the DoRA adapter has no magnitude for {missing[0]}")
     peft_config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -74,7 +85,7 @@ def export_peft(folder: Path, target: Path) -> Path:
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
-        "use_dora": False,
+        "use_dora": kind == "dora",
         "inference_mode": True,
         "modules_to_save": None,
     }

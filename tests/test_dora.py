@@ -7,8 +7,10 @@ import json
 import shutil
 
 import mlx.core as mx
+import numpy as np
 import pytest
 from mlx_lm import generate, load
+from safetensors.numpy import load_file
 
 from core import protocol
 from core.adapters import AdapterMetadata, AdapterStore
@@ -90,6 +92,13 @@ def test_a_dora_adapter_exports_imports_and_fuses(adapters, tmp_path):
     assert generate(model, tokenizer, prompt=prompt, max_tokens=10) == mlx_lm_reply(
         settings, ids["dora"]
     )
+    peft = export_adapter(store, ids["dora"], base, "peft", tmp_path / "peft")
+    assert json.loads((peft / "adapter_config.json").read_text())["use_dora"] is True
+    magnitudes = load_file(str(peft / "adapter_model.safetensors"))
+    mine = mx.load(str(settings.adapters / ids["dora"] / "adapters.safetensors"))
+    stem = "model.layers.0.self_attn.q_proj"
+    exported = magnitudes[f"base_model.model.{stem}.lora_magnitude_vector"]
+    assert (exported == np.array(mine[f"{stem}.m"])).all()
     with pytest.raises(StudioError, match="GGUF adapters are LoRA only") as refused:
         export_adapter(store, ids["dora"], base, "gguf-adapter", tmp_path / "a.gguf")
     assert "fused model" in refused.value.hint

@@ -170,9 +170,13 @@ def test_exports_refuse_before_any_work(setup, tmp_path):
     (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
     with pytest.raises(StudioError, match="supports the llama architecture"):
         export_adapter(store, adapter_id, inspect_model(other), "gguf", tmp_path / "out" / "x.gguf")
-    dora = store.path(adapter_id) / "adapter_config.json"
-    dora.write_text(json.dumps({**json.loads(dora.read_text()), "fine_tune_type": "dora"}))
-    with pytest.raises(StudioError, match="dora adapter has no PEFT LoRA layout"):
+    config = store.path(adapter_id) / "adapter_config.json"
+    lora = json.loads(config.read_text())
+    config.write_text(json.dumps({**lora, "fine_tune_type": "dora"}))  # but no magnitudes
+    with pytest.raises(StudioError, match="DoRA adapter has no magnitude for"):
+        export_adapter(store, adapter_id, base, "peft", tmp_path / "out" / "peft")
+    config.write_text(json.dumps({**lora, "fine_tune_type": "full"}))
+    with pytest.raises(StudioError, match="full adapter has no PEFT LoRA layout"):
         export_adapter(store, adapter_id, base, "peft", tmp_path / "out" / "peft")
     assert not (tmp_path / "out").exists()  # nothing written
 

@@ -522,6 +522,10 @@ class TrainActions:
     def _follow(self, run):
         runs_view = runs_panel.view(self.studio)
         for _ in run.follow():
+            if isinstance(run.last_event, protocol.Complete):
+                # "Done" on the page means chat and /v1 know the adapter already; the
+                # folder watcher would see it a moment later
+                self.studio.registry.reload()
             yield _render(run) + runs_view
         yield _render(run) + runs_panel.view(self.studio)
 
