@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_command.add_parser(commands)
     adapters_command.add_transfer_parsers(commands)
     hosts_command.add_parser(commands)
+    _add_models_parser(commands)
+    return parser
+
+
+def _add_models_parser(commands) -> None:
+    """``models``: toy, demo, import-gguf, quantize, download."""
     models = commands.add_parser("models", help="manage base models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     toy = models_commands.add_parser(
@@ -82,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--name", help="the new model's name (default: NAME-4bit...)")
     download = models_commands.add_parser("download", help="download an MLX model from the hub")
     download.add_argument("repo_id", help="e.g. mlx-community/SmolLM2-135M-Instruct")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

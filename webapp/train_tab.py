@@ -194,6 +194,12 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         for masked, trained in samples
     )
     legend = "<p>Grey: masked from the loss. Bold: trained on.</p>"
+    ready = _ready(params, launch, info)
+    return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
+
+
+def _ready(params: TrainingParams, launch, info) -> str:
+    """What Start will do: the run's shape, its ranks, and a warning it deserves."""
     effective = params.batch_size * params.grad_accumulation_steps
     ready = (
         f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}, "
@@ -204,7 +210,7 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     slowdown = cpu_slowdown_warning(info)
     if slowdown:
         ready += f"  \n**Note:** {slowdown}"
-    return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
+    return ready
 
 
 def _progress_line(run, events: list) -> tuple[float, str]:
