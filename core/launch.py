@@ -42,9 +42,16 @@ class Host(BaseModel):
 
 def load_hosts(path: Path) -> list[Host]:
     """The hosts of an mlx.launch hosts file: a list of hosts, or ``{"hosts": [...]}``."""
+    return read_hostfile(path)[0]
+
+
+def read_hostfile(path: Path) -> tuple[list[Host], list[str]]:
+    """An mlx.launch hosts file's hosts, and its ``envs`` (``mlx.distributed_config``
+    writes some; a plain list has none)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = data["hosts"] if isinstance(data, dict) else data
+        envs = [str(e) for e in data.get("envs", [])] if isinstance(data, dict) else []
         hosts = [Host.model_validate(entry) for entry in entries]
     except FileNotFoundError:
         raise StudioError(
@@ -58,7 +65,7 @@ def load_hosts(path: Path) -> list[Host]:
         ) from None
     if not hosts:
         raise StudioError(f"the hosts file {path} lists no host")
-    return hosts
+    return hosts, envs
 
 
 def is_this_machine(name: str) -> bool:
@@ -139,11 +146,8 @@ class Launch(BaseModel):
         return [str(launcher()), *backend, "--starting-port", port, "--", *worker]
 
     def _envs(self) -> list[str]:
-        """The hosts file's ``envs`` (``mlx.distributed_config`` writes some), kept."""
-        if self.hostfile is None:
-            return []
-        data = json.loads(self.hostfile.read_text(encoding="utf-8"))
-        return list(data.get("envs", [])) if isinstance(data, dict) else []
+        """The hosts file's ``envs``, passed on."""
+        return read_hostfile(self.hostfile)[1] if self.hostfile else []
 
     def environment(self, env: dict[str, str], hosts: list[Host]) -> dict[str, str]:
         """The launcher's environment, which its local ranks inherit: the CPU's cores shared

@@ -97,23 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     if not _mlx_has_a_backend():
         return EXIT_REFUSED
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "train":
-        return train_command.train(args)
-    if args.command == "runs":
-        return train_command.runs(args)
-    if args.command == "adapters":
-        return adapters_command.adapters(args)
-    if args.command == "export":
-        return adapters_command.export(args)
-    if args.command == "import":
-        return adapters_command.import_(args)
-    if args.command == "hosts":
-        return hosts_command.hosts(args)
-    if args.command == "serve":
-        return serve(args)
-    if args.command == "models":
-        return models(args)
-    return launch(args)
+    commands = {
+        "train": train_command.train,
+        "runs": train_command.runs,
+        "adapters": adapters_command.adapters,
+        "export": adapters_command.export,
+        "import": adapters_command.import_,
+        "hosts": hosts_command.hosts,
+        "serve": serve,
+        "models": models,
+    }
+    return commands.get(args.command, launch)(args)
 
 
 def _mlx_has_a_backend() -> bool:
