@@ -8,6 +8,7 @@ problem is reported with its file, line number and the fix.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import json
 import random
@@ -317,6 +318,7 @@ class DatasetScan:
     train_count: int
     valid_count: int
     sample: list[dict[str, Any]]  # the first SAMPLE_ROWS rows
+    longest: list[dict[str, Any]]  # the LONGEST_ROWS rows with the most text, in any file
     total: int
     validation_split: float
     seed: int
@@ -342,16 +344,18 @@ class DatasetScan:
 
 
 SAMPLE_ROWS = 1000
+LONGEST_ROWS = 32
 
 
 def scan_dataset(
     path: str | Path, *, batch_size: int, validation_split: float = 0.2, seed: int = 0
 ) -> DatasetScan:
     """Every check of ``load_dataset``, reading line by line and keeping only counts and
-    the first SAMPLE_ROWS rows: a 500 MB upload costs the server no more than a small one."""
-    files, reader, sample = _files(path), _Reader(), []
-    n_train = _count(reader.rows(files.train), sample)
-    n_valid = _count(reader.rows(files.valid), sample) if files.valid else None
+    the first SAMPLE_ROWS rows and the LONGEST_ROWS longest: a 500 MB upload costs the server
+    no more than a small one."""
+    files, reader, kept = _files(path), _Reader(), _Kept()
+    n_train = kept.count(reader.rows(files.train))
+    n_valid = kept.count(reader.rows(files.valid)) if files.valid else None
     reader.out.raise_if_any()
     _check_sizes(files, n_train, n_valid, batch_size, validation_split)
     total = n_train + (n_valid or 0)
@@ -364,20 +368,46 @@ def scan_dataset(
         files=files,
         train_count=n_train,
         valid_count=n_valid,
-        sample=sample,
+        sample=kept.sample,
+        longest=[row for _, _, row in kept.longest],
         total=total,
         validation_split=validation_split,
         seed=seed,
     )
 
 
-def _count(rows: Iterator[dict], sample: list) -> int:
-    count = 0
-    for row in rows:
-        if len(sample) < SAMPLE_ROWS:
-            sample.append(row)
-        count += 1
-    return count
+class _Kept:
+    """The rows a scan keeps: the first ones (``sample``), and a heap of the longest (the
+    memory plan tokenizes those: padding gives a batch its longest row's width)."""
+
+    def __init__(self) -> None:
+        self.sample: list[dict] = []
+        self.longest: list[tuple[int, int, dict]] = []  # (text length, order, row)
+        self._order = itertools.count()
+
+    def count(self, rows: Iterator[dict]) -> int:
+        count = 0
+        for row in rows:
+            if len(self.sample) < SAMPLE_ROWS:
+                self.sample.append(row)
+            entry = (_text_length(row), next(self._order), row)
+            if len(self.longest) < LONGEST_ROWS:
+                heapq.heappush(self.longest, entry)
+            elif entry[:2] > self.longest[0][:2]:
+                heapq.heapreplace(self.longest, entry)
+            count += 1
+        return count
+
+
+def _text_length(value: Any) -> int:
+    """Characters of text in a row, whatever its format."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(map(_text_length, value.values()))
+    if isinstance(value, list):
+        return sum(map(_text_length, value))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -391,7 +421,9 @@ class TokenStats:
     lengths: list[int]
 
 
-def _processed(rows: list[dict], fmt: str, tokenizer: Any, mask_prompt: bool):
+def processed_rows(
+    rows: list[dict], fmt: str, tokenizer: Any, mask_prompt: bool
+) -> list[tuple[list[int], int]]:
     """(tokens, offset of the first trained token) per row, from mlx-lm's own dataset
     classes (chat template, prompt masking), so the numbers match training exactly."""
     from mlx_lm.tuner.datasets import create_dataset
@@ -406,7 +438,7 @@ def token_statistics(
 ) -> TokenStats:
     """Token counts as the trainer will see them."""
     lengths, trained = [], 0
-    for tokens, offset in _processed(rows, fmt, tokenizer, mask_prompt):
+    for tokens, offset in processed_rows(rows, fmt, tokenizer, mask_prompt):
         lengths.append(len(tokens))
         trained += max(0, min(len(tokens), max_seq_length) - offset)
     return TokenStats(
@@ -427,7 +459,7 @@ def preview(
     sees them after its chat template."""
     return [
         (tokenizer.decode(tokens[:offset]), tokenizer.decode(tokens[offset:]))
-        for tokens, offset in _processed(rows, fmt, tokenizer, mask_prompt)
+        for tokens, offset in processed_rows(rows, fmt, tokenizer, mask_prompt)
     ]
 
 

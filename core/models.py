@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from pathlib import Path
 
@@ -167,3 +168,12 @@ def resolve_model(name_or_path: str | Path, models_folder: Path) -> Path:
     raise StudioError(
         f"model {name_or_path} does not exist (not a folder, nor a model in {models_folder})"
     )
+
+
+@lru_cache(maxsize=4)
+def tokenizer(folder: Path):
+    """The tokenizer of the model at ``folder`` (mlx-lm's loader), kept for the next check:
+    the page re-checks a run at every edit of the form."""
+    from mlx_lm.utils import load_tokenizer
+
+    return load_tokenizer(Path(folder))

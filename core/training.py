@@ -32,9 +32,11 @@ from .datasets import DatasetScan, scan_dataset
 from .errors import StudioError
 from .hosts import copy_to_hosts
 from .jit import native_jit
-from .launch import Host, Launch, rank_failure
-from .models import ModelInfo, inspect_model
+from .launch import Host, Launch, is_this_machine, rank_failure
+from .memory import available_memory_gb
+from .models import ModelInfo, inspect_model, tokenizer
 from .params import TrainingParams
+from .plan import DataShape, MemoryPlan, ModelShape, plan, refusal
 from .publish import publish, write_events
 from .runs import CHECKPOINTS, DATA, RunRecord, RunState, RunStore, latest_checkpoint_step
 from .settings import Settings
@@ -83,6 +85,7 @@ class TrainingRun:
         self._stop_as: RunState | None = None
         self._process: subprocess.Popen | None = None
         self.hosts = hosts  # the ranks' hosts, for a run under mlx.launch
+        self.memory: MemoryPlan | None = None  # the plan it started with
         self._log_start = 0  # where this session's part of the log begins
 
     # -- what viewers use ------------------------------------------------------------------
@@ -238,6 +241,12 @@ class TrainingRun:
             self._record(self._stop_as, final)
             return final
         ending = self._death(code, ending if isinstance(ending, protocol.Error) else None)
+        if ending.kind == "out_of_memory" and self.memory is not None:
+            lower = "; ".join(self.memory.advice())
+            ending.hint = (
+                f"{ending.hint}. The plan for this run: {self.memory.summary()} when it "
+                f"started (other programs may have taken memory since); lower it with: {lower}"
+            )
         self._record("failed" if ending.kind in PERMANENT_ERRORS else "interrupted", ending)
         return ending
 
@@ -411,6 +420,32 @@ class TrainingService:
         (launch or Launch()).check(params.batch_size, dataset.valid_count)
         return info, params, dataset
 
+    def plan(
+        self,
+        info: ModelInfo,
+        params: TrainingParams,
+        dataset: DatasetScan,
+        launch: Launch | None = None,
+    ) -> MemoryPlan:
+        """The memory the run needs on this machine (``core.plan``), against what it has:
+        the dataset's longest rows and its sample tokenized as the worker will."""
+        hosts = (launch or Launch()).hosts()
+        data = DataShape.of(
+            dataset.longest + dataset.sample,
+            dataset.format,
+            tokenizer(info.path),
+            mask_prompt=params.mask_prompt,
+        )
+        here = max(1, sum(is_this_machine(host.ssh) for host in hosts))
+        return plan(
+            ModelShape.of(info),
+            params,
+            data,
+            available_memory_gb(),
+            ranks=len(hosts),
+            processes_here=here,
+        )
+
     def start(
         self,
         model: str | Path,
@@ -420,17 +455,22 @@ class TrainingService:
         name: str | None = None,
         dataset_name: str | None = None,
         launch: Launch | None = None,
+        force: bool = False,
     ) -> TrainingRun:
         """Check everything, then start the training process; returns the running run.
 
-        Raises StudioError (DatasetError for data problems) before any process starts.
-        ``dataset_name`` is the name to record when ``data`` is a stored upload; ``launch``
-        spreads the run over several processes or hosts.
+        Raises StudioError (DatasetError for data problems) before any process starts, and
+        when the memory plan says the run would not fit, unless ``force``. ``dataset_name``
+        is the name to record when ``data`` is a stored upload; ``launch`` spreads the run
+        over several processes or hosts.
         """
         launch = launch or Launch()
         info, params, dataset = self.check(
             model, data, params, dataset_name=dataset_name, launch=launch
         )
+        memory = self.plan(info, params, dataset, launch)
+        if not memory.fits and not force:
+            raise refusal(memory)
         lock = self._take_lock()
         run_id = str(uuid.uuid4())
         folder = self.settings.runs / run_id
@@ -456,7 +496,8 @@ class TrainingService:
             lock.close()
             raise
         run = self._launch(record, folder, info, dataset, params, lock, history=[])
-        log.info("training %s started (BLAS: %s)", run_id, self.blas.name)
+        run.memory = memory
+        log.info("training %s started (BLAS: %s; %s)", run_id, self.blas.name, memory.summary())
         return run
 
     def resume(self, run_id: str) -> TrainingRun:

@@ -182,6 +182,8 @@ def test_a_killed_worker_gives_an_error_and_no_adapter(studio, toy_model, tmp_pa
     final = run.wait(timeout=60)
     assert isinstance(final, protocol.Error)
     assert "SIGKILL" in final.error and final.kind == "out_of_memory"
+    # the advice comes with the memory plan's numbers
+    assert "The plan for this run: needs about" in final.hint and "--grad-checkpoint" in final.hint
     assert no_adapters(studio) and service.runs.get(run.id).state == "interrupted"
 
 

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     commands = {
         "train": train_command.train,
+        "plan": train_command.plan,
         "runs": train_command.runs,
         "adapters": adapters_command.adapters,
         "export": adapters_command.export,

@@ -44,8 +44,19 @@ def add_parsers(commands) -> None:
         metavar="RUN_ID",
         help="continue a stopped or interrupted run from its last checkpoint (see `runs`)",
     )
+    train.add_argument(
+        "--force", action="store_true", help="start even when the memory plan says it won't fit"
+    )
     add_arguments(train)
     add_launch_arguments(train)
+    plan = commands.add_parser(
+        "plan", help="the memory a run would need, against what this machine has (no training)"
+    )
+    plan.add_argument("--model", required=True, help="base model folder, or a model name")
+    plan.add_argument("--data", required=True, help=".jsonl file, or a folder with train.jsonl")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    add_arguments(plan)
+    add_launch_arguments(plan)
     runs = commands.add_parser("runs", help="unfinished runs: list, discard, publish")
     runs.add_argument("--json", action="store_true", help="print a JSON list")
     runs_commands = runs.add_subparsers(dest="runs_command")
@@ -83,7 +94,47 @@ def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
     params = params_from_args(args)
     model = resolve_model(args.model, settings.models)
     launch = launch_from_args(args, settings)
-    return service.start(model, args.data, params, name=args.name, launch=launch)
+    return service.start(model, args.data, params, name=args.name, launch=launch, force=args.force)
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Print the run's memory plan; exit 0 whether it fits or not (``fits`` says which)."""
+    from core.training import TrainingService
+
+    settings = Settings.from_env()
+    try:
+        service = TrainingService(settings)
+        launch = launch_from_args(args, settings)
+        model = resolve_model(args.model, settings.models)
+        info, params, dataset = service.check(
+            model, args.data, params_from_args(args), launch=launch
+        )
+        memory = service.plan(info, params, dataset, launch)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        print(json.dumps(memory.to_json()))
+    else:
+        print(describe_plan(memory, info))
+    return 0
+
+
+def describe_plan(memory, info) -> str:
+    """The plan's parts, its verdict, and the changes that lower it."""
+    parts = memory.estimate
+    lines = [
+        f"memory plan for {info.id}: longest example {memory.data.longest} tokens, "
+        f"loss window {memory.data.window}",
+        f"  base weights          {parts.weights_gb:6.2f} GB",
+        f"  LoRA, grads, Adam     {parts.trained_gb:6.2f} GB",
+        f"  activations           {parts.activations_gb:6.2f} GB",
+        f"  loss (logits)         {parts.loss_gb:6.2f} GB",
+        f"  runtime               {parts.runtime_gb:6.2f} GB",
+        f"{memory.summary()}: " + ("fits" if memory.fits else "too much"),
+    ]
+    heading = "lower it with:" if memory.fits else "what would make it fit:"
+    return "\n".join([*lines, heading, *(f"  {line}" for line in memory.advice())])
 
 
 def follow_run(run, service, settings: Settings) -> int:

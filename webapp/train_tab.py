@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
@@ -28,7 +27,9 @@ from core.datasets import (
 )
 from core.errors import StudioError
 from core.models import inspect_model
+from core.models import tokenizer as model_tokenizer
 from core.params import TARGET_KEYS, TrainingParams, default_rank, validate_params
+from core.plan import MemoryPlan
 from core.quantize import cpu_slowdown_warning
 
 from . import charts, hosts_panel, quantize_panel, runs_panel
@@ -102,13 +103,6 @@ class _Layout:
     quantizing: quantize_panel.QuantizePanel
 
 
-@lru_cache(maxsize=4)
-def _tokenizer(model_path: str):
-    from mlx_lm.utils import load_tokenizer
-
-    return load_tokenizer(Path(model_path))
-
-
 def _params(form: dict) -> TrainingParams:
     """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
     Fields a script leaves out keep their defaults."""
@@ -162,12 +156,13 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         info, params, data = studio.training.check(
             entry.path, path, params, dataset_name=name, launch=launch
         )
+        memory = studio.training.plan(info, params, data, launch)
     except DatasetError as exc:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
         return "", "", "", explain(exc), refused
     rows = data.sample
-    tokenizer = _tokenizer(str(info.path))
+    tokenizer = model_tokenizer(info.path)
     stats = token_statistics(
         rows,
         data.format,
@@ -194,8 +189,20 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         for masked, trained in samples
     )
     legend = "<p>Grey: masked from the loss. Bold: trained on.</p>"
-    ready = _ready(params, launch, info)
-    return text, charts.histogram(stats.lengths), legend + shown, ready, gr.update(interactive=True)
+    ready = _ready(params, launch, info) + "  \n" + _memory(memory)
+    start = gr.update(interactive=memory.fits)
+    return text, charts.histogram(stats.lengths), legend + shown, ready, start
+
+
+def _memory(memory: MemoryPlan) -> str:
+    """The memory plan's line; when the run would not fit, what would make it fit."""
+    if memory.fits:
+        return f"Memory: {memory.summary()}."
+    options = "".join(f"\n- {line}" for line in memory.advice())
+    return (
+        f"**Memory: {memory.summary()}, too much: Start is disabled.** "
+        f"What would make it fit:\n{options}"
+    )
 
 
 def _ready(params: TrainingParams, launch, info) -> str:
