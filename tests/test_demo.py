@@ -208,3 +208,66 @@ def test_the_completion_only_loss_equals_mlx_lms_on_the_demo_model(demo):
     loss = choose_loss(model, dataset, max_seq_length=2048)
     assert loss.name == COMPLETION  # SmolLM2: tied embeddings, the head is as_linear
     assert_same_loss_and_gradients(model, loss, dataset)
+
+
+def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, tmp_path):
+    """QLoRA on the real demo model: `models quantize`, a short `train` from the CLI whose
+    adapter mlx-lm loads and /v1 serves with the same greedy reply, then a short run from the
+    page whose adapter answers in the page's chat. (A 4-bit step is ~30x slower on a CPU:
+    eight rows, one epoch, batch 2.)"""
+    import httpx
+    from playwright.sync_api import expect
+
+    from tests.helpers import lora_studio, lora_studio_server
+
+    model_path, dataset = demo
+    home = tmp_path / "studio"
+    done = lora_studio("models", "quantize", str(model_path), "--bits", "4", home=home)
+    assert done.returncode == 0, done.stderr
+    base = home / "models" / f"{model_path.name}-4bit"
+    data = tmp_path / "pirate8.jsonl"
+    data.write_text("\n".join(dataset.read_text().splitlines()[:8]) + "\n")
+    flags = ("--data", str(data), "--epochs", "1", "--batch-size", "2", "--lora-layers", "2")
+    trained = lora_studio(
+        "train", "--model", base.name, *flags, "--learning-rate", "1e-3", home=home
+    )
+    assert trained.returncode == 0, trained.stderr
+    adapter = trained.stdout.split("adapter saved to ")[1].split()[0]
+    adapter_id = trained.stdout.split("model id: ")[1].split()[0]
+    model, tokenizer = load(str(base), adapter_path=adapter)
+    question = "What is the capital of Sweden?"
+    expected = greedy(model, tokenizer, question, max_tokens=12)
+
+    with lora_studio_server(home) as (_, url, _log):
+        body = {
+            "model": adapter_id,
+            "messages": [{"role": "user", "content": question}],
+            "max_tokens": 12,
+            "temperature": 0,
+        }
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"] == expected
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        expect(page.get_by_label("Base model", exact=True).first).to_have_value(base.name)
+        page.locator("input[type=file]").first.set_input_files(str(data))
+        expect(page.locator("#ls-why")).to_contain_text("4-bit quantized", timeout=30000)
+        for label, value in [("Epochs", "1"), ("Batch size", "2"), ("LoRA layers (-1: all)", "2")]:
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Tab")
+        page.get_by_label("Adapter name").fill("Pirate from the page")
+        start = page.get_by_role("button", name="Start training")
+        expect(start).to_be_enabled(timeout=30000)
+        start.click()
+        expect(page.locator("#ls-status")).to_contain_text("Done", timeout=300000)
+        page.get_by_role("tab", name="Chat").click()
+        page.get_by_label("Model", exact=True).first.click()
+        page.get_by_role("option", name=f"Pirate from the page (LoRA on {base.name})").click()
+        page.locator("#ls-msg textarea").fill(question)
+        page.get_by_role("button", name="Send").click()
+        answer = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
+        expect(answer).not_to_be_empty(timeout=120000)
+        page.close()

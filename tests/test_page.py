@@ -5,6 +5,7 @@ Screenshots of each tab go to test-artifacts/screenshots/ for a person to look a
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.helpers import colour_rows, lora_studio_server, write_jsonl
+from tests.helpers import colour_rows, lora_studio, lora_studio_server, write_jsonl
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pirate-colours.jsonl"
@@ -73,6 +74,7 @@ def test_the_only_model_is_preselected_and_a_dropped_dataset_is_checked_at_once(
     expect(summary).to_contain_text("chat format, 20 examples (16 train / 4 validation)")
     expect(summary).to_contain_text("Tokens per example")  # the model was there to count them
     expect(page.get_by_role("button", name="Start training")).to_be_enabled(timeout=20000)
+    expect(page.locator("#ls-why")).to_contain_text("Memory: needs about 0.1")
     shot(page, "train-preselected")
 
 
@@ -293,3 +295,34 @@ def test_quantize_the_base_train_on_it_and_chat_through_the_api(page, studio_url
     expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
     adapter_id = page.locator("#ls-result code").first.inner_text()
     assert chat_through_the_api(studio_url, adapter_id)
+
+
+def test_a_run_that_would_not_fit_keeps_start_disabled_and_says_what_fits(
+    browser, toy_model, tmp_path, monkeypatch
+):
+    """The budget (LORA_STUDIO_MEMORY_GB) sits between the page's run at batch 4 and at
+    batch 1; the page says so, keeps Start disabled, and batch 1 enables it."""
+    home = tmp_path / "small-studio"
+    shutil.copytree(toy_model, home / "models" / "toy")
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows(24))
+    flags = ("--model", "toy", "--data", str(data), "--lora-layers", "4", "--json")
+    done = lora_studio("plan", *flags, home=home)
+    parts = json.loads(done.stdout)["parts_gb"]
+    budget = sum(parts.values()) - (parts["activations_gb"] + parts["loss_gb"]) / 2
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", f"{budget:.4f}")
+    with lora_studio_server(home) as (_, url, _log):
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        expect(page.get_by_label("LoRA layers (-1: all)")).to_have_value("4", timeout=20000)
+        page.locator("input[type=file]").first.set_input_files(str(data))
+        why = page.locator("#ls-why")
+        expect(why).to_contain_text("too much: Start is disabled", timeout=20000)
+        expect(why).to_contain_text("What would make it fit")
+        expect(why).to_contain_text("--batch-size 1 --grad-accumulation-steps 4")
+        start = page.get_by_role("button", name="Start training")
+        expect(start).to_be_disabled()
+        shot(page, "train-memory-plan-refused")
+        fill_number(page, "Batch size", "1")
+        expect(why).to_contain_text("Memory: needs about", timeout=20000)
+        expect(start).to_be_enabled()
+        page.close()

@@ -141,6 +141,7 @@ def test_the_cli_plans_refuses_and_forces(studio, toy_model, tmp_path, monkeypat
     assert not [p for p in studio.runs.iterdir() if p.is_dir()]
     forced = lora_studio("train", *flags, "--epochs", "1", "--force", home=studio.home)
     assert forced.returncode == 0, forced.stderr
+    assert "memory: needs about" in forced.stdout and "of 0.05 GB available" in forced.stdout
 
 
 def test_a_bad_budget_setting_is_named(studio, toy_model, tmp_path, monkeypatch):

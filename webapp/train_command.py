@@ -238,6 +238,8 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
         f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
         f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
     ]
+    if run.memory is not None:
+        lines.append(f"memory: {run.memory.summary()}")
     if blas_hint:
         lines.append(f"note: {blas_hint}")
     slowdown = cpu_slowdown_warning(run.model)
