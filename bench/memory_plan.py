@@ -122,8 +122,7 @@ def predict(model_path: Path, data: Path, flags: list[str]):
     info = inspect_model(model_path)
     params = params_from_args(parser.parse_args(flags)).for_model(info)
     scan = scan_dataset(data, batch_size=params.batch_size)
-    rows_seen = scan.longest + scan.sample
-    shape = DataShape.of(rows_seen, scan.format, tokenizer(info.path), mask_prompt=True)
+    shape = DataShape.of(scan, tokenizer(info.path), mask_prompt=True)
     return estimate(ModelShape.of(info), params, shape)
 
 

@@ -323,6 +323,12 @@ class DatasetScan:
     validation_split: float
     seed: int
 
+    @property
+    def size_bytes(self) -> int:
+        """The dataset's files' size."""
+        files = [self.files.train] + ([self.files.valid] if self.files.valid else [])
+        return sum(f.stat().st_size for f in files)
+
     def write(self, folder: Path) -> Path:
         """train.jsonl and valid.jsonl in ``folder``, streamed line by line: the split of
         ``split_rows`` (the same rows for the same seed), in the file's order."""

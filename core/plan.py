@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .datasets import DatasetScan, processed_rows
 from .errors import StudioError
 from .models import ModelInfo, weight_files
 from .params import TrainingParams
@@ -35,6 +36,9 @@ KEPT_PER_SCORE = 1.25  # per attention score (heads x width x width)
 LOGIT_COPIES = 3.0  # the window's logits, their exponentials, their gradient
 # float32 LoRA parameter, its gradient, its accumulated gradient, Adam's two moments
 TRAINED_BYTES = 20
+# a token in the worker's tokenized dataset: a Python int in a list (measured 34 bytes); the
+# rows themselves take about their size in the file
+TOKEN_BYTES = 34
 PAD_TO = 8  # core.loop.trimmed's widths
 QUANTIZED_BITS = 4  # the "quantized base" alternative
 QUANTIZED_GROUP = 64
@@ -120,21 +124,29 @@ def _projections(info: ModelInfo) -> dict[str, tuple[int, int]]:
 
 @dataclass(frozen=True)
 class DataShape:
-    """The dataset's longest example and widest span of trained tokens, in tokens."""
+    """The dataset in tokens: its longest example, its widest span of trained tokens, and
+    about how many it has in all (the worker holds them all, tokenized)."""
 
     longest: int
     window: int
+    tokens: int = 0
+    size_bytes: int = 0
 
     @classmethod
-    def of(cls, rows: list[dict], fmt: str, tokenizer: Any, *, mask_prompt: bool) -> DataShape:
-        """From mlx-lm's own tokenization (chat template, prompt mask) of ``rows``: the
-        dataset scan's longest rows and its sample."""
-        from .datasets import processed_rows
-
-        items = processed_rows(rows, fmt, tokenizer, mask_prompt)
-        longest = max(len(tokens) for tokens, _ in items)
-        window = max(len(tokens) - max(offset - 1, 0) for tokens, offset in items)
-        return cls(longest=longest, window=window)
+    def of(cls, scan: DatasetScan, tokenizer: Any, *, mask_prompt: bool) -> DataShape:
+        """From mlx-lm's own tokenization (chat template, prompt mask) of the scan's longest
+        rows and its sample; the total scaled from the sample's tokens per byte."""
+        rows = scan.longest + scan.sample
+        items = processed_rows(rows, scan.format, tokenizer, mask_prompt)
+        tokens_per_byte = sum(len(tokens) for tokens, _ in items) / sum(
+            len(json.dumps(row).encode()) for row in rows
+        )
+        return cls(
+            longest=max(len(tokens) for tokens, _ in items),
+            window=max(len(tokens) - max(offset - 1, 0) for tokens, offset in items),
+            tokens=round(scan.size_bytes * tokens_per_byte),
+            size_bytes=scan.size_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,13 +157,12 @@ class Estimate:
     trained_gb: float  # LoRA parameters, gradients, Adam moments
     activations_gb: float
     loss_gb: float
+    data_gb: float  # the dataset's rows and tokens in the worker
     runtime_gb: float = RUNTIME_GB
 
     @property
     def peak_gb(self) -> float:
-        return (
-            self.weights_gb + self.trained_gb + self.activations_gb + self.loss_gb + self.runtime_gb
-        )
+        return sum(vars(self).values())
 
 
 def estimate(
@@ -176,6 +187,7 @@ def estimate(
         trained_gb=_trained_parameters(model, params, adapted) * TRAINED_BYTES / GB,
         activations_gb=kept * model.dtype_bytes / GB,
         loss_gb=logits * model.dtype_bytes / GB,
+        data_gb=(data.size_bytes + data.tokens * TOKEN_BYTES) / GB,
     )
 
 

@@ -430,12 +430,7 @@ class TrainingService:
         """The memory the run needs on this machine (``core.plan``), against what it has:
         the dataset's longest rows and its sample tokenized as the worker will."""
         hosts = (launch or Launch()).hosts()
-        data = DataShape.of(
-            dataset.longest + dataset.sample,
-            dataset.format,
-            tokenizer(info.path),
-            mask_prompt=params.mask_prompt,
-        )
+        data = DataShape.of(dataset, tokenizer(info.path), mask_prompt=params.mask_prompt)
         here = max(1, sum(is_this_machine(host.ssh) for host in hosts))
         return plan(
             ModelShape.of(info),

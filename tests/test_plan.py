@@ -33,7 +33,7 @@ def long_row(words: int) -> dict:
 @pytest.fixture
 def shapes(toy_model):
     info = inspect_model(toy_model)
-    data = DataShape(longest=120, window=100)
+    data = DataShape(longest=120, window=100, tokens=5000, size_bytes=20000)
     return ModelShape.of(info), TrainingParams(lora_layers=4).for_model(info), data
 
 
@@ -55,7 +55,7 @@ def test_the_data_shape_finds_the_longest_row_beyond_the_sample(tmp_path, toy_mo
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     scan = scan_dataset(path, batch_size=4)
     tok = tokenizer(toy_model)
-    data = DataShape.of(scan.longest + scan.sample, scan.format, tok, mask_prompt=True)
+    data = DataShape.of(scan, tok, mask_prompt=True)
     from types import SimpleNamespace
 
     from mlx_lm.tuner.datasets import create_dataset
@@ -65,14 +65,15 @@ def test_the_data_shape_finds_the_longest_row_beyond_the_sample(tmp_path, toy_mo
     assert data.longest == max(len(tokens) for tokens, _ in items)
     assert data.window == target_window(items, max_seq_length=10**6)
     assert data.window < data.longest  # the prompt is masked
+    # the dataset's tokens in all, scaled from the rows seen: within 10% of the real count
+    assert data.tokens == pytest.approx(sum(len(tokens) for tokens, _ in items), rel=0.1)
 
 
 def test_the_estimate_follows_the_run(shapes):
     model, params, data = shapes
     base = estimate(model, params, data)
-    assert base.peak_gb == pytest.approx(
-        base.weights_gb + base.trained_gb + base.activations_gb + base.loss_gb + base.runtime_gb
-    )
+    parts = base.weights_gb + base.trained_gb + base.activations_gb + base.loss_gb
+    assert base.peak_gb == pytest.approx(parts + base.data_gb + base.runtime_gb)
     halved = estimate(model, params.model_copy(update={"batch_size": 2}), data)
     assert halved.activations_gb == pytest.approx(base.activations_gb / 2)
     assert halved.loss_gb == pytest.approx(base.loss_gb / 2)

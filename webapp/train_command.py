@@ -130,6 +130,7 @@ def describe_plan(memory, info) -> str:
         f"  LoRA, grads, Adam     {parts.trained_gb:6.2f} GB",
         f"  activations           {parts.activations_gb:6.2f} GB",
         f"  loss (logits)         {parts.loss_gb:6.2f} GB",
+        f"  dataset (rows, tokens){parts.data_gb:6.2f} GB",
         f"  runtime               {parts.runtime_gb:6.2f} GB",
         f"{memory.summary()}: " + ("fits" if memory.fits else "too much"),
     ]
