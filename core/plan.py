@@ -4,7 +4,7 @@ A LoRA step's peak is the base weights, the LoRA parameters with their gradients
 moments, the activations the backward pass keeps for every adapted layer, and the logits of
 the loss window (``core.loss``: the head runs only where targets are). Each term is a count of
 elements from the model's shape (config.json and safetensors headers), the run's parameters
-and the dataset's longest example, so the plan costs milliseconds and loads no weight.
+and the dataset (its longest examples, tokenized, and its size): the plan loads no weight.
 
 The per-layer coefficients (values kept per token, per attention score) are what the studio's
 own worker keeps; they were fitted and are checked on real runs of several sizes by
@@ -170,9 +170,8 @@ def estimate(
 ) -> Estimate:
     """The peak of one worker process (one rank of ``ranks``, which share each batch)."""
     batch = max(1, params.batch_size // ranks)
-    width = min(
-        PAD_TO * math.ceil(min(data.longest, params.max_seq_length) / PAD_TO), params.max_seq_length
-    )
+    length = min(data.longest, params.max_seq_length)
+    width = min(PAD_TO * math.ceil(length / PAD_TO), params.max_seq_length)
     window = width if model.head_softcap else min(data.window, width)
     adapted = model.layers if params.lora_layers < 0 else min(params.lora_layers, model.layers)
     tokens = batch * width
