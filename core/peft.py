@@ -6,7 +6,8 @@ PEFT keeps ``lora_A.weight`` as (r, in) and ``lora_B.weight`` as (out, r) under
 ``base_model.model.`` and scales by ``lora_alpha / r``. The weight delta is the same:
 ``scale * (x @ a @ b)`` = ``scale * x @ (B @ A).T``. A DoRA adapter's magnitude ``m`` (one
 per output) is PEFT's ``lora_magnitude_vector``: both scale each output row of the adapted
-weight ``W + scale * delta`` to it, over that row's norm. (DoRA exports; imports are LoRA only.)
+weight ``W + scale * delta`` to it, over that row's norm. A DoRA import needs every module of
+every adapted layer in the file: a magnitude left out would have to be computed from the base.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
 _MLX_NAME = re.compile(r"model\.layers\.(\d+)\.(\w+)\.(\w+)\.(lora_a|lora_b|m)")
 _PEFT_NAME = re.compile(
-    r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+)\.(\w+)\.lora_([AB])\.weight"
+    r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+)\.(\w+)\."
+    r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector(?:\.weight)?)"
 )
+_MLX_SIDE = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b"}  # else: the magnitude, m
 
 
 def _numpy(folder: Path) -> dict[str, np.ndarray]:
@@ -138,11 +141,12 @@ def import_peft(folder: Path, store: AdapterStore, base: ModelInfo, name: str | 
     scale = config["lora_alpha"] / (rank**0.5 if config.get("use_rslora") else rank)
     weights, first_layer = _mlx_weights(folder, base, rank)
     num_layers = base.num_layers - first_layer
+    kind = "dora" if config.get("use_dora") else "lora"
     for layer in range(first_layer, first_layer + num_layers):
         for key in keys:  # layers and modules PEFT left out: a zero delta, as mlx-lm needs all
-            _fill(weights, base, layer, key, rank)
+            _fill(weights, base, layer, key, rank, dora=kind == "dora")
     mlx_config = {
-        "fine_tune_type": "lora",
+        "fine_tune_type": kind,
         "num_layers": num_layers,
         "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0, "keys": keys},
         "model": str(base.path),
@@ -164,6 +168,7 @@ def import_peft(folder: Path, store: AdapterStore, base: ModelInfo, name: str | 
             targetModules=keys,
             importedFrom="peft",
             peftBaseModel=config.get("base_model_name_or_path"),
+            fineTuneType=kind,
         ).write(staging)
         return store.import_folder(staging, base, label)
 
@@ -175,9 +180,8 @@ def _peft_config(folder: Path) -> dict:
         raise StudioError(f"{PEFT_CONFIG} is missing or invalid ({exc})") from None
     if config.get("peft_type") != "LORA":
         raise StudioError(f"only PEFT LoRA adapters can be imported, not {config.get('peft_type')}")
-    for flag, why in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan-in-fan-out (GPT-2 style)")):
-        if config.get(flag):
-            raise StudioError(f"{why} PEFT adapters cannot be imported yet")
+    if config.get("fan_in_fan_out"):
+        raise StudioError("fan-in-fan-out (GPT-2 style) PEFT adapters cannot be imported yet")
     if not (folder / PEFT_WEIGHTS).is_file():
         raise StudioError(f"the PEFT adapter has no {PEFT_WEIGHTS} (only safetensors is read)")
     return config
@@ -200,17 +204,27 @@ def _mlx_weights(folder: Path, base: ModelInfo, rank: int) -> tuple[dict, int]:
 
     weights, layers = {}, []
     for name, value in load_file(str(folder / PEFT_WEIGHTS)).items():
-        layer, block, module, side = _PEFT_NAME.fullmatch(name).groups()
-        key = f"model.layers.{layer}.{block}.{module}.lora_{side.lower()}"
-        weights[key] = np.ascontiguousarray(value.astype(np.float32).T)
+        layer, block, module, tensor = _PEFT_NAME.fullmatch(name).groups()
+        stem = f"model.layers.{layer}.{block}.{module}"
+        value = value.astype(np.float32)
+        if tensor in _MLX_SIDE:
+            weights[f"{stem}.{_MLX_SIDE[tensor]}"] = np.ascontiguousarray(value.T)
+        else:
+            weights[f"{stem}.m"] = value.reshape(-1)
         layers.append(int(layer))
     return weights, min(layers)
 
 
-def _fill(weights: dict, base: ModelInfo, layer: int, key: str, rank: int) -> None:
+def _fill(weights: dict, base: ModelInfo, layer: int, key: str, rank: int, dora: bool) -> None:
     stem = f"model.layers.{layer}.{key}"
-    if f"{stem}.lora_a" in weights:
+    if f"{stem}.lora_a" in weights and (not dora or f"{stem}.m" in weights):
         return
+    if dora:
+        raise StudioError(
+            f"the DoRA PEFT adapter leaves out {stem} (or its magnitude)",
+            hint="a DoRA adapter imports when each layer from its first to the model's last "
+            "has all its target modules: a left-out magnitude depends on the base's weights",
+        )
     shape = base.tensors.get(f"{stem}.weight")
     if shape is None:
         raise StudioError(f"{base.id} has no {stem}: the PEFT adapter does not fit it")

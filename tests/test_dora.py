@@ -99,9 +99,29 @@ def test_a_dora_adapter_exports_imports_and_fuses(adapters, tmp_path):
     stem = "model.layers.0.self_attn.q_proj"
     exported = magnitudes[f"base_model.model.{stem}.lora_magnitude_vector"]
     assert (exported == np.array(mine[f"{stem}.m"])).all()
+    back = import_any(peft, store, base, name="DoRA from PEFT")
+    assert AdapterMetadata.read(settings.adapters / back).model_extra["fineTuneType"] == "dora"
+    assert mlx_lm_reply(settings, back) == mlx_lm_reply(settings, ids["dora"])
     with pytest.raises(StudioError, match="GGUF adapters are LoRA only") as refused:
         export_adapter(store, ids["dora"], base, "gguf-adapter", tmp_path / "a.gguf")
     assert "fused model" in refused.value.hint
+
+
+def test_a_dora_peft_adapter_missing_a_module_is_refused(adapters, tmp_path):
+    from safetensors.numpy import save_file
+
+    settings, ids = adapters
+    store = AdapterStore(settings.adapters)
+    base = inspect_model(settings.models / "toy")
+    peft = export_adapter(store, ids["dora"], base, "peft", tmp_path / "peft")
+    weights = load_file(str(peft / "adapter_model.safetensors"))
+    left_out = "base_model.model.model.layers.2.self_attn.v_proj.lora_magnitude_vector"
+    del weights[left_out]
+    save_file(weights, str(peft / "adapter_model.safetensors"))
+    before = sorted(settings.adapters.iterdir())
+    with pytest.raises(StudioError, match="leaves out model.layers.2.self_attn.v_proj"):
+        import_any(peft, store, base, name=None)
+    assert sorted(settings.adapters.iterdir()) == before  # nothing half-imported
 
 
 def test_an_unknown_fine_tune_type_is_refused_naming_the_field(studio, toy_model, colour_dataset):
