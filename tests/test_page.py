@@ -170,7 +170,11 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
 
 
 def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
+    """...and a page open before the run started (another browser) follows it by itself."""
     data = write_jsonl(tmp_path / "long.jsonl", colour_rows(64))
+    other = browser.new_page(viewport={"width": 1400, "height": 1100})
+    other.goto(studio_url)
+    expect(other.get_by_label("LoRA layers (-1: all)")).to_have_value("4", timeout=20000)
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(studio_url)
     pick(page, "Base model", "toy")
@@ -180,11 +184,14 @@ def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
     expect(start).to_be_enabled(timeout=20000)
     start.click()
     expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=60000)
+    expect(other.locator("#ls-progress-text")).to_contain_text("step", timeout=30000)
     page.reload()
     expect(page.locator("#ls-progress-text")).to_contain_text("step", timeout=30000)
     expect(page.locator("#ls-status")).to_contain_text("Training")
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.locator("#ls-status")).to_contain_text("Stopped", timeout=60000)
+    expect(other.locator("#ls-status")).to_contain_text("Stopped", timeout=30000)
+    other.close()
     stopped = page.locator("#ls-runs tr[data-state=stopped]", has_text="long.jsonl")
     expect(stopped).to_have_count(1, timeout=30000)
     pick(page, "Run", "Trained on long.jsonl")

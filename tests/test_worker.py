@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from core import protocol
+from core.errors import StudioError
 from core.params import TrainingParams
 from core.training import TrainingService
 from tests.helpers import write_jsonl
@@ -144,9 +147,11 @@ def test_out_of_memory_gets_advice_and_leaves_no_adapter(studio, toy_model, tmp_
     write_jsonl(data / "valid.jsonl", [{"text": "short"}])  # keeps the first validation quick
     params = TrainingParams(lora_layers=-1, batch_size=32, max_seq_length=4096, epochs=1)
     service = MemoryCappedService(studio)
-    run = service.start(toy_model, data, params)
+    with pytest.raises(StudioError, match="would not fit in memory"):  # the plan saw it coming
+        service.start(toy_model, data, params)
+    run = service.start(toy_model, data, params, force=True)
     final = run.wait(timeout=300)
     assert isinstance(final, protocol.Error) and final.kind == "out_of_memory"
-    assert "batch size" in final.hint
+    assert "batch size" in final.hint and "The plan for this run: needs about" in final.hint
     assert not any(p.is_dir() for p in studio.adapters.iterdir())
     assert service.runs.get(run.id).state == "interrupted"  # kept, resumable

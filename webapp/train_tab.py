@@ -518,6 +518,20 @@ class TrainActions:
         else:
             yield from self._follow(run)
 
+    def shown_at_load(self) -> str | None:
+        """The run a page shows from its load on (see ``watch``)."""
+        run = self.studio.training.current
+        return run.id if run is not None and not run.done else None
+
+    def watch(self, shown: str | None):
+        """(shown, join): a run started elsewhere (another page, the API, the CLI) after this
+        page loaded gets ``join`` set, which makes the page follow it; a run this page is
+        starting itself (``shown`` is STARTING) is only noted, its Start already follows it."""
+        run = self.studio.training.current
+        if run is None or run.done or run.id == shown:
+            return gr.skip(), gr.skip()
+        return run.id, (gr.skip() if shown == STARTING else run.id)
+
     def stop(self):
         """Stop the current run after a checkpoint; it stays resumable."""
         if self.studio.training.current is not None:
@@ -582,6 +596,23 @@ class TrainActions:
             )
 
 
+STARTING = "starting"  # a page's ``shown`` while its own Start or Resume launches a run
+WATCH_SECONDS = 1.0
+
+
+def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs) -> gr.State:
+    """A page follows a run started after it loaded, wherever it was started. Returns the
+    run it shows, which the page's own Start and Resume clear when they end."""
+    private = {"api_visibility": "private", "show_progress": "hidden"}
+    shown, join = gr.State(None), gr.State(None)
+    page.load(act.shown_at_load, None, shown, **private)
+    for button in buttons:
+        button.click(lambda: STARTING, None, shown, **private)
+    gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **private)
+    join.change(act.show_current, None, progress_outputs, **private)
+    return shown
+
+
 def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     ui = _layout(studio)
     act = TrainActions(studio)
@@ -626,7 +657,7 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     ui.get_demo.click(
         act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **private
     ).then(**pick).then(**check)
-    ui.start.click(
+    training = ui.start.click(
         act.train,
         [*dataset, ui.name],
         progress_outputs,
@@ -644,7 +675,10 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
         ui.hosts.report,
         api_name="check_hosts",
     )
-    ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
+    resuming = ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
+    shown = _join_runs_started_elsewhere(act, page, [ui.start, ui.runs.resume], progress_outputs)
+    for started in (training, resuming):  # a refused Start must not leave the page "starting"
+        started.then(lambda: None, None, shown, api_visibility="private")
     ui.runs.discard.click(
         act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **private
     )
