@@ -161,37 +161,51 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
     except StudioError as exc:
         return "", "", "", explain(exc), refused
-    rows = data.sample
     tokenizer = model_tokenizer(info.path)
     stats = token_statistics(
-        rows,
+        data.sample,
         data.format,
         tokenizer,
         max_seq_length=params.max_seq_length,
         mask_prompt=params.mask_prompt,
     )
+    ready = _ready(params, launch, info) + "  \n" + _memory(memory)
+    return (
+        _tokens_text(name, data, stats, params),
+        charts.histogram(stats.lengths),
+        _preview_html(data, tokenizer, params),
+        ready,
+        gr.update(interactive=memory.fits),
+    )
+
+
+def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
+    """The dataset's counts and token statistics, and how many examples will be truncated."""
     text = (
         f"### {name}\n{_counts(data)} Tokens per example: "
         f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
         f"{stats.trained_tokens:,} trained on per epoch."
     )
-    if data.total > len(rows):
+    if data.total > len(data.sample):
         text += f"  \n(Token statistics of the first {SAMPLE_ROWS:,} examples.)"
     if stats.over_max_length:
         text += (
             f"  \n**{stats.over_max_length}** example(s) are longer than "
             f"{params.max_seq_length} tokens and will be truncated."
         )
-    samples = preview(rows[:PREVIEW_ROWS], data.format, tokenizer, mask_prompt=params.mask_prompt)
+    return text
+
+
+def _preview_html(data, tokenizer, params: TrainingParams) -> str:
+    """The first examples as the loss sees them: masked tokens grey, trained ones bold."""
+    rows = data.sample[:PREVIEW_ROWS]
+    samples = preview(rows, data.format, tokenizer, mask_prompt=params.mask_prompt)
     shown = "".join(
         f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(masked)}</span>"
         f"<b class='ls-trained'>{html.escape(trained)}</b></pre>"
         for masked, trained in samples
     )
-    legend = "<p>Grey: masked from the loss. Bold: trained on.</p>"
-    ready = _ready(params, launch, info) + "  \n" + _memory(memory)
-    start = gr.update(interactive=memory.fits)
-    return text, charts.histogram(stats.lengths), legend + shown, ready, start
+    return "<p>Grey: masked from the loss. Bold: trained on.</p>" + shown
 
 
 def _memory(memory: MemoryPlan) -> str:
@@ -596,6 +610,7 @@ class TrainActions:
             )
 
 
+PRIVATE = {"api_visibility": "private"}  # page wiring, not the API
 STARTING = "starting"  # a page's ``shown`` while its own Start or Resume launches a run
 WATCH_SECONDS = 1.0
 
@@ -603,7 +618,7 @@ WATCH_SECONDS = 1.0
 def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs) -> gr.State:
     """A page follows a run started after it loaded, wherever it was started. Returns the
     run it shows, which the page's own Start and Resume clear when they end."""
-    private = {"api_visibility": "private", "show_progress": "hidden"}
+    private = {**PRIVATE, "show_progress": "hidden"}
     shown, join = gr.State(None), gr.State(None)
     page.load(act.shown_at_load, None, shown, **private)
     for button in buttons:
@@ -617,58 +632,54 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     ui = _layout(studio)
     act = TrainActions(studio)
     form = {name: ui.form[name] for name in FORM_FIELDS}
+    dataset = [ui.model, ui.data_path, ui.data_name]
+    check = {"fn": act.check_dataset, "inputs": dataset, "inputs_kwargs": form}
+    check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start], **PRIVATE}
+    _wire_form(ui, act, page, form, check)
+    _wire_runs(ui, act, page, form, dataset)
+    return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
+
+
+def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
+    """The form: every edit re-checks the run (``check``); picking a model fits the form."""
     rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
     alpha_follows = gr.State(True)
-    dataset = [ui.model, ui.data_path, ui.data_name]
-    check_outputs = [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]
-    runs_outputs = [ui.runs.table, ui.runs.picker]
-    progress_outputs = [
-        ui.bar,
-        ui.chart,
-        ui.status,
-        ui.result,
-        ui.chat_with,
-        ui.new_adapter,
-        ui.start,
-        ui.stop,
-        *runs_outputs,
-    ]
-    private = {"api_visibility": "private"}
     pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
-    pick |= {"outputs": [rank, alpha, layers], **private}
-    check = {"fn": act.check_dataset, "inputs": dataset, "outputs": check_outputs}
-    check |= {"inputs_kwargs": form, **private}
-
+    pick |= {"outputs": [rank, alpha, layers], **PRIVATE}
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
-    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **private).success(
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **PRIVATE).success(
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
     ui.model.input(**pick).then(**check)
     ui.server_path.submit(
-        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **private
+        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **PRIVATE
     ).then(**check)
     rank.input(
-        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **private
+        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **PRIVATE
     )
-    alpha.input(lambda: False, None, alpha_follows, **private)
+    alpha.input(lambda: False, None, alpha_follows, **PRIVATE)
     for field in form.values():
         # a check still running must not swallow the latest edit
         field.input(**check, trigger_mode="always_last")
     ui.get_demo.click(
-        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **private
+        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **PRIVATE
     ).then(**pick).then(**check)
-    training = ui.start.click(
-        act.train,
-        [*dataset, ui.name],
-        progress_outputs,
-        inputs_kwargs=form,
-        api_name="train",
-    )
-    ui.stop.click(act.stop, None, None, api_name="stop")
     q = ui.quantizing
     q.button.click(
-        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **private
+        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE
     ).then(**pick).then(**check)
+    page.load(act.preselect, None, ui.model, **PRIVATE).then(**pick).then(**check)
+
+
+def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
+    """Start, Stop, Resume, Discard, the hosts check, and following the studio's run."""
+    runs_outputs = [ui.runs.table, ui.runs.picker]
+    progress_outputs = [ui.bar, ui.chart, ui.status, ui.result, ui.chat_with, ui.new_adapter]
+    progress_outputs += [ui.start, ui.stop, *runs_outputs]
+    training = ui.start.click(
+        act.train, [*dataset, ui.name], progress_outputs, inputs_kwargs=form, api_name="train"
+    )
+    ui.stop.click(act.stop, None, None, api_name="stop")
     ui.hosts.check.click(
         act.check_hosts,
         [ui.hosts.mode, ui.hosts.processes, ui.model],
@@ -678,10 +689,8 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     resuming = ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
     shown = _join_runs_started_elsewhere(act, page, [ui.start, ui.runs.resume], progress_outputs)
     for started in (training, resuming):  # a refused Start must not leave the page "starting"
-        started.then(lambda: None, None, shown, api_visibility="private")
+        started.then(lambda: None, None, shown, **PRIVATE)
     ui.runs.discard.click(
-        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **private
+        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **PRIVATE
     )
-    page.load(act.show_current, None, progress_outputs, **private)
-    page.load(act.preselect, None, ui.model, **private).then(**pick).then(**check)
-    return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
+    page.load(act.show_current, None, progress_outputs, **PRIVATE)
