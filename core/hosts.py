@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -65,10 +66,28 @@ def probe(model: str | None) -> dict:
     }
 
 
-def check_hosts(hosts: list[Host], model: str | Path | None = None) -> list[HostReport]:
-    """Probe every host; the reports, in rank order."""
+def check_hosts(
+    hosts: list[Host], model: str | Path | None = None, rank_gb: float | None = None
+) -> list[HostReport]:
+    """Probe every host; the reports, in rank order. ``rank_gb`` is a run's memory plan for
+    one rank: a host with less free memory than its ranks need has a problem."""
     here = probe(str(model) if model else None)
-    return [_check(rank, host, here, model) for rank, host in enumerate(hosts)]
+    reports = [_check(rank, host, here, model) for rank, host in enumerate(hosts)]
+    if rank_gb:
+        ranks_on = Counter(host.ssh for host in hosts)
+        for report in reports:
+            _check_memory(report, rank_gb * ranks_on[report.host], ranks_on[report.host])
+    return reports
+
+
+def _check_memory(report: HostReport, needed_gb: float, ranks: int) -> None:
+    free = report.available_gb
+    if report.ok and free is not None and needed_gb > free:
+        report.problems.append(
+            f"the run needs about {needed_gb:.2f} GB for its {ranks} rank(s) there and "
+            f"{free:.2f} GB is free; fix: free memory there, or lower the run's memory "
+            "(`lora-studio plan` lists how)"
+        )
 
 
 def _check(rank: int, host: Host, here: dict, model: str | Path | None) -> HostReport:

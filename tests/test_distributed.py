@@ -219,6 +219,26 @@ def test_hosts_check_names_an_unreachable_host(studio):
     assert time.monotonic() - started < 30
 
 
+def test_hosts_check_compares_each_hosts_free_memory_with_the_plan(
+    studio, toy_model, colour_dataset, monkeypatch
+):
+    """Two ranks on this machine need twice one rank's plan; the budget setting (which the
+    probe reads like any host would) is between one rank's plan and two."""
+    hostfile = studio.home / "hosts.json"
+    hostfile.write_text(json.dumps([{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}] * 2))
+    flags = ("--model", str(toy_model), "--data", str(colour_dataset), "--lora-layers", "2")
+    plan = lora_studio("plan", *flags, "--processes", "2", "--json", home=studio.home)
+    one_rank = json.loads(plan.stdout)["peak_gb"] / 2
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", f"{one_rank * 1.5:.4f}")
+    done = lora_studio("hosts", "check", *flags, home=studio.home, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for line in done.stdout.splitlines():
+        assert "the run needs about" in line and "for its 2 rank(s) there" in line
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", f"{one_rank * 2.5:.4f}")
+    done = lora_studio("hosts", "check", *flags, home=studio.home, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_a_hosts_file_in_another_format_is_refused_clearly(studio, toy_model, colour_dataset):
     bad = studio.home / "bad-hosts.json"
     bad.write_text('{"machines": ["a", "b"]}')

@@ -9,6 +9,7 @@ from pathlib import Path
 from core.errors import StudioError
 from core.launch import BACKENDS, HOSTS_FILE, Launch
 from core.models import resolve_model
+from core.params import add_arguments, params_from_args
 from core.settings import Settings
 
 
@@ -55,6 +56,10 @@ def add_parser(commands) -> None:
     )
     add_launch_arguments(check, processes=False)
     check.add_argument("--model", help="the base model every host needs")
+    check.add_argument(
+        "--data", help="with --model and training flags: check each host's memory for the run"
+    )
+    add_arguments(check)
 
 
 def hosts(args: argparse.Namespace) -> int:
@@ -68,10 +73,11 @@ def hosts(args: argparse.Namespace) -> int:
         launch = launch_from_args(args, settings)
         found = launch.hosts()
         model = resolve_model(args.model, settings.models) if args.model else None
+        rank_gb = _rank_plan_gb(args, settings, model, launch)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    reports = check_hosts(found, model)
+    reports = check_hosts(found, model, rank_gb)
     for report in reports:
         print(report.line())
     try:
@@ -80,3 +86,16 @@ def hosts(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0 if all(report.ok for report in reports) else 1
+
+
+def _rank_plan_gb(args: argparse.Namespace, settings: Settings, model, launch) -> float | None:
+    """One rank's memory plan for the run ``--data`` and the training flags describe."""
+    if not args.data:
+        return None
+    if model is None:
+        raise StudioError("--data needs --model: the plan is the model's and the data's")
+    from core.training import TrainingService
+
+    service = TrainingService(settings)
+    info, params, dataset = service.check(model, args.data, params_from_args(args), launch=launch)
+    return service.plan(info, params, dataset, launch).estimate.peak_gb
