@@ -15,7 +15,7 @@ import random
 import shutil
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -322,6 +322,25 @@ class DatasetScan:
     total: int
     validation_split: float
     seed: int
+    _tokens: tuple | None = field(default=None, repr=False, compare=False)
+
+    def tokenized(self, tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], int]]:
+        """The sample's rows, then the longest rows, as (tokens, offset) pairs: one pass that
+        the token statistics, the preview and the memory plan share (the page makes all
+        three at every edit of the form)."""
+        cached = self._tokens
+        if cached is None or cached[0] is not tokenizer or cached[1] != mask_prompt:
+            rows = self.sample + self.longest
+            self._tokens = (
+                tokenizer,
+                mask_prompt,
+                processed_rows(rows, self.format, tokenizer, mask_prompt),
+            )
+        return self._tokens[2]
+
+    def sample_tokens(self, tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], int]]:
+        """The sample's rows, tokenized (see ``tokenized``)."""
+        return self.tokenized(tokenizer, mask_prompt)[: len(self.sample)]
 
     @property
     def size_bytes(self) -> int:
@@ -439,16 +458,14 @@ def processed_rows(
     return [processed.process(row) for row in rows]
 
 
-def token_statistics(
-    rows: list[dict], fmt: str, tokenizer: Any, *, max_seq_length: int, mask_prompt: bool
-) -> TokenStats:
-    """Token counts as the trainer will see them."""
+def token_statistics(items: list[tuple[list[int], int]], *, max_seq_length: int) -> TokenStats:
+    """Token counts as the trainer will see them, from rows tokenized by ``processed_rows``."""
     lengths, trained = [], 0
-    for tokens, offset in processed_rows(rows, fmt, tokenizer, mask_prompt):
+    for tokens, offset in items:
         lengths.append(len(tokens))
         trained += max(0, min(len(tokens), max_seq_length) - offset)
     return TokenStats(
-        examples=len(rows),
+        examples=len(items),
         min_tokens=min(lengths),
         median_tokens=statistics.median(lengths),
         max_tokens=max(lengths),
@@ -458,14 +475,12 @@ def token_statistics(
     )
 
 
-def preview(
-    rows: list[dict], fmt: str, tokenizer: Any, *, mask_prompt: bool
-) -> list[tuple[str, str]]:
-    """For each row: (the text masked from the loss, the text trained on), as the model
-    sees them after its chat template."""
+def preview(items: list[tuple[list[int], int]], tokenizer: Any) -> list[tuple[str, str]]:
+    """For each tokenized row: (the text masked from the loss, the text trained on), as the
+    model sees them after its chat template."""
     return [
         (tokenizer.decode(tokens[:offset]), tokenizer.decode(tokens[offset:]))
-        for tokens, offset in processed_rows(rows, fmt, tokenizer, mask_prompt)
+        for tokens, offset in items
     ]
 
 

@@ -30,6 +30,7 @@ class ModelInfo:
     parameter_count: int
     tensors: dict[str, list[int]] = field(repr=False, compare=False, hash=False)
     quantization: dict | None = field(default=None, compare=False, hash=False)
+    dtypes: dict[str, str] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     def has_module(self, key: str) -> bool:
         """Whether some transformer layer has the linear ``key`` (e.g. ``self_attn.q_proj``)."""
@@ -76,14 +77,21 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """The tensor names and shapes of a safetensors file, read from its header (no data)."""
+def tensor_headers(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Each tensor's shape and dtype (``F32``, ``BF16``, ``U32``...) in a safetensors file,
+    read from its header (no data)."""
     try:
         with safe_open(str(path), framework="numpy") as f:
             names = f.keys()  # safe_open handles are not iterable
-            return {name: list(f.get_slice(name).get_shape()) for name in names}
+            slices = {name: f.get_slice(name) for name in names}
+            return {name: (list(t.get_shape()), t.get_dtype()) for name, t in slices.items()}
     except (OSError, ValueError, SafetensorError) as exc:
         raise StudioError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """The tensor names and shapes of a safetensors file, read from its header (no data)."""
+    return {name: shape for name, (shape, _) in tensor_headers(path).items()}
 
 
 def inspect_model(folder: str | Path, model_id: str | None = None) -> ModelInfo:
@@ -107,9 +115,10 @@ def inspect_model(folder: str | Path, model_id: str | None = None) -> ModelInfo:
     num_layers = text_config.get("num_hidden_layers") or text_config.get("n_layers")
     if not isinstance(num_layers, int):
         raise StudioError(f"{folder}/config.json does not say how many layers the model has")
-    tensors: dict[str, list[int]] = {}
+    headers: dict[str, tuple[list[int], str]] = {}
     for file in weight_files(folder):
-        tensors.update(tensor_shapes(file))
+        headers.update(tensor_headers(file))
+    tensors = {name: shape for name, (shape, _) in headers.items()}
     return ModelInfo(
         id=model_id or folder.name,
         path=folder,
@@ -118,6 +127,7 @@ def inspect_model(folder: str | Path, model_id: str | None = None) -> ModelInfo:
         parameter_count=_parameter_count(tensors, config.get("quantization")),
         tensors=tensors,
         quantization=config.get("quantization"),
+        dtypes={name: dtype for name, (_, dtype) in headers.items()},
     )
 
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .datasets import DatasetScan, processed_rows
+from .datasets import DatasetScan
 from .errors import StudioError
 from .models import ModelInfo, weight_files
 from .params import TrainingParams
@@ -65,7 +65,6 @@ class ModelShape:
     def of(cls, info: ModelInfo) -> ModelShape:
         config = json.loads((info.path / "config.json").read_text())
         config = config.get("text_config", config)
-        dtypes = _dtypes(info)
         hidden = int(config["hidden_size"])
         embedding = next((s for n, s in info.tensors.items() if "embed_tokens" in n), [0, 0])
         return cls(
@@ -74,32 +73,22 @@ class ModelShape:
             heads=int(config.get("num_attention_heads") or 1),
             layers=info.num_layers,
             vocab=int(config.get("vocab_size") or embedding[0]),
-            dtype_bytes=max((DTYPE_BYTES.get(d, 0) for d in dtypes.values()), default=4),
+            dtype_bytes=max((DTYPE_BYTES.get(d, 0) for d in info.dtypes.values()), default=4),
             weights_bytes=sum(f.stat().st_size for f in weight_files(info.path)),
-            quantized_bytes=_quantized_bytes(info, dtypes),
+            quantized_bytes=_quantized_bytes(info),
             quantized=bool(info.quantization),
             projections=_projections(info),
             head_softcap=bool(config.get("final_logit_softcapping")),
         )
 
 
-def _dtypes(info: ModelInfo) -> dict[str, str]:
-    """Each tensor's dtype, from the safetensors headers (8 bytes of length, then JSON)."""
-    dtypes: dict[str, str] = {}
-    for file in weight_files(info.path):
-        with file.open("rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        dtypes.update({n: t["dtype"] for n, t in header.items() if n != "__metadata__"})
-    return dtypes
-
-
-def _quantized_bytes(info: ModelInfo, dtypes: dict[str, str]) -> int:
+def _quantized_bytes(info: ModelInfo) -> int:
     """The weights' size once mlx-lm quantizes every matrix whose rows split into groups."""
     if info.quantization:
         return 0
     total = 0
     for name, shape in info.tensors.items():
-        size, dtype = math.prod(shape), DTYPE_BYTES.get(dtypes.get(name, ""), 4)
+        size, dtype = math.prod(shape), DTYPE_BYTES.get(info.dtypes.get(name, ""), 4)
         if len(shape) == 2 and shape[-1] % QUANTIZED_GROUP == 0:
             groups = size // QUANTIZED_GROUP
             total += size * QUANTIZED_BITS // 8 + 2 * groups * dtype  # values, scales, biases
@@ -136,8 +125,8 @@ class DataShape:
     def of(cls, scan: DatasetScan, tokenizer: Any, *, mask_prompt: bool) -> DataShape:
         """From mlx-lm's own tokenization (chat template, prompt mask) of the scan's longest
         rows and its sample; the total scaled from the sample's tokens per byte."""
-        rows = scan.longest + scan.sample
-        items = processed_rows(rows, scan.format, tokenizer, mask_prompt)
+        rows = scan.sample + scan.longest
+        items = scan.tokenized(tokenizer, mask_prompt)
         tokens_per_byte = sum(len(tokens) for tokens, _ in items) / sum(
             len(json.dumps(row).encode()) for row in rows
         )

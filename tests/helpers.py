@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -117,3 +118,25 @@ def processes_mentioning(text: str) -> list[int]:
                 if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
                     found.append(int(entry.name))
     return found
+
+
+def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the page's dropdown labelled ``label``."""
+    page.get_by_label(label, exact=True).first.click()
+    page.get_by_role("option", name=option).first.click()
+
+
+def fill_number(page, label: str, value: str) -> None:
+    """Type ``value`` into the page's field labelled ``label`` and leave it (the edit event)."""
+    field = page.get_by_label(label, exact=True)
+    field.fill(value)
+    field.press("Tab")
+
+
+def studio_with_toy(home: Path, toy_model: Path):
+    """A studio at ``home`` whose models folder holds the toy llama as ``toy``."""
+    from core.settings import Settings
+
+    settings = Settings.from_env(home).ensure()
+    shutil.copytree(toy_model, settings.models / "toy")
+    return settings

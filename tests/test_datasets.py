@@ -156,15 +156,20 @@ def test_folder_with_train_and_valid(tmp_path):
 
 
 def test_token_statistics_use_the_models_tokenizer(tmp_path, toy_model):
+    from core.datasets import scan_dataset
+
     tokenizer = load_tokenizer(toy_model)
     rows = colour_rows(10)
-    stats = token_statistics(rows, "chat", tokenizer, max_seq_length=12, mask_prompt=True)
+    scan = scan_dataset(write_jsonl(tmp_path / "rows.jsonl", rows), batch_size=2)
+    masked_tokens = scan.sample_tokens(tokenizer, mask_prompt=True)
+    stats = token_statistics(masked_tokens, max_seq_length=12)
     expected = [len(tokenizer.apply_chat_template(r["messages"])) for r in rows]
     assert stats.examples == 10
     assert (stats.min_tokens, stats.max_tokens) == (min(expected), max(expected))
     assert stats.over_max_length == sum(n > 12 for n in expected)
-    unmasked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=False)
-    masked = token_statistics(rows, "chat", tokenizer, max_seq_length=4096, mask_prompt=True)
+    # one scan, both masks: the kept tokenization follows the mask asked for
+    unmasked = token_statistics(scan.sample_tokens(tokenizer, False), max_seq_length=4096)
+    masked = token_statistics(scan.sample_tokens(tokenizer, True), max_seq_length=4096)
     assert unmasked.trained_tokens == sum(expected) > masked.trained_tokens > 0
 
 

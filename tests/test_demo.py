@@ -218,7 +218,7 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
     import httpx
     from playwright.sync_api import expect
 
-    from tests.helpers import lora_studio, lora_studio_server
+    from tests.helpers import fill_number, lora_studio, lora_studio_server, pick
 
     model_path, dataset = demo
     home = tmp_path / "studio"
@@ -255,17 +255,14 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
         page.locator("input[type=file]").first.set_input_files(str(data))
         expect(page.locator("#ls-why")).to_contain_text("4-bit quantized", timeout=30000)
         for label, value in [("Epochs", "1"), ("Batch size", "2"), ("LoRA layers (-1: all)", "2")]:
-            field = page.get_by_label(label, exact=True)
-            field.fill(value)
-            field.press("Tab")
+            fill_number(page, label, value)
         page.get_by_label("Adapter name").fill("Pirate from the page")
         start = page.get_by_role("button", name="Start training")
         expect(start).to_be_enabled(timeout=30000)
         start.click()
         expect(page.locator("#ls-status")).to_contain_text("Done", timeout=300000)
         page.get_by_role("tab", name="Chat").click()
-        page.get_by_label("Model", exact=True).first.click()
-        page.get_by_role("option", name=f"Pirate from the page (LoRA on {base.name})").click()
+        pick(page, "Model", f"Pirate from the page (LoRA on {base.name})")
         page.locator("#ls-msg textarea").fill(question)
         page.get_by_role("button", name="Send").click()
         answer = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last

@@ -4,7 +4,6 @@ LoRA adapters on one base), exported and imported, fused. Real training on the t
 from __future__ import annotations
 
 import json
-import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -21,7 +20,7 @@ from core.models import inspect_model
 from core.params import TrainingParams
 from core.registry import ModelRegistry
 from core.training import TrainingService
-from tests.helpers import colour_rows, lora_studio, write_jsonl
+from tests.helpers import colour_rows, lora_studio, studio_with_toy, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
 GREEDY = GenerationParams(temperature=0.0, max_tokens=10)
@@ -30,11 +29,8 @@ GREEDY = GenerationParams(temperature=0.0, max_tokens=10)
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, toy_model):
     """A studio with the toy base, a DoRA adapter and a LoRA adapter trained on it."""
-    from core.settings import Settings
-
     home = tmp_path_factory.mktemp("dora-studio")
-    settings = Settings.from_env(home).ensure()
-    shutil.copytree(toy_model, settings.models / "toy")
+    settings = studio_with_toy(home, toy_model)
     service = TrainingService(settings)
     data = write_jsonl(home / "colours.jsonl", colour_rows(32))
     ids = {}

@@ -15,7 +15,7 @@ from core.errors import StudioError
 from core.params import TrainingParams
 from core.registry import ModelRegistry
 from core.training import TrainingService
-from tests.helpers import colour_rows, write_jsonl
+from tests.helpers import colour_rows, studio_with_toy, write_jsonl
 
 GREEDY = GenerationParams(temperature=0.0, max_tokens=12)
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
@@ -24,11 +24,8 @@ QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory, toy_model):
     """A studio with the toy base and two adapters trained differently on it."""
-    from core.settings import Settings
-
     home = tmp_path_factory.mktemp("engine-studio")
-    settings = Settings.from_env(home).ensure()
-    shutil.copytree(toy_model, settings.models / "toy")
+    settings = studio_with_toy(home, toy_model)
     service = TrainingService(settings)
     ids = []
     for seed, lr in ((1, 5e-3), (2, 2e-2)):

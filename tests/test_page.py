@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.helpers import colour_rows, lora_studio, lora_studio_server, write_jsonl
+from tests.helpers import (
+    colour_rows,
+    fill_number,
+    lora_studio,
+    lora_studio_server,
+    pick,
+    write_jsonl,
+)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pirate-colours.jsonl"
@@ -52,17 +59,6 @@ def chat_through_the_api(url: str, model: str) -> str:
 def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def pick(page: Page, label: str, option: str) -> None:
-    page.get_by_label(label, exact=True).first.click()
-    page.get_by_role("option", name=option).first.click()
-
-
-def fill_number(page: Page, label: str, value: str) -> None:
-    field = page.get_by_label(label, exact=True)
-    field.fill(value)
-    field.press("Tab")
 
 
 def test_the_only_model_is_preselected_and_a_dropped_dataset_is_checked_at_once(page, tmp_path):

@@ -251,19 +251,12 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
 
 def describe_tokens(run) -> str:
     """Token statistics with the base model's tokenizer (computed while the worker loads)."""
-    from mlx_lm.utils import load_tokenizer
-
     from core.datasets import token_statistics
+    from core.models import tokenizer
 
-    tokenizer = load_tokenizer(run.model.path)
     rows = run.dataset.sample
-    stats = token_statistics(
-        rows,
-        run.dataset.format,
-        tokenizer,
-        max_seq_length=run.params.max_seq_length,
-        mask_prompt=run.params.mask_prompt,
-    )
+    tokens = run.dataset.sample_tokens(tokenizer(run.model.path), run.params.mask_prompt)
+    stats = token_statistics(tokens, max_seq_length=run.params.max_seq_length)
     text = (
         f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
         f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"

@@ -162,18 +162,13 @@ def _summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     except StudioError as exc:
         return "", "", "", explain(exc), refused
     tokenizer = model_tokenizer(info.path)
-    stats = token_statistics(
-        data.sample,
-        data.format,
-        tokenizer,
-        max_seq_length=params.max_seq_length,
-        mask_prompt=params.mask_prompt,
-    )
+    tokens = data.sample_tokens(tokenizer, params.mask_prompt)
+    stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
     ready = _ready(params, launch, info) + "  \n" + _memory(memory)
     return (
         _tokens_text(name, data, stats, params),
         charts.histogram(stats.lengths),
-        _preview_html(data, tokenizer, params),
+        _preview_html(tokens, tokenizer),
         ready,
         gr.update(interactive=memory.fits),
     )
@@ -196,10 +191,9 @@ def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
     return text
 
 
-def _preview_html(data, tokenizer, params: TrainingParams) -> str:
+def _preview_html(tokens: list, tokenizer) -> str:
     """The first examples as the loss sees them: masked tokens grey, trained ones bold."""
-    rows = data.sample[:PREVIEW_ROWS]
-    samples = preview(rows, data.format, tokenizer, mask_prompt=params.mask_prompt)
+    samples = preview(tokens[:PREVIEW_ROWS], tokenizer)
     shown = "".join(
         f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(masked)}</span>"
         f"<b class='ls-trained'>{html.escape(trained)}</b></pre>"
