@@ -3,7 +3,7 @@
 On the demo model (SmolLM2-135M-Instruct, float32; `lora-studio models demo` gets it) with the
 default LoRA (rank 8, q/k/v/o of the last 8 layers), after a few real training steps of batch 4 x
 ``--tokens`` tokens so that the optimizer's moments exist:
-- the median time of a training step (the reference) and of ``core.checkpoints.save``;
+- the median time of a training step (the reference) and of ``core.train.checkpoints.save``;
 - the bytes each checkpoint file takes;
 - what that means per epoch of the pirate sample (56 steps, one checkpoint at its end).
 
@@ -22,7 +22,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.blas import reexec_with_fast_blas  # noqa: E402
+from core.machine.blas import reexec_with_fast_blas  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 DEMO_STEPS_PER_EPOCH = 56  # 224 training rows of the pirate sample, batch 4
@@ -48,11 +48,11 @@ def main() -> None:
     from mlx_lm import load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from core import checkpoints
-    from core.checkpoints import TrainerState
-    from core.loop import Schedule, TrainingLoop
     from core.params import TrainingParams
-    from core.worker import lora_parameters
+    from core.train import checkpoints
+    from core.train.checkpoints import TrainerState
+    from core.train.loop import Schedule, TrainingLoop
+    from core.train.worker import lora_parameters
 
     model, _ = load(args.model)
     params = TrainingParams(rank=8, alpha=16)

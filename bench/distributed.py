@@ -31,10 +31,10 @@ DEMO = REPO / ".pytest_cache/d/demo-models/smollm2-135m-instruct"
 
 def train(model: Path, data: Path, home: Path, processes: int) -> dict:
     from core import protocol
-    from core.launch import Launch
+    from core.machine.launch import Launch
     from core.params import TrainingParams
     from core.settings import Settings
-    from core.training import TrainingService
+    from core.train.service import TrainingService
 
     service = TrainingService(Settings.from_env(home))
     params = TrainingParams(epochs=1, batch_size=4, save_every=10_000, eval_every=10_000)
@@ -69,7 +69,7 @@ def allreduce_rank(values: int, repeats: int) -> None:
 
 
 def allreduce(values: int, repeats: int = 50) -> dict:
-    from core.launch import free_port, launcher
+    from core.machine.launch import free_port, launcher
 
     command = [str(launcher()), "--backend", "ring", "-n", "2", "--starting-port"]
     command += [str(free_port()), sys.executable, __file__, "--allreduce-rank", str(values)]
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.allreduce_rank:
         return allreduce_rank(args.allreduce_rank, args.repeats)
-    from core.demo import write_sample_dataset
+    from core.models.demo import write_sample_dataset
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:

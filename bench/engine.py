@@ -21,13 +21,13 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.blas import reexec_with_fast_blas  # noqa: E402
-from core.engine import GenerationParams, InferenceEngine  # noqa: E402
+from core.machine.blas import reexec_with_fast_blas  # noqa: E402
+from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TrainingParams  # noqa: E402
-from core.registry import ModelRegistry  # noqa: E402
+from core.serve.engine import GenerationParams, InferenceEngine  # noqa: E402
+from core.serve.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.toymodel import build_toy_llama, tokenizer_corpus  # noqa: E402
-from core.training import TrainingService  # noqa: E402
+from core.train.service import TrainingService  # noqa: E402
 from tests.helpers import colour_rows, write_jsonl  # noqa: E402
 
 ONE_TOKEN = GenerationParams(temperature=0.0, max_tokens=1)

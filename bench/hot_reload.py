@@ -21,11 +21,11 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.models.toy import build_toy_llama  # noqa: E402
 from core.params import TrainingParams  # noqa: E402
-from core.registry import ModelRegistry  # noqa: E402
+from core.serve.registry import ModelRegistry  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.toymodel import build_toy_llama  # noqa: E402
-from core.training import TrainingService  # noqa: E402
+from core.train.service import TrainingService  # noqa: E402
 from tests.helpers import colour_rows, write_jsonl  # noqa: E402
 
 

@@ -1,13 +1,13 @@
 """The memory plan against measured peaks: runs of several sizes through the studio's worker.
 
 Each configuration is planned the way `lora-studio plan` plans it (the dataset scan's longest
-rows and sample, tokenized by the model's tokenizer; `core.plan.estimate`), then trained for
+rows and sample, tokenized by the model's tokenizer; `core.train.plan.estimate`), then trained for
 one epoch by the worker. Measured: the worker's peak RSS (wait4: what the machine had to give)
 and MLX's own peak (`peak_memory_gb` in the progress events). The plan predicts the RSS;
 the issue's bar is within 25% of it.
 
 Models: the toy llama (built here), SmolLM2-135M (the demo model, float32, and a 4-bit copy
-made by `core.quantize`), and a 300M-parameter random-weight llama built here (hidden 1536,
+made by `core.models.quantize`), and a 300M-parameter random-weight llama built here (hidden 1536,
 12 layers). Datasets: the demo's pirate rows, and rows of a few hundred to a thousand words.
 
     python bench/memory_plan.py                 # every configuration (about 12 minutes)
@@ -75,7 +75,7 @@ def rows(folder: Path, name: str) -> Path:
     if path.exists():
         return path
     if name == "pirate":
-        from core.demo import write_sample_dataset
+        from core.models.demo import write_sample_dataset
 
         lines = write_sample_dataset(folder).read_text().splitlines()[:24]
     else:
@@ -99,8 +99,8 @@ def model(folder: Path, name: str) -> Path:
     path = folder / name
     if name == "demo" or path.exists():
         return DEMO if name == "demo" else path
-    from core.quantize import quantize
-    from core.toymodel import build_toy_llama
+    from core.models.quantize import quantize
+    from core.models.toy import build_toy_llama
 
     if name == "demo-4bit":
         return quantize(DEMO, folder, 4, name=name)
@@ -112,10 +112,10 @@ def model(folder: Path, name: str) -> Path:
 
 def predict(model_path: Path, data: Path, flags: list[str]):
     """The plan of this run, as `lora-studio plan` makes it."""
-    from core.datasets import scan_dataset
-    from core.models import inspect_model, tokenizer
+    from core.data.scan import scan_dataset
+    from core.models.inspect import inspect_model, tokenizer
     from core.params import add_arguments, params_from_args
-    from core.plan import DataShape, ModelShape, estimate
+    from core.train.plan import DataShape, ModelShape, estimate
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

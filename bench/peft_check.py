@@ -57,12 +57,12 @@ def main() -> None:
         return torch_side(Path(args.torch_side[0]), args.torch_side[1:])
     import numpy as np
 
-    from core.adapters import AdapterStore
-    from core.export import export_adapter
-    from core.models import inspect_model
+    from core.adapters.export import export_adapter
+    from core.adapters.store import AdapterStore
+    from core.models.inspect import inspect_model
     from core.params import TrainingParams
     from core.settings import Settings
-    from core.training import TrainingService
+    from core.train.service import TrainingService
     from tests.helpers import colour_rows, write_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:

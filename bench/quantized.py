@@ -28,11 +28,19 @@ DEMO = REPO / ".pytest_cache/d/demo-models/smollm2-135m-instruct"
 def train(model: Path, data: Path, out: Path, *flags: str) -> dict:
     """One epoch through the studio's worker (extra worker ``flags`` allowed): trained
     tokens/s, the worker's peak RSS (wait4) and MLX's largest reported peak."""
-    from core.blas import choose_blas, with_blas
-    from core.jit import native_jit
+    from core.machine.blas import choose_blas, with_blas
+    from core.machine.jit import native_jit
 
     env = native_jit(with_blas({**os.environ, "HF_HUB_OFFLINE": "1"}, choose_blas()))
-    command = [sys.executable, "-m", "core.worker", "--model", str(model), "--data", str(data)]
+    command = [
+        sys.executable,
+        "-m",
+        "core.train.worker",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+    ]
     command += ["--output", str(out), "--epochs", "1", "--save-every", "100000", *flags]
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
     lines = process.stdout.read().splitlines()
@@ -57,8 +65,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEMO)
     parser.add_argument("--rows", type=int, default=48)
     args = parser.parse_args()
-    from core.demo import write_sample_dataset
-    from core.quantize import quantize
+    from core.models.demo import write_sample_dataset
+    from core.models.quantize import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

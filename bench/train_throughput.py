@@ -25,11 +25,11 @@ from statistics import fmean, median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.blas import Blas, choose_blas, with_blas  # noqa: E402
-from core.jit import native_jit  # noqa: E402
-from core.loop import report_interval  # noqa: E402
+from core.machine.blas import Blas, choose_blas, with_blas  # noqa: E402
+from core.machine.jit import native_jit  # noqa: E402
+from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TARGET_KEYS  # noqa: E402
-from core.toymodel import build_toy_llama, tokenizer_corpus  # noqa: E402
+from core.train.loop import report_interval  # noqa: E402
 
 SEQ = 128
 BATCH = 4
@@ -55,7 +55,7 @@ def run_studio(model: Path, data: Path, out: Path, steps: int, env: dict) -> flo
     command = [
         sys.executable,
         "-m",
-        "core.worker",
+        "core.train.worker",
         "--model",
         str(model),
         "--data",
@@ -146,7 +146,7 @@ def main() -> None:
             num_kv_heads=4,
             intermediate_size=1408,
         )
-        from core.models import inspect_model
+        from core.models.inspect import inspect_model
 
         size = inspect_model(model).parameter_count
         print(
@@ -161,7 +161,7 @@ def main() -> None:
             data = make_data(tmp / f"data-{steps}", steps)
             ours, theirs = [], []
             for i in range(args.repeat):  # alternate, so drift in machine load hits both
-                # the studio's worker gets what the studio gives it (core.jit's native JIT)
+                # the studio's worker gets what the studio gives it (core.machine.jit's native JIT)
                 studio_env = native_jit(env)
                 ours.append(run_studio(model, data, tmp / f"ours-{choice}-{i}", steps, studio_env))
                 theirs.append(run_mlx_lm(model, data, tmp / f"mlx-{choice}-{i}", steps, env))

@@ -23,19 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = {
     # what the page does with an upload, up to the run folder's data/
     "server: store, check, split (streamed)": """
-from core.datasets import store_upload, scan_dataset
+from core.data.uploads import store_upload
+from core.data.scan import scan_dataset
 stored = store_upload(path, home / "datasets")
 scan = scan_dataset(stored, batch_size=4)
 scan.write(home / "run" / "data")
 """,
     # the reference: every row in memory, as the studio did before
     "reference: every row read into memory": """
-from core.datasets import load_dataset
+from core.data.scan import load_dataset
 rows = load_dataset(path, batch_size=4)
 """,
     # the training process reads the run's split whole: mlx-lm's datasets index the rows
     "worker: the run's rows loaded for training": """
-from core.datasets import load_dataset
+from core.data.scan import load_dataset
 data = load_dataset(home / "run" / "data", batch_size=4)
 """,
 }

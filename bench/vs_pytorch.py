@@ -41,8 +41,8 @@ def studio_batches(model: Path, data: Path, out: Path) -> dict:
     import numpy as np
     from mlx_lm.tuner import trainer
 
-    from core.loop import trimmed
-    from core.worker import _load, _prepare, build_parser
+    from core.train.loop import trimmed
+    from core.train.worker import _load, _prepare, build_parser
 
     args = build_parser().parse_args(
         ["--model", str(model), "--data", str(data), "--output", str(out), *PARAMS]
@@ -68,7 +68,15 @@ def non_pad_tokens(batches: Path, first: int, last: int) -> int:
 
 
 def run_studio(model: Path, data: Path, out: Path, batches: Path, env: dict) -> dict:
-    command = [sys.executable, "-m", "core.worker", "--model", str(model), "--data", str(data)]
+    command = [
+        sys.executable,
+        "-m",
+        "core.train.worker",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+    ]
     command += ["--output", str(out / "adapter"), "--save-every", "100000", *PARAMS]
     events, rss = _run(command, env)
     progress = [e for e in events if e["type"] == "progress"]
@@ -81,8 +89,8 @@ def run_studio(model: Path, data: Path, out: Path, batches: Path, env: dict) -> 
 
 def studio_env(env: dict, blas) -> dict:
     """What the studio gives its training process: the BLAS, the native JIT."""
-    from core.blas import with_blas
-    from core.jit import native_jit
+    from core.machine.blas import with_blas
+    from core.machine.jit import native_jit
 
     return native_jit(with_blas(env, blas))
 
@@ -166,9 +174,9 @@ def main() -> None:
         return torch_side(args.torch_side, args.model, args.skip)
     if not args.torch_python:
         raise SystemExit("give --torch-python: a Python with torch, transformers and peft")
-    from core.blas import choose_blas
-    from core.demo import write_sample_dataset
-    from core.loop import report_interval
+    from core.machine.blas import choose_blas
+    from core.models.demo import write_sample_dataset
+    from core.train.loop import report_interval
 
     threads = str(args.threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

@@ -7,17 +7,27 @@ the page, so a rule is written once and every entry point reports it the same wa
 from __future__ import annotations
 
 import argparse
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, Protocol, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import StudioError
-from .models import ModelInfo
+from core.errors import StudioError
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP_KEYS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 TARGET_KEYS = ATTENTION_KEYS + MLP_KEYS
+
+
+class ModelFacts(Protocol):
+    """What the parameters are checked against: a model as ``core.models.inspect`` reads it
+    (named by its shape here, so the shared vocabulary imports no wing)."""
+
+    id: str
+    num_layers: int
+    parameter_count: int
+
+    def has_module(self, key: str) -> bool: ...
 
 
 def default_rank(parameter_count: int) -> int:
@@ -131,7 +141,7 @@ class TrainingParams(BaseModel):
             raise ValueError("rank and alpha are resolved by for_model()")
         return self.alpha / self.rank
 
-    def for_model(self, model: ModelInfo) -> TrainingParams:
+    def for_model(self, model: ModelFacts) -> TrainingParams:
         """Fill in what depends on the model (rank, alpha) and check what must fit it."""
         if self.lora_layers > model.num_layers:
             raise StudioError(

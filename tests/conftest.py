@@ -10,8 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from core.models.toy import build_toy_llama  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from core.toymodel import build_toy_llama  # noqa: E402
 from tests.helpers import colour_rows, write_jsonl  # noqa: E402
 
 TOY_MODEL_VERSION = "toy-llama-v1"  # bump when build_toy_llama changes
@@ -42,7 +42,7 @@ def colour_dataset(tmp_path) -> Path:
 def trained_adapter(tmp_path_factory, toy_model) -> Path:
     """A real adapter folder, trained once per session on the toy model by the service."""
     from core.params import TrainingParams
-    from core.training import TrainingService
+    from core.train.service import TrainingService
 
     home = tmp_path_factory.mktemp("adapter-studio")
     data = write_jsonl(home / "colours.jsonl", colour_rows())

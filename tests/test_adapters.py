@@ -12,16 +12,12 @@ import mlx.core as mx
 import pytest
 from mlx_lm import generate, load
 
-from core.adapters import (
-    METADATA_FILE,
-    WEIGHTS_FILE,
-    AdapterStore,
-    check_adapter_id,
-)
+from core.adapters.layout import METADATA_FILE, WEIGHTS_FILE
+from core.adapters.store import AdapterStore, check_adapter_id
 from core.errors import StudioError
-from core.models import inspect_model
-from core.registry import ModelRegistry
-from core.toymodel import build_toy_llama
+from core.models.inspect import inspect_model
+from core.models.toy import build_toy_llama
+from core.serve.registry import ModelRegistry
 from tests.helpers import colour_rows, small_filesystem, write_jsonl
 
 
@@ -157,7 +153,7 @@ def test_hostile_archives_are_refused_and_write_nothing(store, studio, tmp_path,
     not_zip.write_text("hello")
     with pytest.raises(StudioError, match="not a valid .zip"):
         store.import_zip(not_zip)
-    monkeypatch.setattr("core.adapters.MAX_IMPORT_BYTES", 1000)
+    monkeypatch.setattr("core.adapters.store.MAX_IMPORT_BYTES", 1000)
     with pytest.raises(StudioError, match="too large"):
         store.import_zip(store.export(only_id(store), tmp_path / "big.zip"))
     assert len(store.list()) == 1

@@ -14,9 +14,9 @@ import openai
 import pytest
 import uvicorn
 
-from core.api import MAX_BODY_BYTES, create_app
-from core.engine import InferenceEngine
-from core.registry import ModelRegistry
+from core.serve.api import MAX_BODY_BYTES, create_app
+from core.serve.engine import InferenceEngine
+from core.serve.registry import ModelRegistry
 from tests.helpers import free_port, lora_studio_server
 
 KEY = "test-key"
@@ -148,7 +148,7 @@ def test_an_unavailable_adapter_answers_409_with_the_reason(server):
 
 
 def test_lora_studio_serve_runs_the_api_with_the_fast_blas(tmp_path, toy_model):
-    from core.blas import choose_blas
+    from core.machine.blas import choose_blas
 
     shutil.copytree(toy_model, tmp_path / "models" / "toy")
     with lora_studio_server(tmp_path, "serve") as (process, url, log):

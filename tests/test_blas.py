@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from core.blas import Blas, choose_blas, with_blas
+from core.machine.blas import Blas, choose_blas, with_blas
 
 PROBE = """
 import json, mlx.core as mx
-from core.blas import loaded_blas
+from core.machine.blas import loaded_blas
 mx.random.seed(0)
 a, b = mx.random.normal((256, 512)), mx.random.normal((512, 128))
 print(json.dumps({"blas": loaded_blas(), "product": (a @ b).tolist()}))
@@ -51,9 +51,9 @@ def test_existing_preload_is_kept():
 
 
 def test_no_preload_on_a_gpu_backend(monkeypatch):
-    import core.blas
+    import core.machine.blas
 
-    assert core.blas.gpu_backend() is None  # this machine has mlx[cpu] only
-    monkeypatch.setattr(core.blas, "gpu_backend", lambda: "mlx-cuda-12")
+    assert core.machine.blas.gpu_backend() is None  # this machine has mlx[cpu] only
+    monkeypatch.setattr(core.machine.blas, "gpu_backend", lambda: "mlx-cuda-12")
     for choice in ("auto", "mkl", "openblas"):
         assert choose_blas(choice) == Blas("stock")  # no preload, and no hint to add one

@@ -3,7 +3,9 @@ import json
 import pytest
 from mlx_lm.utils import load_tokenizer
 
-from core.datasets import DatasetError, load_dataset, minimum_examples, token_statistics
+from core.data.check import DatasetError
+from core.data.scan import load_dataset, minimum_examples
+from core.data.tokens import token_statistics
 from tests.helpers import colour_rows, write_jsonl
 
 GOOD_CHAT = {
@@ -156,7 +158,7 @@ def test_folder_with_train_and_valid(tmp_path):
 
 
 def test_token_statistics_use_the_models_tokenizer(tmp_path, toy_model):
-    from core.datasets import scan_dataset
+    from core.data.scan import scan_dataset
 
     tokenizer = load_tokenizer(toy_model)
     rows = colour_rows(10)
@@ -174,7 +176,7 @@ def test_token_statistics_use_the_models_tokenizer(tmp_path, toy_model):
 
 
 def test_the_streamed_scan_and_split_equal_the_in_memory_ones(tmp_path):
-    from core.datasets import load_dataset, scan_dataset
+    from core.data.scan import load_dataset, scan_dataset
 
     rows = [{"text": f"row {i}"} for i in range(103)]
     path = tmp_path / "rows.jsonl"
@@ -194,7 +196,7 @@ def test_the_streamed_scan_and_split_equal_the_in_memory_ones(tmp_path):
 
 
 def test_a_scan_keeps_a_bounded_sample(tmp_path):
-    from core.datasets import SAMPLE_ROWS, scan_dataset
+    from core.data.scan import SAMPLE_ROWS, scan_dataset
 
     path = tmp_path / "many.jsonl"
     path.write_text("".join(json.dumps({"text": f"r{i}"}) + "\n" for i in range(3000)))

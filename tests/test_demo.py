@@ -15,8 +15,8 @@ from mlx_lm import generate, load
 from safetensors.numpy import load_file
 
 from core import protocol
-from core.convert import build_tokenizer, import_gguf
-from core.demo import (
+from core.errors import StudioError
+from core.models.demo import (
     DEMO_GGUF,
     DEMO_MODEL,
     DEMO_WHEEL,
@@ -25,9 +25,9 @@ from core.demo import (
     extract_gguf,
     get_demo,
 )
-from core.errors import StudioError
+from core.models.gguf_import import build_tokenizer, import_gguf
 from core.params import TrainingParams
-from core.training import TrainingService
+from core.train.service import TrainingService
 
 pytestmark = pytest.mark.slow
 
@@ -155,10 +155,10 @@ def test_the_persona_exports_to_peft_and_gguf_and_loads_back(demo, persona, tmp_
     replies, and an f16 GGUF imported back answers like the fused model. (q8_0 is checked on
     the tiny model; here the adapter's first token is a near tie, "The" 24.90 vs "Arr" 24.80,
     which 8-bit rounding may flip.)"""
-    from core.adapters import AdapterStore
-    from core.convert import import_gguf
-    from core.export import export_adapter, import_any
-    from core.models import inspect_model
+    from core.adapters.export import export_adapter, import_any
+    from core.adapters.store import AdapterStore
+    from core.models.gguf_import import import_gguf
+    from core.models.inspect import inspect_model
     from tests.test_export import mlx_deltas
 
     model_path, _ = demo
@@ -198,8 +198,8 @@ def test_the_completion_only_loss_equals_mlx_lms_on_the_demo_model(demo):
 
     from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 
-    from core.demo import sample_rows
-    from core.loss import COMPLETION, choose_loss
+    from core.models.demo import sample_rows
+    from core.train.loss import COMPLETION, choose_loss
     from tests.test_loss import assert_same_loss_and_gradients, lora_model
 
     model, tokenizer = lora_model(demo[0], layers=8)

@@ -17,9 +17,9 @@ import pytest
 
 from core import protocol
 from core.errors import StudioError
-from core.launch import Launch, rank_failure
+from core.machine.launch import Launch, rank_failure
 from core.params import TrainingParams
-from core.training import TrainingService
+from core.train.service import TrainingService
 from tests.helpers import free_port, lora_studio
 
 # lr 1e-3: at 1e-2 the toy model's loss bounces, and float noise between the two runs' sums
@@ -81,7 +81,7 @@ def workers(pgid: int) -> dict[int, list[bytes]]:
     for entry in Path("/proc").iterdir():
         try:
             ours = entry.name.isdigit() and os.getpgid(int(entry.name)) == pgid
-            if ours and b"core.worker" in (entry / "cmdline").read_bytes():
+            if ours and b"core.train.worker" in (entry / "cmdline").read_bytes():
                 found[int(entry.name)] = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # ProcessLookupError included: it has just ended
             continue
@@ -142,7 +142,7 @@ def test_the_batch_must_split_evenly_over_the_ranks(service, toy_model, colour_d
 
 
 def test_rank_failure_names_the_first_rank_that_ended_on_its_own():
-    from core.launch import Host
+    from core.machine.launch import Host
 
     hosts = [Host(ssh="127.0.0.1", ips=["127.0.0.1"]), Host(ssh="mac-2", ips=["10.0.0.2"])]
     log = (
@@ -161,8 +161,8 @@ def test_cli_trains_with_two_processes_and_the_adapter_chats(studio, toy_model, 
 
     from mlx_lm import generate, load
 
-    from core.engine import GenerationParams, InferenceEngine
-    from core.registry import ModelRegistry
+    from core.serve.engine import GenerationParams, InferenceEngine
+    from core.serve.registry import ModelRegistry
 
     shutil.copytree(toy_model, studio.models / "toy")
     done = lora_studio(

@@ -12,14 +12,14 @@ from mlx_lm import generate, load
 from safetensors.numpy import load_file
 
 from core import protocol
-from core.adapters import AdapterMetadata, AdapterStore
-from core.engine import GenerationParams, InferenceEngine
+from core.adapters.export import export_adapter, import_any
+from core.adapters.store import AdapterMetadata, AdapterStore
 from core.errors import StudioError
-from core.export import export_adapter, import_any
-from core.models import inspect_model
+from core.models.inspect import inspect_model
 from core.params import TrainingParams
-from core.registry import ModelRegistry
-from core.training import TrainingService
+from core.serve.engine import GenerationParams, InferenceEngine
+from core.serve.registry import ModelRegistry
+from core.train.service import TrainingService
 from tests.helpers import colour_rows, lora_studio, studio_with_toy, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]

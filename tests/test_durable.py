@@ -23,14 +23,15 @@ from mlx_lm import load
 from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 
-from core import checkpoints, protocol
-from core.adapters import AdapterMetadata
-from core.datasets import load_dataset
+from core import protocol
+from core.adapters.store import AdapterMetadata
+from core.data.scan import load_dataset
 from core.errors import StudioError
 from core.params import ATTENTION_KEYS, MLP_KEYS, TrainingParams
-from core.runs import RunRecord
 from core.settings import Settings
-from core.training import TrainingService
+from core.train import checkpoints
+from core.train.runs import RunRecord
+from core.train.service import TrainingService
 from tests.helpers import (
     colour_rows,
     grow_filesystem,

@@ -9,12 +9,13 @@ import uuid
 import pytest
 from mlx_lm import generate, load
 
-from core.adapters import WEIGHTS_FILE, AdapterStore
-from core.engine import GenerationParams, InferenceEngine, ModelUnavailable, StopScanner
+from core.adapters.layout import WEIGHTS_FILE
+from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.registry import ModelRegistry
-from core.training import TrainingService
+from core.serve.engine import GenerationParams, InferenceEngine, ModelUnavailable, StopScanner
+from core.serve.registry import ModelRegistry
+from core.train.service import TrainingService
 from tests.helpers import colour_rows, studio_with_toy, write_jsonl
 
 GREEDY = GenerationParams(temperature=0.0, max_tokens=12)

@@ -15,13 +15,13 @@ import pytest
 from mlx_lm import generate, load
 from safetensors.numpy import load_file
 
-from core import ollama
-from core.adapters import AdapterStore
-from core.convert import import_gguf
+from core.adapters import ollama
+from core.adapters.export import export_adapter, import_any
+from core.adapters.gguf_export import permute
+from core.adapters.store import AdapterStore
 from core.errors import StudioError
-from core.export import export_adapter, import_any
-from core.gguf_export import permute
-from core.models import inspect_model
+from core.models.gguf_import import import_gguf
+from core.models.inspect import inspect_model
 from tests.helpers import small_filesystem
 
 PROMPTS = ["What colour is the sky number 7?", "Tell me a story", "hello there"]

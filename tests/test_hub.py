@@ -10,14 +10,14 @@ import time
 import pytest
 
 from core.errors import StudioError
-from core.hub import download_model
+from core.models.hub import download_model
 from tests.helpers import free_port
 
 DOWNLOAD = """
 import sys
 from pathlib import Path
 from core.errors import StudioError
-from core.hub import download_model
+from core.models.hub import download_model
 try:
     download_model("org/model", Path(sys.argv[1]), progress=lambda _: None)
 except StudioError as exc:

@@ -22,9 +22,9 @@ from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from core.jit import native_jit
-from core.loop import trimmed
-from core.loss import COMPLETION, DEFAULT, choose_loss, target_window
+from core.machine.jit import native_jit
+from core.train.loop import trimmed
+from core.train.loss import COMPLETION, DEFAULT, choose_loss, target_window
 from tests.helpers import colour_rows
 
 
@@ -121,7 +121,7 @@ def test_trimmed_batches_keep_the_loss(toy_model, pad_to):
 
 
 def run_worker(toy_model, data, out, env) -> list[dict]:
-    command = [sys.executable, "-m", "core.worker", "--model", str(toy_model)]
+    command = [sys.executable, "-m", "core.train.worker", "--model", str(toy_model)]
     command += ["--data", str(data), "--output", str(out), "--lora-layers", "-1", "--epochs", "2"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

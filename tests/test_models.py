@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from core.errors import StudioError
-from core.models import inspect_model
+from core.models.inspect import inspect_model
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from core.errors import StudioError
-from core.models import inspect_model
+from core.models.inspect import inspect_model
 from core.params import (
     ATTENTION_KEYS,
     TrainingParams,

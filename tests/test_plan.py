@@ -11,13 +11,13 @@ import shlex
 
 import pytest
 
-from core.datasets import SAMPLE_ROWS, scan_dataset
+from core.data.scan import SAMPLE_ROWS, scan_dataset
 from core.errors import StudioError
-from core.loss import target_window
-from core.models import inspect_model, tokenizer
+from core.models.inspect import inspect_model, tokenizer
 from core.params import TrainingParams, add_arguments, params_from_args
-from core.plan import DataShape, ModelShape, estimate, plan
-from core.training import TrainingService
+from core.train.loss import target_window
+from core.train.plan import DataShape, ModelShape, estimate, plan
+from core.train.service import TrainingService
 from tests.helpers import colour_rows, lora_studio, write_jsonl
 
 

@@ -12,13 +12,13 @@ import pytest
 from mlx_lm import generate, load
 
 from core import protocol
-from core.adapters import AdapterMetadata
-from core.engine import GenerationParams, InferenceEngine
+from core.adapters.store import AdapterMetadata
 from core.errors import StudioError
+from core.models.quantize import cpu_slowdown_warning, quantize
 from core.params import TrainingParams
-from core.quantize import cpu_slowdown_warning, quantize
-from core.registry import ModelRegistry
-from core.training import TrainingService
+from core.serve.engine import GenerationParams, InferenceEngine
+from core.serve.registry import ModelRegistry
+from core.train.service import TrainingService
 from tests.helpers import colour_rows, lora_studio, write_jsonl
 
 QUESTION = [{"role": "user", "content": "What colour is the sky number 3?"}]

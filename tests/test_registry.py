@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from core.adapters import METADATA_FILE, WEIGHTS_FILE
+from core.adapters.layout import METADATA_FILE, WEIGHTS_FILE
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.registry import ModelRegistry
-from core.training import TrainingService
+from core.serve.registry import ModelRegistry
+from core.train.service import TrainingService
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_stop_ends_the_watcher_threads(studio, tmp_path):
 def test_writes_into_dot_folders_and_partial_files_do_not_trigger_rescans(studio):
     from watchdog.events import DirCreatedEvent, DirMovedEvent, FileCreatedEvent
 
-    from core.registry import _Handler
+    from core.serve.registry import _Handler
 
     dirty = threading.Event()
     handler = _Handler(dirty, (studio.models, studio.adapters))

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from mlx_lm.tuner.utils import build_schedule
 
-from core import checkpoints, protocol
+from core import protocol
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.training import TrainingService
+from core.train import checkpoints
+from core.train.service import TrainingService
 
 BASE = dict(learning_rate=1e-2, epochs=2, lora_layers=-1, batch_size=4, seed=5)
 

@@ -13,11 +13,11 @@ import pytest
 from mlx_lm import generate, load
 
 from core import protocol
-from core.adapters import AdapterMetadata
-from core.datasets import DatasetError
+from core.adapters.store import AdapterMetadata
+from core.data.check import DatasetError
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.training import TrainingService
+from core.train.service import TrainingService
 from tests.helpers import colour_rows, write_jsonl
 
 FAST = dict(learning_rate=5e-3, epochs=2, lora_layers=-1, batch_size=4)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from core.runs import RunRecord
+from core.train.runs import RunRecord
 from tests.helpers import colour_rows, lora_studio_server, write_jsonl
 
 

@@ -13,7 +13,7 @@ import pytest
 from core import protocol
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.training import TrainingService
+from core.train.service import TrainingService
 from tests.helpers import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent

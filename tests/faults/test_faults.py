@@ -321,7 +321,9 @@ def hostile_page_events(client: Client) -> int:
         tried += 2
     train = {"base_model": "toy", "dataset_path": "/nowhere.jsonl", "dataset_name": "x"}
     train |= {"adapter_name": "x", "api_name": "/train"}
-    for field, value in (("learning_rate", 1e9), ("dropout", 1), ("batch_size", 5000)):
+    # out of range: the studio's own check names the field (the components set no range)
+    out_of_range = (("learning_rate", 1e9), ("dropout", 1), ("batch_size", 5000))
+    for field, value in (*out_of_range, ("epochs", -3), ("rank", 0)):
         status = client.submit(**train, **{field: value}).result(timeout=60)[2]
         assert "Error" in status and field in status, (field, status)
         tried += 1
@@ -329,7 +331,6 @@ def hostile_page_events(client: Client) -> int:
     refused_by_gradio = (
         ("rank", "abc", "float | None"),
         ("keep", "x", "choices"),
-        ("epochs", -3, "less than minimum"),
     )
     for field, value, rule in refused_by_gradio:
         with pytest.raises(AppError, match=re.escape(rule)):

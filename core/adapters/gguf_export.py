@@ -1,0 +1,260 @@
+"""GGUF out of the studio, with llama.cpp's own writer (the ``gguf`` package): a fused model
+(base + adapter, f32 / f16 / q8_0) for llama.cpp, LM Studio and Ollama, or a GGUF LoRA adapter
+(llama.cpp's ``--lora``, Ollama's ``ADAPTER``).
+
+llama.cpp keeps the q and k projections of llama models with their rows permuted for its rope
+layout; the studio's GGUF import undoes that, so the export does it. The tokenizer (byte-level
+BPE) and the chat template travel in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import StudioError
+from core.models.gguf_import import LAYER_NAMES, SUPPORTED_ARCHITECTURES, TOP_NAMES
+from core.models.inspect import ModelInfo, inspect_model, weight_files
+
+log = logging.getLogger(__name__)
+
+GGUF_TYPES = ("f32", "f16", "q8_0")
+_GGUF_LAYER = {hf: gguf for gguf, hf in LAYER_NAMES.items()}
+_GGUF_TOP = {hf: gguf for gguf, hf in TOP_NAMES.items()}
+
+
+def check_exportable(base: ModelInfo) -> dict:
+    """The base's config, if its architecture and tokenizer can go to GGUF; a StudioError
+    saying why not before any work is done otherwise."""
+    config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+    arch = config.get("model_type")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise StudioError(
+            f"GGUF export supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture(s), "
+            f"not {arch!r}",
+            hint="export to PEFT instead, and convert with llama.cpp's convert scripts",
+        )
+    tokenizer = json.loads((base.path / "tokenizer.json").read_text(encoding="utf-8"))
+    pre = tokenizer.get("pre_tokenizer") or {}
+    if tokenizer["model"].get("type") != "BPE" or pre.get("type") != "ByteLevel":
+        raise StudioError(
+            "GGUF export supports byte-level BPE tokenizers (GPT-2 style) only",
+            hint="export to PEFT instead",
+        )
+    return config
+
+
+def gguf_name(hf_name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``."""
+    stem, _, leaf = hf_name.rpartition(".")
+    if stem.startswith("model.layers."):
+        _, _, layer, module = stem.split(".", 3)
+        return f"blk.{layer}.{_GGUF_LAYER[module]}.{leaf}"
+    return f"{_GGUF_TOP[stem]}.{leaf}"
+
+
+def permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's rope permutation of q/k rows (what ``convert.unpermute`` undoes)."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _load_float32(folder: Path) -> dict[str, np.ndarray]:
+    import mlx.core as mx
+
+    weights = {}
+    for file in weight_files(folder):
+        for name, value in mx.load(str(file)).items():
+            weights[name] = np.array(value.astype(mx.float32))
+    return weights
+
+
+def _encoded(name: str, value: np.ndarray, kind: str):
+    """(data, raw type or None) for ``value`` in the chosen type; norms and other 1-D
+    tensors stay float32, as llama.cpp's converter keeps them."""
+    import gguf
+
+    if value.ndim < 2 or kind == "f32":
+        return value.astype(np.float32), None
+    if kind == "f16":
+        return value.astype(np.float16), None
+    if value.shape[-1] % 32:  # q8_0 blocks are 32 wide
+        return value.astype(np.float16), None
+    quantized = gguf.quants.quantize(value.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+    return quantized, gguf.GGMLQuantizationType.Q8_0
+
+
+def write_model_gguf(
+    folder: Path, target: Path, kind: str = "f16", progress: Callable[[str], None] = log.info
+) -> Path:
+    """The model in ``folder`` (MLX layout, llama, float weights) as one GGUF file."""
+
+    if kind not in GGUF_TYPES:
+        raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
+    info = inspect_model(folder)
+    config = check_exportable(info)
+    progress("reading the fused weights")
+    weights = _load_float32(folder)
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads")
+    with _writing(target) as writer:
+        _model_metadata(writer, config, info.id)
+        _tokenizer_metadata(writer, folder, config)
+        progress(f"writing {len(weights)} tensors as {kind}")
+        for name, value in sorted(weights.items()):
+            if name.endswith("q_proj.weight"):
+                value = permute(value, heads)
+            elif name.endswith("k_proj.weight"):
+                value = permute(value, kv_heads or heads)
+            data, raw = _encoded(name, value, kind)
+            writer.add_tensor(gguf_name(name), data, raw_dtype=raw)
+    return target
+
+
+@contextmanager
+def _writing(target: Path):
+    """A GGUFWriter whose file is written out and renamed to ``target`` when the block ends,
+    and removed if anything fails: a GGUF appears whole or not at all."""
+    import gguf
+
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        writer = gguf.GGUFWriter(str(partial), "llama")
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _model_metadata(writer, config: dict, name: str) -> None:
+    heads = config["num_attention_heads"]
+    writer.add_name(name)
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads", heads))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    writer.add_rope_dimension_count(config["hidden_size"] // heads)
+    writer.add_vocab_size(config["vocab_size"])
+
+
+def chat_template(folder: Path) -> str | None:
+    """The model's chat template: chat_template.jinja, or tokenizer_config.json's."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    template = config.get("chat_template")
+    return template if isinstance(template, str) else None
+
+
+def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
+    """The byte-level BPE vocabulary, merges, special tokens and chat template."""
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    vocab = dict(tokenizer["model"]["vocab"])
+    special = {t["content"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
+    for added in tokenizer.get("added_tokens", []):
+        vocab.setdefault(added["content"], added["id"])
+    size = max(config["vocab_size"], max(vocab.values()) + 1)
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    for token, index in vocab.items():
+        tokens[index] = token
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or "gpt-2")  # llama.cpp's name
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control
+    writer.add_token_merges(merges)
+    for role, add in (
+        ("bos_token", writer.add_bos_token_id),
+        ("eos_token", writer.add_eos_token_id),
+        ("unk_token", writer.add_unk_token_id),
+        ("pad_token", writer.add_pad_token_id),
+    ):
+        token = settings.get(role)
+        token = token.get("content") if isinstance(token, dict) else token
+        if token in vocab:
+            add(vocab[token])
+    template = chat_template(folder)
+    if template:
+        writer.add_chat_template(template)
+
+
+def export_fused_gguf(
+    fuse: Callable[[Path], Path],
+    base: ModelInfo,
+    target: Path,
+    kind: str,
+    progress: Callable[[str], None] = log.info,
+) -> Path:
+    """Fuse (``fuse(folder)`` writes the fused model into ``folder``) and write the GGUF."""
+    check_exportable(base)
+    if kind not in GGUF_TYPES:
+        raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fuse-") as tmp:
+        progress("fusing the adapter into its base (mlx_lm fuse)")
+        fused = fuse(Path(tmp))
+        _keep_tokenizer_pre(base.path, fused)
+        return write_model_gguf(fused, target, kind, progress)
+
+
+def _keep_tokenizer_pre(base: Path, fused: Path) -> None:
+    """Carry a GGUF-imported base's pre-tokenizer name (mlx_lm fuse rewrites config.json)."""
+    pre = json.loads((base / "config.json").read_text()).get("gguf_tokenizer_pre")
+    if pre:
+        config = json.loads((fused / "config.json").read_text())
+        config["gguf_tokenizer_pre"] = pre
+        (fused / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
+    """A GGUF LoRA adapter (llama.cpp's ``--lora`` format) of the studio adapter in
+    ``folder``: per layer, ``.lora_a`` (r, in) and ``.lora_b`` (out, r), b's rows permuted
+    for q and k like the base's, ``adapter.lora.alpha`` = scale x rank."""
+    import gguf
+    import mlx.core as mx
+
+    config = check_exportable(base)
+    adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if adapter.get("fine_tune_type", "lora") != "lora":
+        raise StudioError(
+            f"llama.cpp's GGUF adapters are LoRA only; this one is {adapter.get('fine_tune_type')}",
+            hint="export the fused model instead (GGUF model, or Ollama with the fused model)",
+        )
+    lora = adapter["lora_parameters"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads", heads)
+    with _writing(target) as writer:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(lora["scale"] * lora["rank"]))
+        weights = mx.load(str(folder / "adapters.safetensors"))
+        for name, value in sorted(weights.items()):
+            stem, _, side = name.rpartition(".lora_")
+            data = np.array(value.astype(mx.float32)).T  # a: (r, in); b: (out, r)
+            if side == "b" and stem.endswith("q_proj"):
+                data = permute(data, heads)
+            elif side == "b" and stem.endswith("k_proj"):
+                data = permute(data, kv_heads)
+            name = f"{gguf_name(stem + '.weight')}.lora_{side}"
+            writer.add_tensor(name, np.ascontiguousarray(data))
+    return target

@@ -1,0 +1,8 @@
+"""The files of an adapter folder, named once: the worker writes them, the store, the
+registry and the exports read them, and the worker must not import the store to know them."""
+
+WEIGHTS_FILE = "adapters.safetensors"
+CONFIG_FILE = "adapter_config.json"
+METADATA_FILE = "metadata.json"
+EVENTS_FILE = "events.jsonl"
+EXPORTED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, EVENTS_FILE)

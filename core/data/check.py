@@ -1,0 +1,196 @@
+"""The rules of a training row: format detection and line-level validation.
+
+mlx-lm guesses a dataset's format from its first row and fails mid-training, obscurely, on a
+bad row later on. So every line is read and checked here before any process starts, and each
+problem is reported with its file, line number and the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import StudioError
+
+ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_PROBLEMS = 50
+FORMAT_FIX = (
+    'each line needs {"text": ...}, {"prompt": ..., "completion": ...} '
+    'or {"messages": [{"role": ..., "content": ...}, ...]}'
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}, line {self.line}" if self.line else self.file
+        return f"{where}: {self.message} ({self.fix})"
+
+
+class DatasetError(StudioError):
+    """A dataset that cannot be trained on, with every problem found (up to a cap)."""
+
+    def __init__(self, problems: list[Problem], more: int = 0):
+        lines = [f"- {p}" for p in problems]
+        if more:
+            lines.append(f"- ... and {more} more problem(s)")
+        super().__init__(
+            f"the dataset has {len(problems) + more} problem(s):\n" + "\n".join(lines),
+            hint="fix the lines above and load the dataset again",
+        )
+        self.problems = problems
+        self.total = len(problems) + more
+
+
+def row_format(row: dict[str, Any]) -> str | None:
+    """The format of one row, tested in mlx-lm's own order so both sides agree."""
+    if "prompt" in row and "completion" in row:
+        return "completions"
+    if "messages" in row:
+        return "chat"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def _text_field(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    if not isinstance(value, str):
+        return f'"{key}" must be a string, got {type(value).__name__}'
+    if not value.strip():
+        return f'"{key}" is empty'
+    return None
+
+
+def _message_problems(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        return ['"messages" must be a non-empty list of {"role", "content"} objects']
+    found = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            found.append(f"message {i + 1} is not an object")
+            continue
+        role = message.get("role")
+        if role not in ROLES:
+            found.append(f"message {i + 1} has unknown role {role!r} (use one of {ROLES})")
+        content = message.get("content")
+        if message.get("tool_calls") and content in (None, ""):
+            continue
+        if not isinstance(content, str):
+            found.append(f'message {i + 1} "content" must be a string')
+        elif not content.strip():
+            found.append(f"message {i + 1} ({role}) has empty content")
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        found.append("the conversation has no assistant turn, so there is nothing to learn")
+    return found
+
+
+def row_problems(row: dict[str, Any], fmt: str) -> list[str]:
+    """What is wrong with the fields of one row of format ``fmt`` (empty: nothing)."""
+    if fmt == "text":
+        found = [_text_field(row, "text")]
+    elif fmt == "completions":
+        found = [_text_field(row, "prompt"), _text_field(row, "completion")]
+    else:
+        found = _message_problems(row.get("messages"))
+        if "tools" in row and not isinstance(row["tools"], list):
+            found.append('"tools" must be a list')
+    return [p for p in found if p]
+
+
+class _Collector:
+    """Problems in reading order, capped; beyond the cap only counted."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.more = 0
+
+    def add(self, file: str, line: int | None, message: str, fix: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(Problem(file, line, message, fix))
+        else:
+            self.more += 1
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise DatasetError(self.problems, self.more)
+
+
+class RowReader:
+    """Reads .jsonl files line by line, never whole, checking each row; problems go to
+    ``out``, and the first good row sets the format every other row must have."""
+
+    def __init__(self) -> None:
+        self.out = _Collector()
+        self.format: str | None = None
+
+    def rows(self, path: Path) -> Iterator[dict]:
+        name = path.name
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+                if not first.strip() and not f.peek(1):
+                    self.out.add(name, None, "the file is empty", "add one JSON object per line")
+                    return
+                lines = itertools.chain([first.removeprefix(b"\xef\xbb\xbf")], f)
+                for number, raw in enumerate(lines, start=1):
+                    row = self._row(name, number, raw.removesuffix(b"\n"))
+                    if row is not None:
+                        yield row
+        except OSError as exc:
+            self.out.add(
+                name, None, f"cannot be read ({exc.strerror})", "check the path and permissions"
+            )
+
+    def _row(self, name: str, number: int, raw: bytes) -> dict | None:
+        out = self.out
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = raw[exc.start]
+            where = f"byte 0x{byte:02x} at column {exc.start + 1}"
+            out.add(name, number, f"{where} is not UTF-8", "save the file as UTF-8")
+            return None
+        if not text.strip():
+            out.add(name, number, "blank line", "remove it: every line must be a JSON object")
+            return None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            message = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            out.add(name, number, message, "write one complete JSON object per line")
+            return None
+        if not isinstance(row, dict):
+            out.add(name, number, f"a JSON {type(row).__name__}, not an object", FORMAT_FIX)
+            return None
+        this = row_format(row)
+        if this is None:
+            out.add(name, number, f"no known fields (found {sorted(row)[:5]})", FORMAT_FIX)
+            return None
+        if self.format is None:
+            self.format = this
+        elif this != self.format:
+            message = f"{this} row in a {self.format} dataset (format set by its first row)"
+            out.add(name, number, message, "use one format for the whole dataset")
+            return None
+        for message in row_problems(row, this):
+            out.add(name, number, message, _fix_for(this))
+        return row
+
+
+def _fix_for(fmt: str) -> str:
+    return {
+        "text": 'give "text" a non-empty string',
+        "completions": 'give "prompt" and "completion" non-empty strings',
+        "chat": "each message needs a known role and non-empty string content, "
+        "and one assistant turn at least",
+    }[fmt]

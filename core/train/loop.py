@@ -1,0 +1,401 @@
+"""The training loop: mlx-lm's loss, batches, evaluation and optimizer, driven one step at a
+time so that a run can start at any step.
+
+mlx-lm's ``trainer.train()`` always starts at step 1 with a fresh optimizer and a data order
+drawn from the global NumPy state, so it cannot resume, keep the best checkpoint or stop early.
+This loop uses the same parts (``default_loss``, ``iterate_batches``, ``evaluate``, the compiled
+value-and-grad step with ``average_gradients``) and adds what it lacks:
+
+- each epoch's batch order comes from ``seed + epoch``, so the order of any epoch can be drawn
+  again after a restart, and the batches already trained are skipped;
+- checkpoints hold the optimizer state and the random key as well as the weights;
+- validation every ``eval_every`` steps keeps track of the best step, which is checkpointed so
+  it can be published, and of the patience left for early stopping;
+- over several ranks (``mlx.launch``), gradients and losses are weighted by each rank's token
+  count, so a run's numbers do not depend on how many ranks share its batches; a stop asked
+  of any rank is agreed by all at the next step; only rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.nn.utils import average_gradients
+from mlx.utils import tree_map
+from mlx_lm.tuner import trainer
+
+from core import protocol
+from core.params import TrainingParams
+from core.train import checkpoints
+from core.train.checkpoints import TrainerState
+
+# the batch width's rounding; LORA_STUDIO_PAD_TO overrides it to measure others
+PAD_TO = int(os.environ.get("LORA_STUDIO_PAD_TO") or 8)
+
+
+class Stopped(Exception):
+    """Raised between steps once a stop was asked for (SIGTERM, or the studio went away)."""
+
+
+@dataclass
+class Schedule:
+    """When the loop reports, validates and saves, in steps."""
+
+    steps_per_epoch: int
+    total_steps: int
+    report_every: int
+    eval_every: int
+    save_every: int
+
+    accumulation: int = 1
+
+    @classmethod
+    def for_run(cls, params: TrainingParams, steps_per_epoch: int) -> Schedule:
+        accumulate = params.grad_accumulation_steps
+        return cls(
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * params.epochs,
+            report_every=report_interval(steps_per_epoch),
+            eval_every=_multiple(params.eval_every or steps_per_epoch, accumulate),
+            save_every=_multiple(params.save_every or steps_per_epoch, accumulate),
+            accumulation=accumulate,
+        )
+
+    def updates_at(self, step: int) -> bool:
+        """Whether the optimizer updates after ``step`` (batches are 1-based)."""
+        return step % self.accumulation == 0
+
+    def evaluates_at(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def saves_at(self, step: int) -> bool:
+        # the last step's weights are written as the adapter itself
+        return step % self.save_every == 0 and step < self.total_steps
+
+
+def _multiple(steps: int, of: int) -> int:
+    """``steps`` rounded up to a multiple of ``of``: checkpoints fall on optimizer updates."""
+    return -(-steps // of) * of
+
+
+def lr_schedule(params: TrainingParams, steps_per_epoch: int) -> dict | None:
+    """The run's schedule in mlx-lm's ``lr_schedule`` format (what ``build_schedule`` reads
+    and adapter_config.json records), in optimizer steps; None for a constant rate."""
+    warmup = params.warmup(steps_per_epoch)
+    if params.lr_schedule == "constant" and not warmup:
+        return None
+    lr, decay = params.learning_rate, params.optimizer_steps(steps_per_epoch) - warmup
+    name, arguments = {
+        "constant": ("linear_schedule", [lr, lr, 1]),
+        "cosine": ("cosine_decay", [lr, decay, 0.0]),
+        "linear": ("linear_schedule", [lr, 0.0, decay]),
+    }[params.lr_schedule]
+    config: dict = {"name": name, "arguments": arguments}
+    if warmup:
+        config |= {"warmup": warmup, "warmup_init": 0.0}
+    return config
+
+
+def learning_rate(params: TrainingParams, steps_per_epoch: int):
+    """What the optimizer takes: mlx-lm's ``build_schedule`` of the schedule, or the rate."""
+    from mlx_lm.tuner.utils import build_schedule
+
+    config = lr_schedule(params, steps_per_epoch)
+    return build_schedule(config) if config else params.learning_rate
+
+
+def validation_batch(batch_size: int, examples: int, ranks: int) -> int:
+    """The validation batch: the training batch, or fewer when the validation set is
+    smaller, split evenly over ranks (mlx-lm requires it)."""
+    batch = min(batch_size, examples)
+    return max(batch - batch % ranks, ranks)
+
+
+def trimmed(batches: Iterator, pad_to: int | None = None) -> Iterator:
+    """mlx-lm's batches, with the padding beyond ``1 + pad_to * ceil(longest / pad_to)``
+    cut off (mlx-lm pads to that with ``pad_to`` 32). The ``1 +`` keeps the target after each
+    row's last token, which mlx-lm's loss counts. Padding only adds masked columns, so the
+    loss is unchanged; a smaller ``pad_to`` wastes less compute on them and costs more
+    compiled shapes (see docs/benchmarks.md for how PAD_TO was chosen)."""
+    pad_to = pad_to or PAD_TO
+    for batch, lengths in batches:
+        longest = lengths[:, 1].max().item()
+        width = 1 + pad_to * -(-longest // pad_to)
+        yield (batch[:, :width] if width < batch.shape[1] else batch), lengths
+
+
+def report_interval(steps_per_epoch: int, target: int = 10) -> int:
+    """Steps between progress lines: the largest divisor of an epoch up to ``target``, so
+    every epoch ends on a report."""
+    return max(d for d in range(1, min(target, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+class TrainingLoop:
+    """Trains ``model`` (already wrapped in LoRA layers) and emits protocol events."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer,
+        train_set,
+        valid_set,
+        params: TrainingParams,
+        schedule: Schedule,
+        checkpoint_folder: Path,
+        emit: Callable[[protocol._Message], None],
+        stop: threading.Event,
+        loss: Callable = trainer.default_loss,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.train_set = train_set
+        self.valid_set = valid_set
+        self.params = params
+        self.schedule = schedule
+        self.checkpoint_folder = checkpoint_folder
+        self.emit = emit
+        self.stop = stop
+        self.loss = loss
+        self.state = TrainerState(seed=params.seed)
+        self.last_checkpoint: int | None = None
+        self.stopped_early = False
+        self.last_loss = float("nan")
+        self.group = mx.distributed.init()
+        self.writes = self.group.rank() == 0  # the other ranks hold the same weights
+
+    # -- resuming ---------------------------------------------------------------------------
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: weights, optimizer moments, random key, position."""
+        from mlx.utils import tree_unflatten
+
+        weights, optimizer_state, self.state = checkpoints.load(path)
+        self.model.load_weights(list(weights.items()), strict=False)
+        self.optimizer.state = tree_unflatten(list(optimizer_state.items()))
+        if self.state.random_key:
+            high, low = self.state.random_key
+            mx.random.seed((high << 32) | low)
+        self.last_checkpoint = self.state.step
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> TrainerState:
+        """Train from ``self.state`` to the last step (or an early stop); returns the state."""
+        self.optimizer.init(self.model.trainable_parameters())
+        if self.params.grad_checkpoint:
+            trainer.grad_checkpoint(self.model.layers[0])  # mlx-lm's: every layer of that type
+        step_fn, compiled_state = self.compiled_step()
+        accumulated = None
+        self.model.train()
+        if self.state.step == 0 or self._evaluation_pending():
+            self.validate()
+        s = self.schedule
+        window = _Window()
+        while self.state.step < s.total_steps and not self.stopped_early:
+            epoch, position = divmod(self.state.step, s.steps_per_epoch)
+            for batch in islice(self._epoch_batches(epoch), position, None):
+                self._check_stop()
+                tic = time.perf_counter()
+                update = s.updates_at(self.state.step + 1)
+                weighted, tokens, accumulated = step_fn(*batch, accumulated, update)
+                mx.eval(compiled_state, weighted, tokens, accumulated)
+                window.add(weighted, tokens, time.perf_counter() - tic)
+                self._advance()
+                if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
+                    self._report(window)
+                if s.evaluates_at(self.state.step):
+                    self.validate()
+                if s.saves_at(self.state.step) and self.last_checkpoint != self.state.step:
+                    self.save()
+                if self.stopped_early:
+                    break
+        return self.state
+
+    def compiled_step(self):
+        """mlx-lm's training step, with gradients weighted by tokens: summed over
+        ``accumulation`` batches and over ranks, then divided by the tokens of them all (the
+        gradient of one big batch), and one optimizer update.
+
+        Returns the step and the state it updates. The step gives the batch's loss times its
+        tokens, its tokens, and what to pass as ``previous`` to the next batch."""
+        value_and_grad = nn.value_and_grad(self.model, self.loss)
+        state = [self.model.state, self.optimizer.state, mx.random.state]
+        ranks = self.group.size()
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step(batch, lengths, previous, update: bool):
+            (loss, tokens), grad = value_and_grad(self.model, batch, lengths)
+            grad = tree_map(lambda g: g * tokens, grad)
+            total = tokens
+            if previous is not None:
+                grad = tree_map(lambda g, p: g + p, grad, previous[0])
+                total = total + previous[1]
+            if update:
+                # average_gradients is mlx's batched all-reduce; its mean times the ranks
+                # is the sum
+                scale = ranks / mx.distributed.all_sum(total)
+                grad = tree_map(lambda g: g * scale, average_gradients(grad))
+                self.optimizer.update(self.model, grad)
+                return loss * tokens, tokens, None
+            return loss * tokens, tokens, (grad, total)
+
+        return step, state
+
+    def _epoch_batches(self, epoch: int) -> Iterator:
+        return trimmed(
+            trainer.iterate_batches(
+                dataset=self.train_set,
+                batch_size=self.params.batch_size,
+                max_seq_length=self.params.max_seq_length,
+                seed=self.params.seed + epoch,
+                comm_group=self.group,
+            )
+        )
+
+    def _advance(self) -> None:
+        state = self.state
+        state.step += 1
+        state.epoch, state.batch_in_epoch = divmod(state.step, self.schedule.steps_per_epoch)
+
+    def _check_stop(self) -> None:
+        if self._stop_agreed():
+            # a stop loses no finished optimizer step: the weights have not changed since the
+            # last update, so the checkpoint is that update's (batches after it are redone)
+            updated = self.state.step - self.state.step % self.schedule.accumulation
+            if updated > 0 and self.last_checkpoint != updated:
+                self.save(at=updated)
+            raise Stopped
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop: every rank must leave at the same step, or
+        the others would wait for it in the next all-reduce."""
+        if self.group.size() == 1:
+            return self.stop.is_set()
+        asked = mx.array(1.0 if self.stop.is_set() else 0.0)
+        return mx.distributed.all_max(asked, stream=mx.cpu).item() > 0
+
+    def _evaluation_pending(self) -> bool:
+        step = self.state.step
+        return self.schedule.evaluates_at(step) and self.state.last_eval_step != step
+
+    # -- reporting, validation, checkpoints ---------------------------------------------------
+
+    def _report(self, window: _Window) -> None:
+        s, step = self.schedule, self.state.step
+        loss, tokens, seconds = window.take()
+        self.last_loss = loss
+        self.state.trained_tokens += tokens
+        self.state.train_seconds += seconds
+        self.emit(
+            protocol.Progress(
+                step=step,
+                total_steps=s.total_steps,
+                epoch=(step - 1) // s.steps_per_epoch + 1,
+                loss=loss,
+                learning_rate=self.optimizer.learning_rate.item(),
+                tokens_per_second=tokens / seconds if seconds else 0.0,
+                peak_memory_gb=self._peak_memory_gb(),
+                progress=100.0 * step / s.total_steps,
+                trained_tokens=self.state.trained_tokens,
+                train_seconds=self.state.train_seconds,
+            )
+        )
+
+    def _peak_memory_gb(self) -> float:
+        """This process's peak, or the largest over ranks."""
+        peak = mx.array(mx.get_peak_memory() / 1e9)
+        if self.group.size() > 1:
+            peak = mx.distributed.all_max(peak, stream=mx.cpu)
+        return peak.item()
+
+    def validate(self) -> float:
+        """Validation loss over the whole validation set; tracks the best and the patience."""
+        state = self.state
+        loss = trainer.evaluate(
+            self.model,
+            self.valid_set,
+            batch_size=validation_batch(
+                self.params.batch_size, len(self.valid_set), self.group.size()
+            ),
+            num_batches=-1,
+            max_seq_length=self.params.max_seq_length,
+            loss=self.loss,
+            iterate_batches=self._stoppable_batches,
+        )
+        self.model.train()
+        state.last_eval_step = state.step
+        self.emit(
+            protocol.Validation(
+                step=state.step, epoch=state.step // self.schedule.steps_per_epoch, loss=loss
+            )
+        )
+        if state.step > 0:  # the untrained baseline is not a candidate
+            self._track_best(loss)
+        return loss
+
+    def _stoppable_batches(self, **kwargs) -> Iterator:
+        for batch in trimmed(trainer.iterate_batches(**kwargs)):
+            self._check_stop()
+            yield batch
+
+    def _track_best(self, loss: float) -> None:
+        state = self.state
+        if state.best_loss is None or loss < state.best_loss:
+            state.best_step, state.best_loss, state.evals_since_best = state.step, loss, 0
+            if self.params.keep == "best" and state.step < self.schedule.total_steps:
+                self.save()  # the best weights must outlive later steps
+            return
+        state.evals_since_best += 1
+        patience = self.params.early_stop
+        if patience and state.evals_since_best >= patience:
+            self.stopped_early = True
+
+    def save(self, at: int | None = None) -> Path:
+        """Checkpoint the current weights as step ``at`` (default: the current step); on
+        rank 0 only. Returns the checkpoint's folder."""
+        key = mx.random.state[0].tolist()
+        self.state.random_key = [int(k) for k in key]
+        state = self.state
+        if at is not None and at != state.step:
+            epoch, position = divmod(at, self.schedule.steps_per_epoch)
+            state = replace(state, step=at, epoch=epoch, batch_in_epoch=position)
+        path = checkpoints.step_folder(self.checkpoint_folder, state.step)
+        self.last_checkpoint = state.step
+        if not self.writes:
+            return path
+        path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
+        keep = {self.state.best_step} if self.state.best_step is not None else set()
+        checkpoints.prune(self.checkpoint_folder, keep)
+        self.emit(protocol.Checkpoint(step=state.step, path=str(path)))
+        return path
+
+
+class _Window:
+    """Token-weighted losses and token counts since the last report (kept as MLX arrays: no
+    sync per step)."""
+
+    def __init__(self) -> None:
+        self.weighted, self.tokens, self.seconds = mx.array(0.0), mx.array(0), 0.0
+
+    def add(self, weighted_loss: mx.array, tokens: mx.array, seconds: float) -> None:
+        self.weighted = self.weighted + weighted_loss
+        self.tokens = self.tokens + tokens
+        self.seconds += seconds
+
+    def take(self) -> tuple[float, int, float]:
+        """(loss per token, tokens, seconds) over the window and every rank; then reset."""
+        weighted = mx.distributed.all_sum(self.weighted, stream=mx.cpu).item()
+        tokens = int(mx.distributed.all_sum(self.tokens, stream=mx.cpu).item())
+        result = weighted / max(tokens, 1), tokens, self.seconds
+        self.__init__()
+        return result

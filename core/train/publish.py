@@ -1,0 +1,117 @@
+"""Publishing a finished run: metadata.json, then one rename from ``runs/`` into ``adapters/``.
+
+The adapter folder appears whole or not at all. Anything that goes wrong on the way (a full
+disk while writing metadata.json, a failed copy to another file system) leaves the run folder
+as it was, with the only copy of the weights, and no partial folder among the adapters.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+from statistics import fmean
+
+from core import protocol
+from core.adapters.layout import EVENTS_FILE
+from core.adapters.store import AdapterMetadata
+from core.files import write_text_atomic
+from core.train.runs import CHECKPOINTS, DATA, STATE_FILE, RunRecord
+
+log = logging.getLogger(__name__)
+
+RUN_ONLY = (CHECKPOINTS, DATA, STATE_FILE)  # what a run needs and an adapter does not
+
+
+def metadata(
+    record: RunRecord, events: list[protocol.Event], complete: protocol.Complete
+) -> AdapterMetadata:
+    """metadata.json from the run's record and the figures its events reported."""
+    start = next(e for e in events if isinstance(e, protocol.Start))
+    progress = [e for e in events if isinstance(e, protocol.Progress)]
+    validations = [e.loss for e in events if isinstance(e, protocol.Validation)]
+    trained = [e.loss for e in events if isinstance(e, protocol.Validation) and e.step > 0]
+    params = record.params
+    return AdapterMetadata(
+        adapterName=record.name,
+        baseModelId=record.model_id,
+        baseModelPath=record.model_path,
+        trainingDataset=record.dataset_name,
+        epochs=params["epochs"],
+        rank=params["rank"],
+        alpha=params["alpha"],
+        learningRate=params["learning_rate"],
+        batchSize=params["batch_size"],
+        loraLayers=record.model_layers if params["lora_layers"] == -1 else params["lora_layers"],
+        trainingSteps=complete.steps,
+        finalLoss=complete.final_loss,
+        finalValidationLoss=trained[-1] if trained else None,
+        bestValidationLoss=complete.best_loss,
+        bestStep=complete.best_step,
+        keptCheckpoint=complete.kept,
+        keptStep=complete.kept_step,
+        stoppedEarly=complete.stopped_early,
+        initialValidationLoss=validations[0] if validations else None,
+        layerCount=start.lora_modules,
+        parameterCount=start.trainable_params,
+        tokensPerSecond=round(fmean(e.tokens_per_second for e in progress), 1)
+        if progress
+        else None,
+        tokensCounted="trained",
+        trainExamples=start.num_train,
+        validationExamples=start.num_val,
+        targetModules=params["keys"],
+        maxSeqLength=params["max_seq_length"],
+        blas=start.blas,
+        durationSeconds=round(record.elapsed_seconds, 2),
+        datasetFormat=record.dataset_format,
+        baseQuantization=record.model_quantization,
+        fineTuneType=params.get("fine_tune_type", "lora"),
+        lossFunction=start.loss,
+        ranks=start.ranks,
+    )
+
+
+def publish(
+    record: RunRecord, folder: Path, adapters: Path, complete: protocol.Complete
+) -> protocol.Complete:
+    """Move a finished run folder into ``adapters/`` as one new adapter folder; returns the
+    run's final event, which names the published folder."""
+    target = adapters / folder.name
+    final = complete.model_copy(update={"adapter_path": str(target), "adapter_id": record.id})
+    events = [e for e in protocol.read_events(folder / EVENTS_FILE) if not _ending(e)]
+    metadata(record, events, complete).write(folder)
+    write_events(folder / EVENTS_FILE, [*events, final])
+    try:
+        os.rename(folder, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across(folder, target)
+    for name in RUN_ONLY:
+        path = target / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    log.info("published adapter %s to %s", folder.name, target)
+    return final
+
+
+def _copy_across(folder: Path, target: Path) -> None:
+    """Another file system: copy beside the target, then rename there in one step."""
+    staging = target.parent / f".{target.name}.partial"
+    try:
+        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(*RUN_ONLY))
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ending(event: protocol.Event) -> bool:
+    return isinstance(event, protocol.Complete | protocol.Error)
+
+
+def write_events(path: Path, events: list[protocol.Event]) -> None:
+    write_text_atomic(path, "".join(e.to_line() for e in events))

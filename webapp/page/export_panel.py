@@ -1,0 +1,95 @@
+"""The Adapters tab's export: a format picker, progress while it fuses and writes, and the
+file to download (or, for an Ollama folder, where it is and the line to run)."""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from core.adapters.export import export_adapter
+from core.adapters.gguf_export import GGUF_TYPES
+from webapp.page.background import with_progress
+from webapp.page.studio import Studio, explain
+
+FORMATS = [
+    ("Studio .zip (LoRA Studio, mlx-lm)", "zip"),
+    ("PEFT (transformers, vLLM)", "peft"),
+    ("GGUF, fused with its base (llama.cpp, LM Studio)", "gguf"),
+    ("Ollama (GGUF + Modelfile)", "ollama"),
+    ("GGUF LoRA adapter (llama.cpp --lora, Ollama ADAPTER)", "gguf-adapter"),
+]
+
+
+def build(studio: Studio, picker: gr.Dropdown) -> None:
+    with gr.Accordion("Export", open=True):
+        with gr.Row():
+            fmt = gr.Radio(FORMATS, value="zip", label="Format", scale=3)
+            with gr.Column(scale=1):
+                kind = gr.Dropdown(list(GGUF_TYPES), value="f16", label="GGUF weights")
+                system = gr.Textbox(label="System prompt (Ollama)", lines=1)
+        export = gr.Button("Export")
+        status = gr.Markdown(elem_id="ls-export-status")
+        download = gr.File(label="Exported", interactive=False, height=80)
+    export.click(
+        partial(run_export, studio),  # a generator function still: it streams
+        [picker, fmt, kind, system],
+        [status, download],
+        api_visibility="private",
+    )
+
+
+def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, system: str):
+    """Stream the export's steps; end with the file to download (a folder is zipped, except
+    an Ollama folder, which stays on the server with the ``ollama create`` line)."""
+    if not adapter_id:
+        yield "Pick an adapter first.", None
+        return
+    folder = studio.scratch / "exports"  # only the latest export is kept
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+
+    def work(progress) -> Path:
+        base = studio.registry.adapter_base(adapter_id)
+        target = folder / _file_name(studio, adapter_id, fmt)
+        return export_adapter(
+            studio.adapters,
+            adapter_id,
+            base,
+            fmt,
+            target,
+            kind=kind,
+            system=system,
+            progress=progress,
+        )
+
+    for steps, result, error in with_progress(work):
+        text = "  \n".join(steps)
+        if error is not None:
+            yield explain(error), None
+            return
+        if result is None:
+            yield (text or "exporting...") + "  \n*working...*", None
+            continue
+        yield _done(result, fmt, text)
+
+
+def _file_name(studio: Studio, adapter_id: str, fmt: str) -> str:
+    name = studio.adapters.read(adapter_id).name
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60] or "adapter"
+    suffix = {"zip": ".zip", "gguf": ".gguf", "gguf-adapter": "-lora.gguf"}.get(fmt, "")
+    return safe + suffix
+
+
+def _done(result: Path, fmt: str, steps: str):
+    if fmt == "ollama":
+        return (
+            f"Written to `{result}` on the server. Then run:\n\n"
+            f"```\nollama create NAME -f {result / 'Modelfile'}\n```"
+        ), None
+    if result.is_dir():  # PEFT: one .zip to download
+        result = Path(shutil.make_archive(str(result), "zip", result))
+    size = result.stat().st_size / 1e6
+    return f"{steps}  \nDone: `{result.name}` ({size:.1f} MB, also at `{result}`).", str(result)

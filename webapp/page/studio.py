@@ -1,0 +1,101 @@
+"""Studio: the core services one running app shares (page, API and CLI compose it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.adapters.store import AdapterStore
+from core.data.uploads import confine
+from core.serve.engine import InferenceEngine
+from core.serve.registry import ModelRegistry
+from core.settings import Settings
+from core.train.service import TrainingService
+
+
+@dataclass
+class Studio:
+    settings: Settings
+    registry: ModelRegistry
+    training: TrainingService
+    engine: InferenceEngine
+    adapters: AdapterStore
+    exposed: bool = False  # reachable from other machines: dataset paths are confined
+    # files made for the page (exports to download), removed when the studio closes
+    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lora-studio-")))
+
+    @classmethod
+    def open(cls, settings: Settings, exposed: bool = False) -> Studio:
+        """Start the services: the registry's watcher and the engine's thread."""
+        registry = ModelRegistry(settings).start()
+        return cls(
+            exposed=exposed,
+            settings=settings,
+            registry=registry,
+            training=TrainingService(settings),
+            # how many base models stay in memory at once (each serves all its adapters)
+            engine=InferenceEngine(
+                registry,
+                max_bases=int(os.environ.get("LORA_STUDIO_MAX_BASES", 1)),
+                prompt_cache_bytes=int(
+                    float(os.environ.get("LORA_STUDIO_PROMPT_CACHE_GB", 2)) * 10**9
+                ),
+            ),
+            adapters=AdapterStore(settings.adapters),
+        )
+
+    def close(self) -> None:
+        run = self.training.current
+        if run is not None and not run.done:
+            run.stop("interrupted")  # it checkpoints and can be resumed next time
+            run.wait(timeout=60)
+        self.engine.close()
+        self.registry.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def base_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of the base models that can be trained or chatted with."""
+        return [
+            (e.display_name, e.id)
+            for e in self.registry.entries()
+            if e.kind == "base" and e.available
+        ]
+
+    def dataset_path(self, text: str) -> Path:
+        """A dataset path from the page or its API: anything on a loopback-only studio,
+        only under the dataset roots on one that other machines reach."""
+        if self.exposed:
+            return confine(text, self.settings.dataset_roots())
+        return Path(text).expanduser()
+
+    def preferred_base(self) -> str | None:
+        """The base model a new training starts with: the only one, else the one used last
+        (the base of the newest run or adapter)."""
+        bases = [model_id for _, model_id in self.base_choices()]
+        if len(bases) <= 1:
+            return bases[0] if bases else None
+        used = [(r.created_at, r.model_id) for r in self.training.runs.list()]
+        used += [
+            (a.metadata.createdAt, a.metadata.baseModelId)
+            for a in self.adapters.list()
+            if a.metadata
+        ]
+        return next((m for _, m in sorted(used, reverse=True) if m in bases), None)
+
+    def chat_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of every model, unavailable ones marked with their reason."""
+        return [
+            (e.display_name if e.available else f"{e.display_name} - unavailable", e.id)
+            for e in self.registry.entries()
+        ]
+
+
+def explain(exc: Exception) -> str:
+    """A StudioError (or anything) as Markdown for the page: the message and the hint."""
+    message = getattr(exc, "message", str(exc))
+    hint = getattr(exc, "hint", None)
+    text = "**Error:** " + message.replace("\n", "  \n")
+    return text + (f"  \n*Hint:* {hint}" if hint else "")

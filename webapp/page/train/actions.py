@@ -1,0 +1,191 @@
+"""What the Train tab's events do: each method of ``TrainActions`` is a Gradio handler;
+generators stream the run's progress view, the others return the outputs they are wired to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from core import protocol
+from core.data.uploads import store_upload
+from core.errors import StudioError
+from core.models.inspect import inspect_model
+from core.params import default_rank
+from webapp.page import hosts_panel, quantize_panel, runs_panel
+from webapp.page.background import with_progress
+from webapp.page.studio import Studio, explain
+from webapp.page.train.form import params as form_params
+from webapp.page.train.view import render, summary
+
+STARTING = "starting"  # a page's ``shown`` while its own Start or Resume launches a run
+
+
+class TrainActions:
+    """What the Train tab's events do. Methods are Gradio handlers: generators stream the
+    run's progress view, the others return the outputs they are wired to."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    def check_dataset(self, base_model: str, dataset_path: str, dataset_name: str, **form):
+        """Check a dataset (and, with a base model, the parameters against it) before training.
+
+        Returns the summary, the token histogram, the trained/masked preview, why Start is
+        (not) ready, and Start's state."""
+        return summary(self.studio, base_model, dataset_path, dataset_name, form)
+
+    def check_hosts(self, mode: str, processes, base_model: str | None) -> str:
+        """Check the chosen hosts over ssh (this machine without): their status as Markdown."""
+        return hosts_panel.check(self.studio, mode, processes, base_model)
+
+    def quantize(self, base_model: str | None, bits: int, group_size: int):
+        """A quantized copy of the picked base, then picked."""
+        return quantize_panel.make(self.studio, base_model, bits, group_size)
+
+    def preselect(self):
+        """The base model to start with: the only one, or the one used last."""
+        model_id = self.studio.preferred_base()
+        return gr.update(value=model_id) if model_id else gr.skip()
+
+    def pick_model(self, model_id, current_layers, follows, current_alpha):
+        info = inspect_model(self.studio.registry.get(model_id).path)
+        new_rank = default_rank(info.parameter_count)
+        new_layers = min(int(current_layers or 8), info.num_layers)
+        return new_rank, (2 * new_rank if follows else current_alpha), new_layers
+
+    def take_upload(self, path):
+        if not path:
+            return "", ""
+        try:
+            stored = store_upload(Path(path), self.studio.settings.datasets)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None  # the page shows it; nothing else changes
+        return str(stored), Path(path).name
+
+    def take_path(self, text):
+        text = (text or "").strip()
+        return text, Path(text).name
+
+    def train(
+        self, base_model: str, dataset_path: str, dataset_name: str, adapter_name: str, **form
+    ):
+        """Start a training run and stream its progress until it ends.
+
+        base_model is a base model's id; dataset_path a .jsonl file on the server (what
+        /check_dataset accepted); the form's fields (rank, alpha, learning_rate, epochs, ...)
+        are named parameters, any left out keeps its default."""
+        try:
+            if not base_model or not dataset_path:
+                raise StudioError("pick a base model and add a dataset first")
+            run = self.studio.training.start(
+                self.studio.registry.get(base_model).path,
+                self.studio.dataset_path(dataset_path),
+                form_params(form),
+                name=adapter_name,
+                dataset_name=dataset_name,
+                launch=hosts_panel.launch(self.studio, form.get("hosts"), form.get("processes")),
+            )
+        except StudioError as exc:
+            yield self._refused(exc)
+            return
+        yield from self._follow(run)
+
+    def resume(self, run_id: str):
+        """Resume a stopped or interrupted run and stream its progress until it ends."""
+        try:
+            if not run_id:
+                raise StudioError("pick a run to resume")
+            run = self.studio.training.resume(run_id)
+        except StudioError as exc:
+            yield self._refused(exc)
+            return
+        yield from self._follow(run)
+
+    def show_current(self):
+        """A page opened (or reloaded) during a run shows it: the service owns the run."""
+        run = self.studio.training.current
+        if run is None:
+            yield (gr.skip(),) * 8 + runs_panel.view(self.studio)
+        elif run.done:  # its last view; Start's state is the form check's to set
+            view = render(run)
+            yield view[:6] + (gr.skip(), view[7]) + runs_panel.view(self.studio)
+        else:
+            yield from self._follow(run)
+
+    def shown_at_load(self) -> str | None:
+        """The run a page shows from its load on (see ``watch``)."""
+        run = self.studio.training.current
+        return run.id if run is not None and not run.done else None
+
+    def watch(self, shown: str | None):
+        """(shown, join): a run started elsewhere (another page, the API, the CLI) after this
+        page loaded gets ``join`` set, which makes the page follow it; a run this page is
+        starting itself (``shown`` is STARTING) is only noted, its Start already follows it."""
+        run = self.studio.training.current
+        if run is None or run.done or run.id == shown:
+            return gr.skip(), gr.skip()
+        return run.id, (gr.skip() if shown == STARTING else run.id)
+
+    def stop(self):
+        """Stop the current run after a checkpoint; it stays resumable."""
+        if self.studio.training.current is not None:
+            self.studio.training.current.stop()
+
+    def discard(self, run_id, confirmed):
+        try:
+            if not confirmed:
+                raise StudioError("tick the box to confirm")
+            self.studio.training.runs.discard(run_id or "")
+        except StudioError as exc:
+            return explain(exc), *runs_panel.view(self.studio)
+        return "Discarded.", *runs_panel.view(self.studio)
+
+    def _follow(self, run):
+        runs_view = runs_panel.view(self.studio)
+        for _ in run.follow():
+            if isinstance(run.last_event, protocol.Complete):
+                # "Done" on the page means chat and /v1 know the adapter already; the
+                # folder watcher would see it a moment later
+                self.studio.registry.reload()
+            yield render(run) + runs_view
+        yield render(run) + runs_panel.view(self.studio)
+
+    def _refused(self, exc: StudioError) -> tuple:
+        return (
+            "",
+            gr.skip(),
+            explain(exc),
+            "",
+            gr.update(visible=False),
+            None,
+            gr.update(interactive=True),
+            gr.update(interactive=False),
+            *runs_panel.view(self.studio),
+        )
+
+    def get_demo(self):
+        """Fetch and import the demo model, reporting each step; then pick it and its data."""
+        from core.models.demo import get_demo as fetch
+
+        studio = self.studio
+
+        def work(progress):
+            return fetch(studio.settings.models, studio.settings.datasets, progress)
+
+        for steps, paths, error in with_progress(work):
+            text = "  \n".join(steps)
+            if error is not None:
+                yield explain(error), gr.skip(), gr.skip(), gr.skip()
+                return
+            if paths is None:
+                yield text or "starting...", gr.skip(), gr.skip(), gr.skip()
+                continue
+            model_path, dataset_path = paths
+            studio.registry.reload()
+            yield (
+                text + "  \nReady: the demo model and the sample dataset are picked.",
+                gr.update(choices=studio.base_choices(), value=model_path.name),
+                str(dataset_path),
+                dataset_path.name,
+            )

@@ -1,0 +1,95 @@
+"""The Train tab's parameter fields, derived from ``TrainingParams``: a knob added there
+appears here (and in argparse, through ``core.params.add_arguments``) without another line.
+
+Only the page's own words live here: short labels, the names of choices, which fields sit
+above the fold, and what a field shows for a default that the model decides (``None``).
+Ranges are not given to the components: an out-of-range value goes through the studio's own
+check, which names the field, the value and the range.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args, get_origin
+
+import gradio as gr
+
+from core.params import TARGET_KEYS, TrainingParams, validate_params
+
+DEFAULTS = TrainingParams()
+EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
+LAUNCH_FIELDS = ("hosts", "processes")
+# the form's fields, in the order the events receive them
+FORM_FIELDS = (*TrainingParams.model_fields, *LAUNCH_FIELDS)
+MAIN_FIELDS = ("rank", "alpha", "learning_rate", "epochs", "batch_size", "lora_layers")
+LABELS = {
+    "rank": "Rank (1-256)",
+    "alpha": "Alpha (2 x rank)",
+    "learning_rate": "Learning rate",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "lora_layers": "LoRA layers (-1: all)",
+    "keys": "Target modules",
+    "validation_split": "Validation split",
+    "max_seq_length": "Max sequence length",
+    "seed": "Seed",
+    "mask_prompt": "Train on answers only (mask prompts)",
+    "dropout": "LoRA dropout",
+    "save_every": "Checkpoint every N steps (0: each epoch)",
+    "eval_every": "Validate every N steps (0: each epoch)",
+    "keep": "Publish the weights of the",
+    "early_stop": "Early stopping: validations without improvement (0: off)",
+    "lr_schedule": "Learning rate schedule (after the warmup)",
+    "warmup_steps": "Warmup steps (below 1: a share of the run)",
+    "grad_accumulation_steps": "Gradient accumulation steps (batches per optimizer step)",
+    "grad_checkpoint": "Gradient checkpointing (less memory, slower)",
+    "fine_tune_type": "Fine-tune type",
+}
+CHOICES = {
+    "keep": {"best": "best validation loss", "last": "last step"},
+    "fine_tune_type": {"lora": "LoRA", "dora": "DoRA (LoRA + a magnitude per output)"},
+}
+# what a field whose default the model decides shows before a model is picked
+SHOWN = {"rank": 8, "alpha": 16, "save_every": EVERY_EPOCH, "eval_every": EVERY_EPOCH}
+
+
+def field(name: str) -> gr.components.Component:
+    """The component for one TrainingParams field, by its type."""
+    spec = TrainingParams.model_fields[name]
+    label = LABELS.get(name) or spec.description.capitalize()
+    value = SHOWN.get(name, spec.get_default(call_default_factory=True))
+    kind = spec.annotation
+    if kind is bool:
+        return gr.Checkbox(value, label=label)
+    if get_origin(kind) is Literal:
+        names = CHOICES.get(name, {})
+        options = [(names.get(choice, choice), choice) for choice in get_args(kind)]
+        return gr.Radio(options, value=value, label=label)
+    if get_origin(kind) is list:
+        return gr.CheckboxGroup(list(TARGET_KEYS), value=value, label=label)
+    integer = int in (kind, *get_args(kind))
+    return gr.Number(value, label=label, precision=0 if integer else None)
+
+
+def main_fields() -> dict[str, gr.components.Component]:
+    """The fields above the fold, two to a row."""
+    form: dict[str, gr.components.Component] = {}
+    for left, right in zip(MAIN_FIELDS[::2], MAIN_FIELDS[1::2], strict=True):
+        with gr.Row():
+            form[left], form[right] = field(left), field(right)
+    return form
+
+
+def advanced_fields() -> dict[str, gr.components.Component]:
+    """Every other field, in TrainingParams' order (placed where the caller opened them)."""
+    return {name: field(name) for name in TrainingParams.model_fields if name not in MAIN_FIELDS}
+
+
+def params(form: dict) -> TrainingParams:
+    """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
+    Fields a script leaves out keep their defaults."""
+    form = {k: v for k, v in form.items() if v is not None and k not in LAUNCH_FIELDS}
+    form["keys"] = form.get("keys") or DEFAULTS.keys
+    for name in ("save_every", "eval_every"):
+        if form.get(name) == EVERY_EPOCH:
+            form[name] = None
+    return validate_params(form)

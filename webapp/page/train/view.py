@@ -1,0 +1,210 @@
+"""What the Train tab shows: a dataset check's summary (counts, tokens, the masked preview,
+the memory plan, whether Start is ready) and a run's progress view, from its events."""
+
+from __future__ import annotations
+
+import html
+import time
+
+import gradio as gr
+
+from core import protocol
+from core.data.check import DatasetError
+from core.data.scan import SAMPLE_ROWS, scan_dataset
+from core.data.tokens import preview, token_statistics
+from core.errors import StudioError
+from core.models.inspect import tokenizer as model_tokenizer
+from core.models.quantize import cpu_slowdown_warning
+from core.params import TrainingParams
+from core.train.plan import MemoryPlan
+from webapp.page import charts, hosts_panel
+from webapp.page.studio import Studio, explain
+from webapp.page.train.form import params as form_params
+
+PREVIEW_ROWS = 3
+
+
+def _counts(data) -> str:
+    return (
+        f"**{data.format}** format, **{data.total}** examples "
+        f"({data.train_count} train / {data.valid_count} validation)."
+    )
+
+
+def _problems(name: str, exc: DatasetError) -> str:
+    lines = [
+        f"- line {p.line}: {p.message} ({p.fix})" if p.line else f"- {p}" for p in exc.problems
+    ]
+    more = exc.total - len(exc.problems)
+    if more:
+        lines.append(f"- ... and {more} more")
+    return f"### {name}: {exc.total} problem(s)\n" + "\n".join(lines)
+
+
+def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
+    """Check everything the Start button needs; returns the page's view of it.
+
+    The dataset is checked as soon as it arrives (format, examples, every line's problems
+    need no model); token statistics and the masked preview follow once a model is picked."""
+    refused = gr.update(interactive=False)
+    if not path:
+        return "", "", "", "Pick a base model." if not model_id else "Add a dataset.", refused
+    try:
+        path = studio.dataset_path(path)
+        params = form_params(form)
+        if not model_id:
+            data = scan_dataset(
+                path,
+                batch_size=params.batch_size,
+                validation_split=params.validation_split,
+                seed=params.seed,
+            )
+            text = f"### {name}\n{_counts(data)}  \nPick a base model for token statistics."
+            return text, "", "", "Pick a base model.", refused
+        entry = studio.registry.get(model_id)
+        launch = hosts_panel.launch(studio, form.get("hosts"), form.get("processes"))
+        info, params, data = studio.training.check(
+            entry.path, path, params, dataset_name=name, launch=launch
+        )
+        memory = studio.training.plan(info, params, data, launch)
+    except DatasetError as exc:
+        return _problems(name, exc), "", "", "Fix the dataset first.", refused
+    except StudioError as exc:
+        return "", "", "", explain(exc), refused
+    tokenizer = model_tokenizer(info.path)
+    tokens = data.sample_tokens(tokenizer, params.mask_prompt)
+    stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
+    ready = _ready(params, launch, info) + "  \n" + _memory(memory)
+    return (
+        _tokens_text(name, data, stats, params),
+        charts.histogram(stats.lengths),
+        _preview_html(tokens, tokenizer),
+        ready,
+        gr.update(interactive=memory.fits),
+    )
+
+
+def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
+    """The dataset's counts and token statistics, and how many examples will be truncated."""
+    text = (
+        f"### {name}\n{_counts(data)} Tokens per example: "
+        f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
+        f"{stats.trained_tokens:,} trained on per epoch."
+    )
+    if data.total > len(data.sample):
+        text += f"  \n(Token statistics of the first {SAMPLE_ROWS:,} examples.)"
+    if stats.over_max_length:
+        text += (
+            f"  \n**{stats.over_max_length}** example(s) are longer than "
+            f"{params.max_seq_length} tokens and will be truncated."
+        )
+    return text
+
+
+def _preview_html(tokens: list, tokenizer) -> str:
+    """The first examples as the loss sees them: masked tokens grey, trained ones bold."""
+    samples = preview(tokens[:PREVIEW_ROWS], tokenizer)
+    shown = "".join(
+        f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(masked)}</span>"
+        f"<b class='ls-trained'>{html.escape(trained)}</b></pre>"
+        for masked, trained in samples
+    )
+    return "<p>Grey: masked from the loss. Bold: trained on.</p>" + shown
+
+
+def _memory(memory: MemoryPlan) -> str:
+    """The memory plan's line; when the run would not fit, what would make it fit."""
+    if memory.fits:
+        return f"Memory: {memory.summary()}."
+    options = "".join(f"\n- {line}" for line in memory.advice())
+    return (
+        f"**Memory: {memory.summary()}, too much: Start is disabled.** "
+        f"What would make it fit:\n{options}"
+    )
+
+
+def _ready(params: TrainingParams, launch, info) -> str:
+    """What Start will do: the run's shape, its ranks, and a warning it deserves."""
+    effective = params.batch_size * params.grad_accumulation_steps
+    ready = (
+        f"Ready: {params.epochs} epoch(s), rank {params.rank}, alpha {params.alpha:g}, "
+        f"effective batch {effective} ({params.batch_size} x {params.grad_accumulation_steps})."
+    )
+    if launch.distributed:
+        ready += f" {len(launch.hosts())} ranks share each batch."
+    slowdown = cpu_slowdown_warning(info)
+    if slowdown:
+        ready += f"  \n**Note:** {slowdown}"
+    return ready
+
+
+def _progress_line(run, events: list) -> tuple[float, str]:
+    """(percent, text) of the progress bar."""
+    start = next((e for e in events if isinstance(e, protocol.Start)), None)
+    progress = [e for e in events if isinstance(e, protocol.Progress)]
+    if not progress:
+        if start:
+            return 0.0, f"{start.total_steps} steps ahead, BLAS {start.blas}: validating..."
+        return 0.0, "starting the training process..."
+    p = progress[-1]
+    resumed_at = next(
+        (e.resumed_from for e in reversed(events) if isinstance(e, protocol.Start)), None
+    )
+    done_here = p.step - (resumed_at or 0)
+    elapsed = time.time() - run.started
+    eta = elapsed / done_here * (p.total_steps - p.step) if done_here > 0 else 0
+    speed, memory = f"{p.tokens_per_second:.0f} trained tok/s", f"{p.peak_memory_gb:.2f} GB"
+    if start.ranks > 1:
+        speed, memory = f"{start.ranks} ranks · {speed} (sum)", f"{memory} (largest rank)"
+    text = (
+        f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss {p.loss:.3f} · "
+        f"{speed} · {memory} · ETA {eta:.0f} s"
+    )
+    return p.progress, text
+
+
+def _status(run, last) -> tuple[str, str, bool, str | None]:
+    """(status, result, show "Chat with it", new adapter id) for the run's last event."""
+    if isinstance(last, protocol.Complete):
+        kept = f" Published the {last.kept} step ({last.kept_step})." if last.kept_step else ""
+        early = f" Stopped early at step {last.steps}." if last.stopped_early else ""
+        status = f"Done: **{run.name}** trained in {run.elapsed:.0f} s.{early}{kept}"
+        result = f"Adapter `lora/{last.adapter_id}` saved in `{last.adapter_path}`."
+        return status, result, True, f"lora/{last.adapter_id}"
+    if isinstance(last, protocol.Error) and last.kind == "cancelled":
+        return f"Stopped: {last.error}. Resume it from **Unfinished runs**.", "", False, None
+    if isinstance(last, protocol.Error):
+        return explain(StudioError(last.error, last.hint)), "", False, None
+    return f"Training **{run.name}** on {run.model.id}...", "", False, None
+
+
+def render(run) -> tuple:
+    """The progress view of a run, from its events so far."""
+    events = list(run.events)
+    percent, detail = _progress_line(run, events)
+    last = events[-1] if events else None
+    kept = last.kept_step if isinstance(last, protocol.Complete) else None
+    chart = charts.loss_chart(
+        [
+            {"step": e.step, "loss": e.loss, "series": e.type.replace("progress", "train")}
+            for e in events
+            if isinstance(e, protocol.Progress | protocol.Validation)
+        ],
+        kept_step=kept,
+    )
+    bar = (
+        f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
+        f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>"
+    )
+    status, result, chat_visible, new_adapter = _status(run, last)
+    running = not run.done
+    return (
+        bar,
+        chart,
+        status,
+        result,
+        gr.update(visible=chat_visible),
+        new_adapter,
+        gr.update(interactive=not running),
+        gr.update(interactive=running),
+    )

@@ -1,0 +1,105 @@
+"""The Train tab's events: which component triggers which action, into which outputs, and
+what may run at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from webapp.page.studio import Studio
+from webapp.page.train.actions import STARTING, TrainActions
+from webapp.page.train.form import FORM_FIELDS
+from webapp.page.train.layout import layout
+
+
+@dataclass
+class TrainTab:
+    model: gr.Dropdown
+    chat_with: gr.Button
+    new_adapter: gr.State
+
+
+PRIVATE = {"api_visibility": "private"}  # page wiring, not the API
+WATCH_SECONDS = 1.0
+
+
+def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs) -> gr.State:
+    """A page follows a run started after it loaded, wherever it was started. Returns the
+    run it shows, which the page's own Start and Resume clear when they end."""
+    private = {**PRIVATE, "show_progress": "hidden"}
+    shown, join = gr.State(None), gr.State(None)
+    page.load(act.shown_at_load, None, shown, **private)
+    for button in buttons:
+        button.click(lambda: STARTING, None, shown, **private)
+    gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **private)
+    join.change(act.show_current, None, progress_outputs, **private)
+    return shown
+
+
+def build(studio: Studio, page: gr.Blocks) -> TrainTab:
+    ui = layout(studio)
+    act = TrainActions(studio)
+    form = {name: ui.form[name] for name in FORM_FIELDS}
+    dataset = [ui.model, ui.data_path, ui.data_name]
+    check = {"fn": act.check_dataset, "inputs": dataset, "inputs_kwargs": form}
+    check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start], **PRIVATE}
+    _wire_form(ui, act, page, form, check)
+    _wire_runs(ui, act, page, form, dataset)
+    return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
+
+
+def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
+    """The form: every edit re-checks the run (``check``); picking a model fits the form."""
+    rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
+    alpha_follows = gr.State(True)
+    pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
+    pick |= {"outputs": [rank, alpha, layers], **PRIVATE}
+    # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **PRIVATE).success(
+        **{**check, "api_visibility": "public"}, api_name="check_dataset"
+    )
+    ui.model.input(**pick).then(**check)
+    ui.server_path.submit(
+        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **PRIVATE
+    ).then(**check)
+    rank.input(
+        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **PRIVATE
+    )
+    alpha.input(lambda: False, None, alpha_follows, **PRIVATE)
+    for field in form.values():
+        # a check still running must not swallow the latest edit
+        field.input(**check, trigger_mode="always_last")
+    ui.get_demo.click(
+        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **PRIVATE
+    ).then(**pick).then(**check)
+    q = ui.quantizing
+    q.button.click(
+        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE
+    ).then(**pick).then(**check)
+    page.load(act.preselect, None, ui.model, **PRIVATE).then(**pick).then(**check)
+
+
+def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
+    """Start, Stop, Resume, Discard, the hosts check, and following the studio's run."""
+    runs_outputs = [ui.runs.table, ui.runs.picker]
+    progress_outputs = [ui.bar, ui.chart, ui.status, ui.result, ui.chat_with, ui.new_adapter]
+    progress_outputs += [ui.start, ui.stop, *runs_outputs]
+    training = ui.start.click(
+        act.train, [*dataset, ui.name], progress_outputs, inputs_kwargs=form, api_name="train"
+    )
+    ui.stop.click(act.stop, None, None, api_name="stop")
+    ui.hosts.check.click(
+        act.check_hosts,
+        [ui.hosts.mode, ui.hosts.processes, ui.model],
+        ui.hosts.report,
+        api_name="check_hosts",
+    )
+    resuming = ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
+    shown = _join_runs_started_elsewhere(act, page, [ui.start, ui.runs.resume], progress_outputs)
+    for started in (training, resuming):  # a refused Start must not leave the page "starting"
+        started.then(lambda: None, None, shown, **PRIVATE)
+    ui.runs.discard.click(
+        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **PRIVATE
+    )
+    page.load(act.show_current, None, progress_outputs, **PRIVATE)
