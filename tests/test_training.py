@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from mlx_lm import generate, load
@@ -302,3 +303,101 @@ def test_a_worker_that_cannot_start_is_explained_and_leaks_nothing(studio, toy_m
     run = TrainingService(studio).start(toy_model, data, TrainingParams(**FAST))  # lock freed
     run.stop()
     run.wait(timeout=60)
+
+
+def test_listing_runs_never_refuses_a_start(studio, toy_model, tmp_path):
+    """A page load (or `lora-studio runs`) lists runs while another browser starts one: the
+    listing holds no lock the start needs. The listing is held inside its marking phase
+    (another thread) while the start happens."""
+    import threading
+
+    service = TrainingService(studio)
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+    inside, release = threading.Event(), threading.Event()
+    mark = service.runs.mark_interrupted
+
+    def slow_mark():
+        inside.set()
+        release.wait(30)
+        return mark()
+
+    service.runs.mark_interrupted = slow_mark
+    lister = threading.Thread(target=service.list_runs)
+    lister.start()
+    assert inside.wait(10)
+    try:
+        service.runs.mark_interrupted = mark
+        run = service.start(toy_model, data, TrainingParams(**FAST))
+    finally:
+        release.set()
+        lister.join(30)
+    assert isinstance(run.wait(timeout=120), protocol.Complete)
+
+
+def test_a_run_being_trained_elsewhere_is_never_marked_interrupted(studio, toy_model, tmp_path):
+    """Another studio process on the same folders lists the runs while one trains."""
+    service = TrainingService(studio)
+    run = long_run(service, toy_model, tmp_path)
+    try:
+        other = TrainingService(studio)
+        assert [r.state for r in other.list_runs()] == ["running"]
+    finally:
+        run.stop()
+        run.wait(timeout=60)
+    assert [r.state for r in TrainingService(studio).list_runs()] == ["stopped"]
+
+
+def test_a_reader_failure_stops_the_worker_before_the_lock_goes(
+    studio, toy_model, tmp_path, monkeypatch
+):
+    """Handling an event fails (a full disk while recording the run, say): the worker is
+    stopped and gone before the runs lock is released, so no resume can double it."""
+    import errno
+
+    from core.train.process import TrainingRun
+    from tests.helpers import processes_mentioning
+
+    add = TrainingRun._add
+
+    def failing_add(self, event):
+        if isinstance(event, protocol.Progress):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        add(self, event)
+
+    monkeypatch.setattr(TrainingRun, "_add", failing_add)
+    service = TrainingService(studio)
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+    run = service.start(toy_model, data, TrainingParams(**{**FAST, "epochs": 1000}))
+    final = run.wait(timeout=120)
+    assert isinstance(final, protocol.Error) and "No space left" in final.error
+    assert processes_mentioning(str(run.folder)) == []  # the worker is gone already
+    record = service.runs.get(run.id)
+    assert record.state == "interrupted"
+    monkeypatch.setattr(TrainingRun, "_add", add)
+    resumed = service.resume(run.id)  # the lock is free, and one worker runs the run
+    resumed.stop()
+    resumed.wait(timeout=60)
+
+
+def test_the_published_folder_never_holds_run_only_files(studio, toy_model, tmp_path, monkeypatch):
+    """The adapter folder appears in adapters/ whole: what only a run needs (checkpoints,
+    data, state) is gone from it before the rename, not after."""
+    import os
+
+    from core.train import publish
+
+    seen = {}
+    rename = os.rename
+
+    def watching_rename(source, target):
+        if Path(target).parent == studio.adapters:
+            seen[Path(target).name] = sorted(p.name for p in Path(source).iterdir())
+        rename(source, target)
+
+    monkeypatch.setattr(publish.os, "rename", watching_rename)
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+    run = TrainingService(studio).start(toy_model, data, TrainingParams(**FAST))
+    assert isinstance(run.wait(timeout=120), protocol.Complete)
+    assert seen[run.id] and not set(seen[run.id]) & set(publish.RUN_ONLY), seen
+    assert "adapters.safetensors" in seen[run.id]
+    assert not [p for p in studio.runs.iterdir() if p.name.startswith(f".{run.id}")]

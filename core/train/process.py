@@ -50,7 +50,7 @@ class TrainingRun:
         dataset: DatasetScan,
         params: TrainingParams,
         settings: Settings,
-        lock: IO,
+        locks: list[IO],
         history: list[protocol.Event] | None = None,
         hosts: list[Host] | None = None,
     ):
@@ -66,7 +66,7 @@ class TrainingRun:
         self.events: list[protocol.Event] = list(history or [])
         self.adapter_path: Path | None = None
         self._settings = settings
-        self._lock = lock
+        self._locks = locks  # the runs lock and the run's liveness lock, held to its end
         self._changed = threading.Condition()
         self._done = False
         self._stop_as: RunState | None = None
@@ -138,7 +138,8 @@ class TrainingRun:
     def launch(self, command: list[str], env: dict[str, str]) -> None:
         """Start the worker. Its stdin is a pipe this process holds: when the studio dies,
         the pipe closes and the worker stops after a checkpoint instead of training on
-        unwatched. It also holds the runs lock, so no other studio takes the run over."""
+        unwatched. It also holds the runs lock and the run's liveness lock, so no other
+        studio takes the run over or marks it interrupted while it lives."""
         try:
             with (self.folder / LOG_FILE).open("ab") as stderr:
                 self._log_start = stderr.tell()
@@ -148,7 +149,7 @@ class TrainingRun:
                     stderr=stderr,
                     stdin=subprocess.PIPE,
                     env=env,
-                    pass_fds=(self._lock.fileno(),),
+                    pass_fds=tuple(lock.fileno() for lock in self._locks),
                     start_new_session=True,  # its own process group: a stop reaches every child
                 )
         except OSError as exc:
@@ -173,13 +174,17 @@ class TrainingRun:
             final = self._finish(self._process.wait(), ending)
         except Exception as exc:  # noqa: BLE001 - the run must end with an event, whatever
             log.exception("training run %s failed in the service", self.id)
+            # the locks must not go while the worker still trains: a resume would put a
+            # second worker on the same run
+            self._halt()
             final = protocol.Error(error=f"the studio failed to finish the run: {exc}")
             self._record("interrupted", final)
         finally:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            for lock in self._locks:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
         with self._changed:
             self.events.append(final)
             self._done = True
@@ -261,6 +266,24 @@ class TrainingRun:
             return error
         self.adapter_path = Path(final.adapter_path)
         return final
+
+    def _halt(self) -> None:
+        """Stop the worker from the reader's side and return once it has exited: the stop
+        line, its output drained meanwhile (a full pipe would block it before it can stop),
+        SIGKILL after the grace period."""
+        process = self._process
+        with contextlib.suppress(OSError, ValueError):
+            process.stdin.write(b"stop\n")
+            process.stdin.flush()
+        killer = threading.Timer(STOP_GRACE_SECONDS, _signal_group, (process, signal.SIGKILL))
+        killer.start()
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                for _ in process.stdout:
+                    pass
+            process.wait()
+        finally:
+            killer.cancel()
 
     def _kill_after_grace(self) -> None:
         process = self._process

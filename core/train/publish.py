@@ -18,11 +18,12 @@ from core import protocol
 from core.adapters.layout import EVENTS_FILE
 from core.adapters.store import AdapterMetadata
 from core.files import write_text_atomic
-from core.train.runs import CHECKPOINTS, DATA, STATE_FILE, RunRecord
+from core.train.runs import ALIVE_FILE, CHECKPOINTS, DATA, STATE_FILE, RunRecord
 
 log = logging.getLogger(__name__)
 
-RUN_ONLY = (CHECKPOINTS, DATA, STATE_FILE)  # what a run needs and an adapter does not
+# what a run needs and an adapter does not
+RUN_ONLY = (CHECKPOINTS, DATA, STATE_FILE, ALIVE_FILE)
 
 
 def metadata(
@@ -84,24 +85,47 @@ def publish(
     events = [e for e in protocol.read_events(folder / EVENTS_FILE) if not _ending(e)]
     metadata(record, events, complete).write(folder)
     write_events(folder / EVENTS_FILE, [*events, final])
+    aside = _set_aside(folder)
     try:
         os.rename(folder, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
+            _put_back(aside, folder)
             raise
-        _copy_across(folder, target)
-    for name in RUN_ONLY:
-        path = target / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        try:
+            _copy_across(folder, target)
+        except BaseException:
+            _put_back(aside, folder)
+            raise
+    shutil.rmtree(aside, ignore_errors=True)
     log.info("published adapter %s to %s", folder.name, target)
     return final
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move the run-only files out of the run folder (one rename each, same file system), so
+    that the folder which appears among the adapters holds the adapter's files alone."""
+    aside = folder.parent / f".{folder.name}.run-only"
+    aside.mkdir(exist_ok=True)
+    for name in RUN_ONLY:
+        if (folder / name).exists():
+            os.rename(folder / name, aside / name)
+    return aside
+
+
+def _put_back(aside: Path, folder: Path) -> None:
+    """Publishing failed: the run folder gets its run-only files back, as it was."""
+    for name in RUN_ONLY:
+        if (aside / name).exists():
+            os.rename(aside / name, folder / name)
+    aside.rmdir()
 
 
 def _copy_across(folder: Path, target: Path) -> None:
     """Another file system: copy beside the target, then rename there in one step."""
     staging = target.parent / f".{target.name}.partial"
     try:
-        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(*RUN_ONLY))
+        shutil.copytree(folder, staging)
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

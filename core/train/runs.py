@@ -9,8 +9,9 @@ A run folder is in one of four states until it is published (then it is gone fro
 - ``failed``: an error that resuming would not fix (a bad dataset, a missing model), or a
   publish that went wrong (then ``publishable`` is set and the run can be published again).
 
-``state.json`` is rewritten atomically on every change. A ``running`` run whose studio is gone
-(the runs lock is free) is marked ``interrupted`` by the next studio that looks.
+``state.json`` is rewritten atomically on every change. A ``running`` run whose process is gone
+(its liveness lock, ``runs/<id>/.alive``, is free) is marked ``interrupted`` by the next
+studio that looks; looking never takes the runs lock that a start needs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"
 DATA = "data"
 LOCK_FILE = ".training.lock"
+ALIVE_FILE = ".alive"  # locked by whoever runs the run, for as long as it runs
 
 RunState = Literal["running", "stopped", "interrupted", "failed"]
 RESUMABLE: tuple[RunState, ...] = ("stopped", "interrupted")
@@ -137,12 +139,20 @@ class RunStore:
         shutil.rmtree(self.path(run_id))
 
     def mark_interrupted(self) -> list[RunRecord]:
-        """Runs recorded as running whose process is gone: call only while holding the runs
-        lock (so no process can be running them)."""
+        """Runs recorded as running whose process is gone (nobody holds their liveness
+        lock). Safe at any time, from any process: it takes no lock a start needs."""
         marked = []
         for record in self.list():
-            if record.state == "running":
-                folder = self.path(record.id)
+            if record.state != "running":
+                continue
+            folder = self.path(record.id)
+            probe = try_lock(folder / ALIVE_FILE)
+            if probe is None:
+                continue  # its process runs it
+            with probe:
+                record = RunRecord.read(folder)  # as it is now that nobody can change it
+                if record.state != "running":
+                    continue
                 record.state = "interrupted"
                 record.checkpoint_step = latest_checkpoint_step(folder)
                 record.error = record.error or "the studio stopped while this run was training"
@@ -159,7 +169,20 @@ def latest_checkpoint_step(run_folder: Path) -> int | None:
 def take_runs_lock(folder: Path) -> IO | None:
     """The exclusive lock on a studio's runs folder, held for a whole run, across processes
     (a CLI run and the page on one studio); None when another holds it."""
-    lock = (folder / LOCK_FILE).open("w")
+    return try_lock(folder / LOCK_FILE)
+
+
+def hold_alive(run_folder: Path) -> IO:
+    """The run's liveness lock, held by whoever runs it (and passed to its worker, so it
+    holds while the worker lives). Waits: a lister holds it for a moment at most."""
+    lock = (run_folder / ALIVE_FILE).open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def try_lock(path: Path) -> IO | None:
+    """An exclusive lock on ``path`` (created if need be), or None when another holds it."""
+    lock = path.open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -36,6 +36,7 @@ from core.train.runs import (
     DATA,
     RunRecord,
     RunStore,
+    hold_alive,
     latest_checkpoint_step,
     take_runs_lock,
 )
@@ -54,16 +55,11 @@ class TrainingService:
         self.mark_interrupted()
 
     def mark_interrupted(self) -> None:
-        """Runs left ``running`` by a studio that died are ``interrupted`` (with their last
-        checkpoint). Only while no training holds the runs lock: then none of them runs."""
-        try:
-            lock = self._take_lock()
-        except StudioError:
-            return
-        with lock:
-            for record in self.runs.mark_interrupted():
-                step = record.checkpoint_step
-                log.warning("run %s was interrupted (last checkpoint: step %s)", record.id, step)
+        """Runs left ``running`` by a process that died are ``interrupted`` (with their last
+        checkpoint). Takes no lock that a start needs: listing never refuses a start."""
+        for record in self.runs.mark_interrupted():
+            step = record.checkpoint_step
+            log.warning("run %s was interrupted (last checkpoint: step %s)", record.id, step)
 
     def list_runs(self) -> list[RunRecord]:
         """Every unfinished run, newest first, with up-to-date states."""
@@ -151,7 +147,6 @@ class TrainingService:
         memory = self.plan(info, params, dataset, launch)
         if not memory.fits and not force:
             raise refusal(memory)
-        lock = self._take_lock()
         run_id = str(uuid.uuid4())
         folder = self.settings.runs / run_id
         record = RunRecord(
@@ -167,15 +162,17 @@ class TrainingService:
             params=params.model_dump(mode="json"),
             launch=launch.model_dump(mode="json") if launch.distributed else None,
         )
+        locks = [self._take_lock()]
         try:
             folder.mkdir(parents=True)
+            locks.append(hold_alive(folder))
             dataset.write(folder / DATA)
             record.write(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
-            lock.close()
+            _release(locks)
             raise
-        run = self._launch(record, folder, info, dataset, params, lock, history=[])
+        run = self._launch(record, folder, info, dataset, params, locks, history=[])
         run.memory = memory
         log.info("training %s started (BLAS: %s; %s)", run_id, self.blas.name, memory.summary())
         return run
@@ -183,13 +180,14 @@ class TrainingService:
     def resume(self, run_id: str) -> TrainingRun:
         """Continue a stopped or interrupted run from its last checkpoint (from the start if
         it has none): same step numbering, data order, optimizer state and history."""
-        lock = self._take_lock()
+        locks = [self._take_lock()]
         try:
             self.runs.mark_interrupted()
             record = self.runs.get(run_id)
             if not record.resumable:
                 raise _not_resumable(record)
             folder = self.runs.path(run_id)
+            locks.append(hold_alive(folder))
             info = inspect_model(record.model_path)
             params = TrainingParams(**record.params)
             dataset = scan_dataset(folder / DATA, batch_size=params.batch_size, seed=params.seed)
@@ -201,9 +199,9 @@ class TrainingService:
             record.step = record.checkpoint_step = step
             record.write(folder)
         except BaseException:
-            lock.close()
+            _release(locks)
             raise
-        run = self._launch(record, folder, info, dataset, params, lock, history=history)
+        run = self._launch(record, folder, info, dataset, params, locks, history=history)
         log.info("training %s resumed from step %s", run_id, step or 0)
         return run
 
@@ -226,7 +224,7 @@ class TrainingService:
             except OSError as exc:
                 raise StudioError(f"publishing run {run_id} failed again: {exc}") from exc
 
-    def _launch(self, record, folder, info, dataset, params, lock, history) -> TrainingRun:
+    def _launch(self, record, folder, info, dataset, params, locks, history) -> TrainingRun:
         launch = Launch(**record.launch) if record.launch else Launch()
         try:
             hosts = launch.check(params.batch_size, dataset.valid_count)
@@ -237,7 +235,7 @@ class TrainingService:
                 dataset=dataset,
                 params=params,
                 settings=self.settings,
-                lock=lock,
+                locks=locks,
                 history=history,
                 hosts=hosts if launch.distributed else None,
             )
@@ -250,7 +248,7 @@ class TrainingService:
                 env = launch.environment(env, hosts)
             run.launch(command, env)
         except BaseException:
-            lock.close()
+            _release(locks)
             raise
         self.current = run
         return run
@@ -284,6 +282,11 @@ class TrainingService:
                 hint="wait for it to finish or cancel it, then start again",
             )
         return lock
+
+
+def _release(locks: list[IO]) -> None:
+    for lock in locks:
+        lock.close()
 
 
 def _not_resumable(record: RunRecord) -> StudioError:
