@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -75,7 +76,9 @@ def test_train_draws_a_progress_bar_on_a_terminal(tmp_path, toy_model, colour_da
     text = output.decode(errors="replace")
     assert "━" in text and "24/24" in text  # the bar, full at the end
     assert "trained tok/s" in text and "loss" in text and "ETA" in text
-    assert "\r" in text or "\x1b[" in text  # redrawn in place, not appended
+    # redrawn in place: a carriage return that starts no new line, or a cursor move or line
+    # erase (a pty turns every newline into \r\n, and colours alone are \x1b[...m)
+    assert re.search(r"\r(?!\n)|\x1b\[\d*[ABK]", text), text[-500:]
 
 
 def test_train_prints_plain_lines_when_not_a_terminal(tmp_path, toy_model, colour_dataset):
@@ -123,3 +126,21 @@ def test_adapters_commands_refuse_unknown_ids(adapter_home):
     for args in (("show", "nope"), ("rename", "../x", "n"), ("delete", str(uuid.uuid4()))):
         result = lora_studio("adapters", *args, home=home)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_adapter_trained_on_a_base_given_as_a_folder_exports_and_fuses(
+    tmp_path, toy_model, colour_dataset
+):
+    """`--model /some/folder` (not in the studio's models/): the adapter records the path,
+    and export and fuse find its base the way chat does."""
+    home = tmp_path / "home"
+    trained = train_quickly(toy_model, colour_dataset, "--learning-rate", "5e-3", home=home)
+    assert trained.returncode == 0, trained.stderr
+    (adapter_id,) = [p.name for p in (home / "adapters").iterdir()]
+    out = tmp_path / "peft"
+    exported = lora_studio("export", adapter_id, "--format", "peft", "--out", str(out), home=home)
+    assert exported.returncode == 0, exported.stderr
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    fused = lora_studio("adapters", "fuse", adapter_id, "--name", "fused", home=home)
+    assert fused.returncode == 0, fused.stderr
+    assert (home / "models" / "fused" / "config.json").is_file()

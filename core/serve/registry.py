@@ -172,11 +172,13 @@ class ModelRegistry:
         return inspect_model(entry.path, model_id=entry.id)
 
     def adapter_base(self, adapter_id: str) -> ModelInfo:
-        """The base model an available adapter runs on (what fuse and export need)."""
+        """The base model an available adapter runs on (what fuse and export need): the
+        one the registry found for it, by id or by the path its metadata recorded, as chat
+        loads it."""
         entry = self.get("lora/" + check_adapter_id(adapter_id))
         if not entry.available:
             raise StudioError(f"{entry.id} is unavailable: {entry.reason}")
-        return self.base_info(entry.base_id)
+        return inspect_model(entry.base_path, model_id=entry.base_id)
 
     # -- listening -----------------------------------------------------------------------------
 
