@@ -56,7 +56,11 @@ def test_a_dora_adapter_is_recorded_as_such_and_carries_magnitudes(adapters):
     assert json.loads((folder / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
     assert AdapterMetadata.read(folder).model_extra["fineTuneType"] == "dora"
     weights = mx.load(str(folder / "adapters.safetensors"))
-    assert any(name.endswith(".m") for name in weights)  # one magnitude per adapted layer
+    magnitudes = [name for name in weights if name.endswith(".m")]  # one per adapted layer
+    # the toy's 4 layers x the 4 attention projections, as for the LoRA adapter
+    assert len(magnitudes) == 16
+    for kind in ("dora", "lora"):
+        assert AdapterMetadata.read(settings.adapters / ids[kind]).layerCount == 16
 
 
 def test_the_engine_serves_dora_and_lora_on_one_base_like_mlx_lm(adapters):

@@ -212,3 +212,35 @@ def test_another_base_replaces_the_old_one_unless_more_are_allowed(two_adapters,
             engine.close()
     finally:
         shutil.rmtree(second)
+
+
+def test_an_adapter_missing_a_tensor_never_runs_on_anothers_values(two_adapters, tmp_path):
+    """Two adapters of one shape reuse the LoRA layers: one whose file lacks a tensor is
+    refused (naming it), never served with the previous adapter's value for it; the
+    import check refuses it too."""
+    import mlx.core as mx
+
+    from core.models.inspect import inspect_model
+
+    settings, (a, b) = two_adapters
+    partial_id = str(uuid.uuid4())
+    folder = settings.adapters / partial_id
+    shutil.copytree(settings.adapters / b.removeprefix("lora/"), folder)
+    weights = mx.load(str(folder / WEIGHTS_FILE))
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    mx.save_safetensors(str(folder / WEIGHTS_FILE), weights, metadata={"format": "mlx"})
+    engine = InferenceEngine(ModelRegistry(settings, hub=tmp_path))
+    try:
+        engine.chat(a, QUESTION, GREEDY)  # a's values in the layers
+        with pytest.raises(ModelUnavailable, match="lack 1 LoRA tensor") as refused:
+            engine.chat(f"lora/{partial_id}", QUESTION, GREEDY)
+        assert dropped in str(refused.value)
+        assert engine.chat("toy", QUESTION, GREEDY)[0] == reference(settings)
+        assert engine.chat(a, QUESTION, GREEDY)[0] == reference(settings, a)
+    finally:
+        engine.close()
+    from core.adapters.store import check_fits_base
+
+    with pytest.raises(StudioError, match=f"{dropped}: missing"):
+        check_fits_base(folder, inspect_model(settings.models / "toy"))

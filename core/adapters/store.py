@@ -181,6 +181,10 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
             wrong.append(f"{name}: shape {shape}, {base.id} needs {expected[name]}")
     if not tensors:
         wrong.append(f"{WEIGHTS_FILE} holds no tensors")
+    elif (config.get("lora_parameters") or {}).get("keys") is not None:
+        # with its keys named, the adapter's tensors are known: each must be there (a loader
+        # that reuses LoRA layers would keep another adapter's values for a missing one)
+        wrong += [f"{name}: missing" for name in sorted(expected.keys() - tensors.keys())]
     if wrong:
         more = f"\n- ... and {len(wrong) - 10} more" if len(wrong) > 10 else ""
         raise StudioError(

@@ -323,6 +323,14 @@ class InferenceEngine:
                 f"adapter unavailable: {len(misfits)} tensor(s) do not fit the base "
                 f"({', '.join(misfits[:3])})"
             )
+        # layers are reused between adapters of one shape: a tensor the file lacks would keep
+        # the previous adapter's values, so every LoRA tensor must come from this file
+        missing = sorted(set(_lora_tensors(base.model)) - set(weights))
+        if missing:
+            raise ModelUnavailable(
+                f"adapter unavailable: its weights lack {len(missing)} LoRA tensor(s) "
+                f"({', '.join(missing[:3])})"
+            )
         base.model.load_weights(list(weights.items()), strict=False)
         mx.eval(base.model.parameters())
         base.model.eval()
@@ -375,6 +383,20 @@ class InferenceEngine:
                     del self._bases[path]
 
         self._jobs.put(release)
+
+
+def _lora_tensors(model) -> list[str]:
+    """The names of every LoRA (and DoRA) tensor in ``model``: what an adapter must set."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.dora import DoRALinear
+    from mlx_lm.tuner.lora import LoRALinear
+
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear | DoRALinear):
+            own = [n for n, _ in tree_flatten(module.parameters()) if not n.startswith("linear.")]
+            names += [f"{name}.{n}" for n in own]
+    return names
 
 
 def base_path(entry: ModelEntry) -> Path:

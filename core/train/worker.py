@@ -39,6 +39,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm import load
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import maybe_set_recommended_wired_limit
@@ -177,7 +178,7 @@ def train(
             num_val=len(valid_set),
             trainable_params=sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
             total_params=sum(v.size for _, v in tree_flatten(model.parameters())),
-            lora_modules=sum(isinstance(m, LoRALinear) for m in model.modules()),
+            lora_modules=sum(isinstance(m, LoRALinear | DoRALinear) for m in model.modules()),
             blas=loaded_blas(),
             resumed_from=loop.state.step or None,
             ranks=loop.group.size(),
