@@ -18,7 +18,7 @@ from core.errors import StudioError
 from core.models.inspect import inspect_model
 from core.models.toy import build_toy_llama
 from core.serve.registry import ModelRegistry
-from tests.helpers import colour_rows, small_filesystem, write_jsonl
+from tests.helpers import colour_rows, lora_studio, small_filesystem, write_jsonl
 
 
 @pytest.fixture
@@ -213,3 +213,28 @@ def test_a_failed_export_leaves_no_partial_file(store, tmp_path):
         with pytest.raises(StudioError, match="export .* failed"):
             store.export(only_id(store), folder / "a.zip")
         assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    [b"{not json", b"[1, 2]", b'{"lora_parameters": 5}', b"\xff\xfe", b'{"peft_type": 1', b"7"],
+)
+def test_an_archive_with_a_bad_adapter_config_is_refused_by_name(
+    store, studio, toy_model, tmp_path, config
+):
+    """From the command line too: exit 2, a sentence naming the file, no traceback."""
+    good = store.export(only_id(store), tmp_path / "good.zip")
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(bad, "w") as target:
+        for item in source.namelist():
+            data = config if item == "adapter_config.json" else source.read(item)
+            target.writestr(item, data)
+    from core.adapters.export import import_any
+
+    with pytest.raises(StudioError, match="adapter_config.json"):
+        import_any(bad, store, inspect_model(toy_model), "x")
+    assert len(store.list()) == 1
+    shutil.copytree(toy_model, studio.models / "toy")
+    done = lora_studio("import", str(bad), "--base", "toy", home=studio.home)
+    assert done.returncode == 2 and "adapter_config.json" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

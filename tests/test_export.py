@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,14 +123,56 @@ def test_fused_gguf_imports_back_with_the_same_greedy_output(setup, tmp_path):
             assert text == reference or text.split()[:-1] == reference.split()[:-1], kind
 
 
+# Ollama's documented Modelfile grammar (docs/modelfile.md), written here apart from the
+# studio's writer: `INSTRUCTION arguments` per line, `#` comments, a value in triple quotes may
+# span lines and ends at the first closing triple quote (no escapes), which ends its line
+_MODELFILE_LINE = re.compile(
+    r'[ \t]*(?:#[^\n]*|(\w+)[ \t]+(?:"""((?:(?!""").)*)"""|([^\n]*)))?[ \t]*(?:\n|\Z)', re.S
+)
+
+
+def read_modelfile(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    position = 0
+    while position < len(text):
+        line = _MODELFILE_LINE.match(text, position)
+        assert line and line.end() > position, f"not a Modelfile: {text[position:][:60]!r}"
+        verb, triple, plain = line.groups()
+        if verb:
+            found.setdefault(verb.upper(), []).append(triple if triple is not None else plain)
+        position = line.end()
+    return found
+
+
 def test_ollama_folder_and_a_modelfile_that_parses(setup, tmp_path):
     store, adapter_id, base = setup
     folder = export_adapter(
         store, adapter_id, base, "ollama", tmp_path / "ollama", kind="q8_0", system="Be brief."
     )
-    modelfile = ollama.parse((folder / "Modelfile").read_text())
-    assert modelfile.source == "./model.gguf" and (folder / "model.gguf").stat().st_size > 0
-    assert modelfile.system == "Be brief." and "</s>" in modelfile.stops
+    modelfile = read_modelfile((folder / "Modelfile").read_text())
+    assert modelfile["FROM"] == ["./model.gguf"] and (folder / "model.gguf").stat().st_size > 0
+    assert modelfile["SYSTEM"] == ["Be brief."] and 'stop "</s>"' in modelfile["PARAMETER"]
+
+
+@pytest.mark.parametrize(
+    "system",
+    ['Say "hi" politely.', "Two lines:\nC:\\path and a \\n that is not a newline.", "Ünïcode ✓"],
+)
+def test_a_system_prompt_reads_back_from_the_modelfile_as_written(tmp_path, system):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    ollama.write_modelfile(folder, None, "</s>", system)
+    assert read_modelfile((folder / "Modelfile").read_text())["SYSTEM"] == [system]
+
+
+@pytest.mark.parametrize("system", ['Use """triple""" quotes.', 'Answer "yes"', '"Quoted" start'])
+def test_a_system_prompt_a_modelfile_cannot_hold_is_refused_before_any_work(
+    setup, tmp_path, system
+):
+    store, adapter_id, base = setup
+    with pytest.raises(StudioError, match="cannot go into a Modelfile"):
+        export_adapter(store, adapter_id, base, "ollama", tmp_path / "o", system=system)
+    assert not (tmp_path / "o").exists()
 
 
 def test_ollama_templates_for_the_documented_chat_formats():
@@ -137,8 +180,9 @@ def test_ollama_templates_for_the_documented_chat_formats():
     template, stops = ollama.ollama_template(chatml, "<|im_end|>")
     assert template == ollama.CHATML and "<|im_end|>" in stops
     rendered = ollama.Modelfile("./model.gguf", template, "sys", stops).render()
-    again = ollama.parse(rendered)
-    assert (again.template, again.system, again.stops) == (template, "sys", stops)
+    again = read_modelfile(rendered)
+    assert again["TEMPLATE"] == [template] and again["SYSTEM"] == ["sys"]
+    assert again["PARAMETER"] == [f'stop "{stop}"' for stop in stops]
     assert ollama.ollama_template("{{ unknown }}", "</s>") == (None, ["</s>"])
 
 

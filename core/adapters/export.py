@@ -53,6 +53,10 @@ def export_adapter(
         gguf_export.check_exportable(base)
     if fmt in ("gguf", "ollama"):
         check_disk(out, base, kind)
+    if fmt == "ollama":
+        from core.adapters import ollama
+
+        ollama.check_system(system)
     if fmt == "zip":
         return store.export(adapter_id, out)
     if fmt == "peft":

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import StudioError
+from core.files import replacing
 from core.models.gguf_import import LAYER_NAMES, SUPPORTED_ARCHITECTURES, TOP_NAMES
 from core.models.inspect import ModelInfo, inspect_model, weight_files
 
@@ -126,18 +127,13 @@ def _writing(target: Path):
     and removed if anything fails: a GGUF appears whole or not at all."""
     import gguf
 
-    partial = target.with_name(f".{target.name}.partial")
-    try:
+    with replacing(target) as partial:
         writer = gguf.GGUFWriter(str(partial), "llama")
         yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        partial.replace(target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _model_metadata(writer, config: dict, name: str) -> None:

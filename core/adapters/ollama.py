@@ -8,9 +8,10 @@ template stored in the GGUF.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.errors import StudioError
 
 MODELFILE = "Modelfile"
 GGUF_FILE = "model.gguf"
@@ -37,7 +38,7 @@ TAGS = """{{- if .System }}<|system|>
 
 @dataclass
 class Modelfile:
-    """What a Modelfile says (also what ``parse`` reads back)."""
+    """What a Modelfile says."""
 
     source: str
     template: str | None = None
@@ -73,57 +74,22 @@ def ollama_template(chat_template: str | None, eos: str | None) -> tuple[str | N
     return None, stops
 
 
+def check_system(system: str | None) -> None:
+    """Refuse a system prompt that Ollama's Modelfile cannot hold: its triple-quoted value
+    has no escapes, so it ends at the first \"\"\" (and a quote next to the fence would
+    merge with it)."""
+    text = (system or "").strip()
+    if '"""' in text or text.startswith('"') or text.endswith('"'):
+        raise StudioError(
+            'the system prompt cannot go into a Modelfile: it holds """ or starts or ends '
+            'with a quote, and Ollama\'s SYSTEM """...""" value has no escapes',
+            hint="remove the triple quotes, or end and start the prompt with another character",
+        )
+
+
 def write_modelfile(folder: Path, template: str | None, eos: str | None, system: str | None):
+    check_system(system)
     go_template, stops = ollama_template(template, eos)
     modelfile = Modelfile(f"./{GGUF_FILE}", go_template, (system or "").strip() or None, stops)
     (folder / MODELFILE).write_text(modelfile.render(), encoding="utf-8")
     return modelfile
-
-
-_INSTRUCTION = re.compile(r"^(FROM|TEMPLATE|SYSTEM|PARAMETER|ADAPTER)\s+(.*)$", re.S)
-
-
-def parse(text: str) -> Modelfile:
-    """Read a Modelfile back (the instructions this module writes)."""
-    found: dict = {"stops": []}
-    for block in _blocks(text):
-        match = _INSTRUCTION.match(block)
-        if match is None:
-            raise ValueError(f"not a Modelfile instruction: {block[:60]!r}")
-        verb, rest = match.groups()
-        if verb == "PARAMETER":
-            key, _, value = rest.partition(" ")
-            if key == "stop":
-                found["stops"].append(_unquoted(value.strip()))
-        else:
-            found[verb.lower()] = _unquoted(rest.strip())
-    if "from" not in found:
-        raise ValueError("a Modelfile needs FROM")
-    return Modelfile(found["from"], found.get("template"), found.get("system"), found["stops"])
-
-
-def _blocks(text: str) -> list[str]:
-    """Instructions, a triple-quoted value spanning lines kept whole; comments dropped."""
-    blocks, current = [], None
-    for line in text.splitlines():
-        if current is not None:
-            current += "\n" + line
-            if line.endswith('"""'):
-                blocks.append(current)
-                current = None
-        elif line.strip() and not line.lstrip().startswith("#"):
-            if line.count('"""') == 1:
-                current = line
-            else:
-                blocks.append(line)
-    if current is not None:
-        raise ValueError('a """ block is not closed')
-    return blocks
-
-
-def _unquoted(value: str) -> str:
-    if value.startswith('"""') and value.endswith('"""'):
-        return value[3:-3]
-    if value.startswith('"') and value.endswith('"'):
-        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return value

@@ -127,9 +127,10 @@ def is_peft_folder(folder: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("peft_type") is not None
+        data = json.loads(config.read_text(encoding="utf-8"))
     except ValueError:
         return False
+    return isinstance(data, dict) and data.get("peft_type") is not None
 
 
 def import_peft(folder: Path, store: AdapterStore, base: ModelInfo, name: str | None = None) -> str:
@@ -179,8 +180,9 @@ def _peft_config(folder: Path) -> dict:
         config = json.loads((folder / PEFT_CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise StudioError(f"{PEFT_CONFIG} is missing or invalid ({exc})") from None
-    if config.get("peft_type") != "LORA":
-        raise StudioError(f"only PEFT LoRA adapters can be imported, not {config.get('peft_type')}")
+    kind = config.get("peft_type") if isinstance(config, dict) else None
+    if kind != "LORA":
+        raise StudioError(f"only PEFT LoRA adapters can be imported, not {kind}")
     if config.get("fan_in_fan_out"):
         raise StudioError("fan-in-fan-out (GPT-2 style) PEFT adapters cannot be imported yet")
     if not (folder / PEFT_WEIGHTS).is_file():

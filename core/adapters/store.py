@@ -30,7 +30,7 @@ from core.adapters.layout import (
     WEIGHTS_FILE,
 )
 from core.errors import StudioError
-from core.files import write_json_atomic
+from core.files import replacing, write_json_atomic
 from core.machine.commands import run_tool
 from core.models.inspect import ModelInfo, tensor_shapes
 
@@ -118,16 +118,32 @@ def inspect_adapter(folder: Path) -> Adapter:
         reason = str(exc).splitlines()[0]
         return Adapter(folder.name, folder, None, f"metadata.json is invalid ({reason})")
     try:
-        json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return Adapter(
-            folder.name, folder, metadata, f"{CONFIG_FILE} is missing or invalid ({exc})"
-        )
+        read_config(folder)
+    except StudioError as exc:
+        return Adapter(folder.name, folder, metadata, exc.message)
     try:
         tensor_shapes(folder / WEIGHTS_FILE)
     except StudioError:
         return Adapter(folder.name, folder, metadata, f"{WEIGHTS_FILE} is missing or unreadable")
     return Adapter(folder.name, folder, metadata)
+
+
+def read_config(folder: Path) -> dict:
+    """An adapter's adapter_config.json, or a StudioError naming the file and what is wrong
+    with it (it may come from an archive someone sent)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudioError(f"{CONFIG_FILE} is missing") from None
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise StudioError(f"{CONFIG_FILE} is not valid JSON ({reason})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("lora_parameters", {}), dict):
+        raise StudioError(
+            f"{CONFIG_FILE} is not an mlx-lm adapter config",
+            hint="it must be a JSON object with a lora_parameters object",
+        )
+    return config
 
 
 def expected_lora_shapes(config: dict, base: ModelInfo, shapes: dict[str, list[int]]) -> dict:
@@ -163,10 +179,7 @@ def expected_lora_shapes(config: dict, base: ModelInfo, shapes: dict[str, list[i
 
 def check_fits_base(folder: Path, base: ModelInfo) -> None:
     """Raise StudioError naming every adapter tensor that does not fit ``base``."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StudioError(f"{CONFIG_FILE} is missing or invalid ({exc})") from None
+    config = read_config(folder)
     if config.get("fine_tune_type", "lora") not in ("lora", "dora"):
         raise StudioError(
             f"only LoRA and DoRA adapters can be imported, not {config['fine_tune_type']}"
@@ -256,15 +269,15 @@ class AdapterStore:
     def export(self, adapter_id: str, target: Path) -> Path:
         """A .zip with the weights, adapter_config.json, metadata.json and the event log."""
         path = self.path(adapter_id)
-        partial = target.with_name(target.name + ".partial")
         try:
-            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            with (
+                replacing(target) as partial,
+                zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+            ):
                 for name in EXPORTED_FILES:
                     if (path / name).is_file():
                         archive.write(path / name, arcname=name)
-            partial.replace(target)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             raise StudioError(f"the export to {target} failed: {exc.strerror or exc}") from None
         return target
 
@@ -363,7 +376,7 @@ def _metadata_for_import(root: Path, base: ModelInfo | None, name: str | None) -
             "this adapter has no metadata.json",
             hint="name the base model it was trained on, and a name for it",
         )
-    config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = read_config(root)
     lora = config.get("lora_parameters") or {}
     rank, scale = lora.get("rank"), lora.get("scale")
     return AdapterMetadata(

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from core.errors import StudioError
+from core.files import replacing
 
 
 def confine(path: str | Path, roots: list[Path]) -> Path:
@@ -36,12 +37,10 @@ def store_upload(source: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{digest}.jsonl"
     if not target.exists():
-        partial = folder / f".{digest}.partial"
         try:
-            shutil.copyfile(source, partial)
-            partial.replace(target)
+            with replacing(target) as partial:
+                shutil.copyfile(source, partial)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             raise StudioError(
                 f"the upload could not be stored in {folder}: {exc.strerror or exc}",
                 hint="free some disk space and upload it again",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def download_model(repo_id: str, models: Path, progress: Callable[[str], None] =
     target = models / repo_id.replace("/", "--")
     if target.exists():
         raise StudioError(f"{target} already exists")
-    staging = models / f".download-{target.name}"  # hidden from the registry until complete
+    # hidden from the registry until complete; unique, so two downloads never share it
+    staging = Path(tempfile.mkdtemp(dir=models, prefix=f".download-{target.name}-"))
     progress(f"downloading {repo_id} into {target}")
     try:
         snapshot_download(
