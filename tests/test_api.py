@@ -200,3 +200,29 @@ def test_max_tokens_is_bounded_by_the_context_length(server):
     assert response.status_code == 400
     assert "context length of toy (4096)" in response.json()["error"]["message"]
     assert response.json()["error"]["param"] == "max_tokens"
+
+
+def test_messages_the_chat_template_refuses_get_a_400(server):
+    """A model whose template raises on roles out of order (as many do, through
+    raise_exception): the caller's input, answered with 400, never a 5xx."""
+    url, _, settings, _ = server
+    strict = settings.models / "strict"
+    if not strict.exists():
+        shutil.copytree(settings.models / "toy", strict)
+        (strict / "chat_template.jinja").write_text(
+            "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == "
+            "messages[loop.index0 - 1]['role'] %}{{ raise_exception('roles must alternate') }}"
+            "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}<|assistant|>"
+        )
+    headers = {"Authorization": f"Bearer {KEY}"}
+    deadline = time.monotonic() + 10
+    while "strict" not in httpx.get(f"{url}/v1/models", headers=headers).text:
+        assert time.monotonic() < deadline, "the registry never listed the new model"
+        time.sleep(0.1)
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    body = {"model": "strict", "messages": twice, "max_tokens": 2}
+    refused = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert "roles must alternate" in refused.json()["error"]["message"]
+    body["messages"] = twice[:1]
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200

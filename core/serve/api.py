@@ -15,17 +15,31 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from core.errors import StudioError
 from core.machine import device
 from core.models.inspect import context_length
-from core.serve.engine import Chunk, GenerationParams, InferenceEngine, ModelUnavailable, base_path
+from core.serve.engine import (
+    Chunk,
+    GenerationParams,
+    InferenceEngine,
+    ModelUnavailable,
+    UnusableMessages,
+    base_path,
+)
 from core.serve.registry import ModelRegistry, UnknownModel
 
 MAX_BODY_BYTES = 1_000_000
@@ -41,14 +55,26 @@ class APIError(Exception):
         return JSONResponse({"error": body}, status_code=self.status)
 
 
+def _unicode(text: str) -> str:
+    """JSON can carry lone surrogates (\\ud800), which no tokenizer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def as_dict(self) -> dict:
         content = self.content
@@ -63,7 +89,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
     messages: list[Message] = Field(min_length=1)
@@ -73,15 +99,18 @@ class ChatRequest(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     n: int = Field(1, ge=1, le=1)
 
     @field_validator("stop")
     @classmethod
     def _at_most_four(cls, value):
-        if isinstance(value, list) and len(value) > 4:
+        stops = value if isinstance(value, list) else [value]
+        if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
+        if "" in stops:
+            raise ValueError("a stop sequence must not be empty")
         return value
 
     def params(self) -> GenerationParams:
@@ -135,6 +164,8 @@ def create_router(
             raise APIError(409, exc.message, "model_unavailable", "model") from None
         except UnknownModel as exc:
             raise APIError(404, exc.message, "model_not_found", "model") from None
+        except UnusableMessages as exc:
+            raise APIError(400, exc.message, "invalid_request_error", "messages") from None
         except StudioError as exc:
             raise APIError(503, exc.message, "server_error") from None
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -192,10 +223,23 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse_request(body: bytes) -> ChatRequest:
+    """The request, or a 400 naming what is wrong. The body is untrusted at every level:
+    bytes that are not UTF-8, JSON the parser itself cannot take (nesting past its recursion
+    limit, integers past Python's digit limit), and fields present but unusable."""
     try:
-        return ChatRequest.model_validate(json.loads(body))
-    except json.JSONDecodeError as exc:
-        raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_request_error") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start}"
+        raise APIError(400, f"the body is not UTF-8 ({where})", "invalid_request_error") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else "nested too deeply"
+        raise APIError(
+            400, f"the body is not valid JSON: {reason}", "invalid_request_error"
+        ) from None
+    try:
+        return ChatRequest.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(p) for p in error["loc"])

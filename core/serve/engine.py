@@ -41,6 +41,11 @@ class ModelUnavailable(StudioError):
     """The model exists but cannot be used now (corrupt adapter, missing base, ...)."""
 
 
+class UnusableMessages(StudioError):
+    """Messages the model's chat template refuses (roles out of order, say): the caller's
+    input, not a failure of the studio."""
+
+
 @dataclass
 class GenerationParams:
     temperature: float = 0.7
@@ -202,7 +207,12 @@ class InferenceEngine:
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         base = self._activate(job.entry)
-        prompt = base.tokenizer.apply_chat_template(job.messages, add_generation_prompt=True)
+        try:
+            prompt = base.tokenizer.apply_chat_template(job.messages, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - jinja's errors (raise_exception) among them
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            message = f"the messages do not fit the model's chat template: {reason}"
+            raise UnusableMessages(message) from None
         cache_key = (base.adapter_id, self._adapter_version(base.adapter_id))
         cache, rest = base.prompt_caches.fetch_nearest_cache(cache_key, prompt)
         if cache is not None and not rest:

@@ -252,31 +252,124 @@ HOSTILE_IDS = [
 ]
 
 
-def hostile_bodies() -> list[tuple[str, bytes]]:
-    ok = {"model": "toy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+OK_BODY = {"model": "toy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+HUGE_TEXT = "a" * 10_000_000
+WRONG_TYPES = (5, 1.5, True, [], {}, ["x"], {"a": 1})
+OPTIONAL = (
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "repetition_penalty",
+    "n",
+)
+# wrong-looking values that a client may rightly send (JSON's true is 1, a 1.5 temperature is
+# in range): usable, so a 200 is right for them
+USABLE = {
+    ("stream", "True"),
+    ("stream_options", "{}"),
+    ("stream_options", "{'a': 1}"),
+    ("stop", "[]"),
+    ("stop", "['x']"),
+    ("temperature", "1.5"),
+    ("repetition_penalty", "5"),
+    ("repetition_penalty", "1.5"),
+    ("content", "[]"),
+    *((name, "True") for name in ("temperature", "top_p", "repetition_penalty", "n")),
+    *((name, value) for name in ("max_tokens", "max_completion_tokens") for value in ("5", "True")),
+}
 
-    def body(**changes) -> bytes:
-        return json.dumps({**ok, **changes}).encode()
 
-    def saying(role: str, content) -> bytes:
-        return body(messages=[{"role": role, "content": content}])
+def _encoded(value) -> bytes:
+    return json.dumps(value).encode()
 
-    cases = [
-        ("not json", b"{not json"),
-        ("a list", b"[1, 2, 3]"),
-        ("empty", b""),
-        ("no messages", json.dumps({"model": "toy"}).encode()),
-        ("messages a string", body(messages="hi")),
-        ("max_tokens a string", body(max_tokens="many")),
-        ("temperature huge", body(temperature=1e308)),
-        ("role unknown", saying("root", "x")),
-        ("content a number", saying("user", 5)),
-        ("10 MB string", saying("user", "a" * 10_000_000)),
-        ("n = 5", body(n=5)),
-        ("stop list of 9", body(stop=["x"] * 9)),
+
+def _with(**fields) -> bytes:
+    return _encoded({**OK_BODY, **fields})
+
+
+def _saying(**message) -> bytes:
+    return _with(messages=[message])
+
+
+def _usable(name: str, value) -> bool:
+    return (name, repr(value)) in USABLE
+
+
+def parser_limits() -> list[tuple[str, bytes, bool]]:
+    """JSON that the parser itself cannot take, or takes into values nothing can use."""
+    head = _encoded(OK_BODY)[:-1]
+    return [
+        ("not json", b"{not json", True),
+        ("empty", b"", True),
+        ("trailing garbage", _encoded(OK_BODY) + b" x", True),
+        ("nested 100k deep", b"[" * 100_000 + b"]" * 100_000, True),
+        ("objects 100k deep", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, True),
+        ("an integer of 5000 digits", head + b', "n": ' + b"9" * 5000 + b"}", True),
+        ("NaN temperature", head + b', "temperature": NaN}', True),
+        ("Infinity top_p", head + b', "top_p": Infinity}', True),
+        ("1e999 temperature", head + b', "temperature": 1e999}', True),
+        ("a list", b"[1, 2, 3]", True),
+        ("a string", b'"hello"', True),
+        ("null", b"null", True),
     ]
-    cases += [(f"model {m[:20]!r}", json.dumps({**ok, "model": m}).encode()) for m in HOSTILE_IDS]
+
+
+def encodings() -> list[tuple[str, bytes, bool]]:
+    """Bodies that are not UTF-8, and text that no tokenizer can encode."""
+    latin = '{"model": "toy", "messages": [{"role": "user", "content": "caf\u00e9"}]}'
+    return [
+        ("latin-1 bytes", latin.encode("latin-1"), True),
+        ("a lone byte 0xff", latin.encode("utf-8").replace(b"\xc3\xa9", b"\xff"), True),
+        ("utf-16", json.dumps(OK_BODY).encode("utf-16"), True),
+        ("a UTF-8 BOM", b"\xef\xbb\xbf" + _encoded(OK_BODY), True),
+        ("a lone surrogate", _saying(role="user", content="\ud800"), True),
+        ("a lone surrogate in stop", _with(stop=["\udfff"]), True),
+    ]
+
+
+def every_field() -> list[tuple[str, bytes, bool]]:
+    """Every field of the request and of a message: missing, null, each wrong type, empty,
+    huge. Missing or null is usable for an optional field; the rest must be refused."""
+    cases = []
+    for name in ("model", "messages", *OPTIONAL):
+        required = name in ("model", "messages")
+        without = {k: v for k, v in OK_BODY.items() if k != name}
+        cases.append((f"{name} missing", _encoded(without), required))
+        cases.append((f"{name} null", _with(**{name: None}), required))
+        for wrong in WRONG_TYPES:
+            cases.append((f"{name} = {wrong!r}", _with(**{name: wrong}), not _usable(name, wrong)))
+        cases.append((f"{name} empty", _with(**{name: ""}), True))
+        huge = HUGE_TEXT if name in ("model", "stop") else 10**30
+        cases.append((f"{name} huge", _with(**{name: huge}), True))
+    message = OK_BODY["messages"][0]
+    for name in ("role", "content"):
+        without = {k: v for k, v in message.items() if k != name}
+        cases.append((f"message {name} missing", _saying(**without), name == "role"))
+        cases.append((f"message {name} null", _saying(**{**message, name: None}), name == "role"))
+        for wrong in WRONG_TYPES:
+            body = _saying(**{**message, name: wrong})
+            cases.append((f"message {name} = {wrong!r}", body, not _usable(name, wrong)))
+        cases.append((f"message {name} empty", _saying(**{**message, name: ""}), name == "role"))
+        cases.append((f"message {name} huge", _saying(**{**message, name: HUGE_TEXT}), True))
+    image = [{"type": "image_url", "image_url": "x"}]
+    cases += [
+        ("message role unknown", _saying(role="root", content="x"), True),
+        ("content part not text", _saying(role="user", content=image), True),
+        ("messages a string", _with(messages="hi"), True),
+        ("messages empty list", _with(messages=[]), True),
+        ("stop list of 9", _with(stop=["x"] * 9), True),
+    ]
+    cases += [(f"model {m[:20]!r}", _with(model=m), True) for m in HOSTILE_IDS]
     return cases
+
+
+def hostile_bodies() -> list[tuple[str, bytes, bool]]:
+    """(name, body, must be refused): by classes, not by examples."""
+    return parser_limits() + encodings() + every_field()
 
 
 def test_a_hostile_corpus_gets_4xx_in_openais_shape(home):
@@ -284,13 +377,20 @@ def test_a_hostile_corpus_gets_4xx_in_openais_shape(home):
     tried = 0
     with lora_studio_server(home, "--api-key", "the-key") as (_, url, _log):
         good = {"Authorization": "Bearer the-key", "Content-Type": "application/json"}
-        for name, body in hostile_bodies():
+        for name, body, refused in hostile_bodies():
             response = httpx.post(
                 f"{url}/v1/chat/completions", content=body, headers=good, timeout=60
             )
-            assert 400 <= response.status_code < 500, (name, response.status_code)
-            error = response.json()["error"]
-            assert error["message"] and error["type"], name
+            code = response.status_code
+            if refused or code >= 400:
+                assert 400 <= code < 500, (name, code, response.text[:300])
+                error = response.json()["error"]
+                assert error["message"] and error["type"], name
+            elif response.headers["content-type"].startswith("text/event-stream"):
+                assert code == 200 and response.text.endswith("data: [DONE]\n\n"), name
+            else:  # usable after all: a real completion
+                assert code == 200, (name, code)
+                assert response.json()["choices"][0]["message"]["role"] == "assistant"
             tried += 1
         for headers in key_cases:
             for path in ("/v1/models", "/v1/chat/completions"):
