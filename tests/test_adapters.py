@@ -129,7 +129,9 @@ def test_import_a_folder_made_by_mlx_lm_lora(store, studio, toy_model, tmp_path)
     meta = store.read(new_id).metadata
     assert (meta.adapterName, meta.baseModelId, meta.loraLayers) == ("From mlx-lm", "toy", 2)
     model, tokenizer = load(str(toy_model), adapter_path=str(store.path(new_id)))
-    assert generate(model, tokenizer, prompt="hi", max_tokens=3) is not None
+    imported = generate(model, tokenizer, prompt="the sky is", max_tokens=6)
+    model, tokenizer = load(str(toy_model), adapter_path=str(made))
+    assert imported == generate(model, tokenizer, prompt="the sky is", max_tokens=6)
 
 
 def test_import_checks_tensors_against_the_base(store, tmp_path):

@@ -267,4 +267,6 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
         page.get_by_role("button", name="Send").click()
         answer = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
         expect(answer).not_to_be_empty(timeout=120000)
+        expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120000)
+        expect(answer).not_to_contain_text("⚠️")  # the chat writes errors into the reply
         page.close()

@@ -159,6 +159,7 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
     reply = page.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
     expect(reply).not_to_be_empty(timeout=60000)
     expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=60000)
+    expect(reply).not_to_contain_text("⚠️")  # the chat writes errors into the reply
     lengths = set(page.evaluate("window.lsReplyLengths")) - {0}
     assert len(lengths) >= 2, lengths  # it streamed in pieces
     shot(page, "chat")
@@ -201,12 +202,18 @@ def test_reloading_during_a_run_shows_the_run(browser, studio_url, tmp_path):
     page.close()
 
 
-def test_alpha_follows_rank_until_it_is_edited(page):
+def test_alpha_follows_rank_until_it_is_edited(page, tmp_path):
+    page.locator("input[type=file]").first.set_input_files(
+        str(write_jsonl(tmp_path / "alpha.jsonl", colour_rows(20)))
+    )
+    why = page.locator("#ls-why")
     fill_number(page, "Rank (1-256)", "16")
     expect(page.get_by_label("Alpha (2 x rank)")).to_have_value("32")
+    expect(why).to_contain_text("rank 16, alpha 32", timeout=20000)
     fill_number(page, "Alpha (2 x rank)", "5")
     fill_number(page, "Rank (1-256)", "4")
-    page.wait_for_timeout(500)
+    # the check ran after both edits (it reads the form as the events left it)
+    expect(why).to_contain_text("rank 4, alpha 5", timeout=20000)
     expect(page.get_by_label("Alpha (2 x rank)")).to_have_value("5")
 
 

@@ -118,6 +118,7 @@ def test_compare_answers_with_the_adapter_and_its_base(served, trained):
         "What colour is the sky?", [], [], "toy", False, "", 0.0, 1.0, 8, api_name="/chat"
     )
     assert base_history[-1]["content"] == alone[-1]["content"]  # the right side is the base
+    assert text_of(alone[-1]) == mlx_lm_reply(served[0], "What colour is the sky?", 8)
 
 
 def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
@@ -142,10 +143,7 @@ def test_an_unavailable_adapter_shows_its_reason_in_the_chat(served, trained):
 def test_stop_stops_a_run_started_from_the_client(served):
     home, client = served
     job = train_job(client, home, epochs=500)
-    for _ in range(600):
-        if any("step" in (update[0] or "") for update in job.outputs()):
-            break
-        time.sleep(0.05)
+    until(job.outputs, lambda outputs: any("step" in (update[0] or "") for update in outputs))
     client.predict(api_name="/stop")
     outputs = job.result(timeout=60)
     assert outputs[2].startswith("Stopped")
@@ -160,6 +158,25 @@ def test_chat_event_streams_a_reply(served):
         "hello", [], [], "toy", False, "", 0.0, 1.0, 8, api_name="/chat"
     )
     assert history[-1]["role"] == "assistant" and box == ""
+    assert text_of(history[-1]) == mlx_lm_reply(served[0], "hello", 8)
+
+
+def text_of(message: dict) -> str:
+    """A chat message's text (Gradio may give it as a list of parts)."""
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return content
+
+
+def mlx_lm_reply(home: Path, text: str, max_tokens: int) -> str:
+    """mlx-lm's own greedy reply of the toy model (the page's chat must give the same)."""
+    from mlx_lm import generate, load
+
+    model, tokenizer = load(str(home / "models" / "toy"))
+    messages = [{"role": "user", "content": text}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    return generate(model, tokenizer, prompt=prompt, max_tokens=max_tokens)
 
 
 def run_cli(*args, env_extra=None, timeout=30):

@@ -139,7 +139,8 @@ class MemoryCappedService(TrainingService):
         return ["bash", "-c", cap, *super().worker_command()]
 
 
-def test_out_of_memory_gets_advice_and_leaves_no_adapter(studio, toy_model, tmp_path):
+def test_out_of_memory_gets_advice_and_leaves_no_adapter(studio, toy_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", "16")  # the plan's budget, whatever is free
     long_text = " ".join(["the sky is blue and the sun is red"] * 400)
     data = tmp_path / "data"
     data.mkdir()
