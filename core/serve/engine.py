@@ -108,6 +108,7 @@ class InferenceEngine:
         self._bases: OrderedDict[Path, _Base] = OrderedDict()
         self._adapter_weights: OrderedDict[str, tuple[float, dict]] = OrderedDict()
         self._jobs: queue.Queue = queue.Queue()
+        self._generating = False  # a reply is being generated now
         self._thread = threading.Thread(target=self._serve, name="inference-engine", daemon=True)
         self._thread.start()
         self._unsubscribe = registry.subscribe(self._on_registry_change)
@@ -142,6 +143,12 @@ class InferenceEngine:
                 yield item
         finally:
             request.cancelled.set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a new request would wait: the engine serves one generation at a time, so
+        a second chat waits for the first (a page says so instead of showing nothing)."""
+        return self._generating or not self._jobs.empty()
 
     def chat(self, model_id: str, messages: list[dict], params: GenerationParams | None = None):
         """The whole reply as one string (and the last chunk, for its counts)."""
@@ -191,6 +198,7 @@ class InferenceEngine:
                 continue
             if job.cancelled.is_set():
                 continue
+            self._generating = True
             try:
                 self._generate(job)
             except StudioError as exc:
@@ -199,6 +207,7 @@ class InferenceEngine:
                 log.exception("generation failed for %s", job.entry.id)
                 job.out.put(StudioError(f"generation failed: {exc}"))
             finally:
+                self._generating = False
                 job.out.put(_END)
 
     def _generate(self, job: _Request) -> None:

@@ -12,6 +12,7 @@ from core.adapters.export import import_any
 from core.adapters.store import loss_history
 from core.errors import StudioError
 from webapp.page import charts, export_panel
+from webapp.page.concurrency import HEAVY, QUICK
 from webapp.page.studio import Studio, explain
 
 COLUMNS = ["name", "base", "dataset", "created", "steps", "final loss", "best val loss", "state"]
@@ -141,11 +142,15 @@ def build(studio: Studio) -> AdaptersTab:
     outputs = [message, grid, picker]
     # page actions, not API: `lora-studio adapters` is the scriptable way
     private = {"api_visibility": "private"}
-    picker.change(act.show, picker, [details, curve], **private)
-    rename.click(act.changing(act.rename), [picker, new_name], outputs, **private)
-    delete.click(act.changing(act.delete), [picker, sure], outputs, **private)
-    fuse.click(act.changing(act.fuse), [picker, fused_name], outputs, **private)
+    picker.change(act.show, picker, [details, curve], **private, **QUICK)
+    rename.click(act.changing(act.rename), [picker, new_name], outputs, **private, **QUICK)
+    delete.click(act.changing(act.delete), [picker, sure], outputs, **private, **QUICK)
+    fuse.click(act.changing(act.fuse), [picker, fused_name], outputs, **private, **HEAVY)
     do_import.click(
-        act.changing(act.import_), [archive, import_base, import_name], outputs, **private
+        act.changing(act.import_),
+        [archive, import_base, import_name],
+        outputs,
+        **private,
+        **HEAVY,
     )
     return AdaptersTab(table=grid, picker=picker, import_base=import_base)

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from core.machine import device
 from core.serve.api import create_app
 from webapp.page import adapters_tab, chat_tab
+from webapp.page.concurrency import DEFAULT_LIMIT, QUICK, WATCH
 from webapp.page.studio import Studio
 from webapp.page.train import wiring as train_tab
 
@@ -65,6 +66,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             api_name="refresh",
             api_visibility="undocumented",
             show_progress="hidden",
+            **WATCH,
         )
         train.chat_with.click(
             lambda model_id: (
@@ -74,6 +76,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             train.new_adapter,
             [tabs, chat.model],
             api_visibility="private",
+            **QUICK,
         )
     return page
 
@@ -89,6 +92,7 @@ def create_server(
     """One FastAPI app: the OpenAI-compatible API under /v1, the page at /."""
     app = create_app(studio.registry, studio.engine, api_key=api_key)
     page = build_page(studio, notice)
+    page.queue(default_concurrency_limit=DEFAULT_LIMIT)
     return gr.mount_gradio_app(
         app, page, path="/", auth=auth, max_file_size=max_file_size, css=CSS, ssr_mode=False
     )

@@ -8,6 +8,7 @@ import gradio as gr
 
 from core.errors import StudioError
 from core.serve.engine import GenerationParams
+from webapp.page.concurrency import CHAT, QUICK
 from webapp.page.studio import Studio
 
 
@@ -28,12 +29,21 @@ def _messages(system: str, history: list[dict]) -> list[dict]:
     return messages
 
 
+WAITING = "⏳ Waiting for the model: it is answering another chat..."
+
+
 def _stream_into(studio: Studio, model_id: str, system: str, history: list, params):
-    """Append the model's reply to ``history`` as it streams; yields after each piece."""
+    """Append the model's reply to ``history`` as it streams; yields after each piece. The
+    engine answers one chat at a time: while another is answered, the reply says so."""
     asked = _messages(system, history)
-    history.append({"role": "assistant", "content": ""})
+    waiting = studio.engine.busy
+    history.append({"role": "assistant", "content": WAITING if waiting else ""})
+    if waiting:
+        yield
     try:
         for chunk in studio.engine.stream(model_id, asked, params):
+            if waiting:
+                history[-1]["content"], waiting = "", False
             history[-1]["content"] += chunk.text
             yield
     except StudioError as exc:
@@ -77,8 +87,9 @@ def build(studio: Studio) -> ChatTab:
                 yield history, base_history, ""
 
     inputs = [message, chat, base_chat, model, compare, system, temperature, top_p, max_tokens]
-    send.click(respond, inputs, [chat, base_chat, message], api_name="chat")
-    message.submit(respond, inputs, [chat, base_chat, message], api_visibility="private")
-    clear.click(lambda: ([], []), None, [chat, base_chat], api_visibility="private")
-    compare.change(lambda on: gr.update(visible=on), compare, base_chat, api_visibility="private")
+    private = {"api_visibility": "private"}
+    send.click(respond, inputs, [chat, base_chat, message], api_name="chat", **CHAT)
+    message.submit(respond, inputs, [chat, base_chat, message], **private, **CHAT)
+    clear.click(lambda: ([], []), None, [chat, base_chat], **private, **QUICK)
+    compare.change(lambda on: gr.update(visible=on), compare, base_chat, **private, **QUICK)
     return ChatTab(model=model)

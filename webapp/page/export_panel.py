@@ -12,6 +12,7 @@ import gradio as gr
 from core.adapters.export import export_adapter
 from core.adapters.gguf_export import GGUF_TYPES
 from webapp.page.background import with_progress
+from webapp.page.concurrency import HEAVY
 from webapp.page.studio import Studio, explain
 
 FORMATS = [
@@ -38,6 +39,7 @@ def build(studio: Studio, picker: gr.Dropdown) -> None:
         [picker, fmt, kind, system],
         [status, download],
         api_visibility="private",
+        **HEAVY,
     )
 
 

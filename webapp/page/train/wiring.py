@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from webapp.page.concurrency import CHECK, HEAVY, QUICK, WATCH
 from webapp.page.studio import Studio
 from webapp.page.train.actions import STARTING, TrainActions
 from webapp.page.train.form import FORM_FIELDS
@@ -21,19 +22,22 @@ class TrainTab:
 
 
 PRIVATE = {"api_visibility": "private"}  # page wiring, not the API
+# page wiring by what it costs (webapp/page/concurrency.py)
+SMALL = {**PRIVATE, **QUICK}
+WAITING = {**PRIVATE, **WATCH}
 WATCH_SECONDS = 1.0
 
 
 def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs) -> gr.State:
     """A page follows a run started after it loaded, wherever it was started. Returns the
     run it shows, which the page's own Start and Resume clear when they end."""
-    private = {**PRIVATE, "show_progress": "hidden"}
+    hidden = {"show_progress": "hidden"}
     shown, join = gr.State(None), gr.State(None)
-    page.load(act.shown_at_load, None, shown, **private)
+    page.load(act.shown_at_load, None, shown, **WAITING, **hidden)
     for button in buttons:
-        button.click(lambda: STARTING, None, shown, **private)
-    gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **private)
-    join.change(act.show_current, None, progress_outputs, **private)
+        button.click(lambda: STARTING, None, shown, **SMALL, **hidden)
+    gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **WAITING, **hidden)
+    join.change(act.show_current, None, progress_outputs, **WAITING, **hidden)
     return shown
 
 
@@ -43,7 +47,8 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     form = {name: ui.form[name] for name in FORM_FIELDS}
     dataset = [ui.model, ui.data_path, ui.data_name]
     check = {"fn": act.check_dataset, "inputs": dataset, "inputs_kwargs": form}
-    check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start], **PRIVATE}
+    check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]}
+    check |= {**PRIVATE, **CHECK}
     _wire_form(ui, act, page, form, check)
     _wire_runs(ui, act, page, form, dataset)
     return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
@@ -54,30 +59,34 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
     alpha_follows = gr.State(True)
     pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
-    pick |= {"outputs": [rank, alpha, layers], **PRIVATE}
+    pick |= {"outputs": [rank, alpha, layers], **SMALL}
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
-    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **PRIVATE).success(
+    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **SMALL).success(
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
     ui.model.input(**pick).then(**check)
     ui.server_path.submit(
-        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **PRIVATE
+        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **SMALL
     ).then(**check)
     rank.input(
-        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **PRIVATE
+        lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
-    alpha.input(lambda: False, None, alpha_follows, **PRIVATE)
+    alpha.input(lambda: False, None, alpha_follows, **SMALL)
     for field in form.values():
         # a check still running must not swallow the latest edit
         field.input(**check, trigger_mode="always_last")
     ui.get_demo.click(
-        act.get_demo, None, [ui.demo_status, ui.model, ui.data_path, ui.data_name], **PRIVATE
+        act.get_demo,
+        None,
+        [ui.demo_status, ui.model, ui.data_path, ui.data_name],
+        **PRIVATE,
+        **HEAVY,
     ).then(**pick).then(**check)
     q = ui.quantizing
     q.button.click(
-        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE
+        act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE, **HEAVY
     ).then(**pick).then(**check)
-    page.load(act.preselect, None, ui.model, **PRIVATE).then(**pick).then(**check)
+    page.load(act.preselect, None, ui.model, **WAITING).then(**pick).then(**check)
 
 
 def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
@@ -85,21 +94,31 @@ def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
     runs_outputs = [ui.runs.table, ui.runs.picker]
     progress_outputs = [ui.bar, ui.chart, ui.status, ui.result, ui.chat_with, ui.new_adapter]
     progress_outputs += [ui.start, ui.stop, *runs_outputs]
+    # Start and Resume follow their run for as long as it lasts: never one at a time across
+    # browsers (the runs lock lets one run start; another gets its refusal at once)
     training = ui.start.click(
-        act.train, [*dataset, ui.name], progress_outputs, inputs_kwargs=form, api_name="train"
+        act.train,
+        [*dataset, ui.name],
+        progress_outputs,
+        inputs_kwargs=form,
+        api_name="train",
+        **WATCH,
     )
-    ui.stop.click(act.stop, None, None, api_name="stop")
+    ui.stop.click(act.stop, None, None, api_name="stop", **QUICK)
     ui.hosts.check.click(
         act.check_hosts,
         [ui.hosts.mode, ui.hosts.processes, ui.model],
         ui.hosts.report,
         api_name="check_hosts",
+        **WATCH,  # waits on ssh, a minute at most
     )
-    resuming = ui.runs.resume.click(act.resume, ui.runs.picker, progress_outputs, api_name="resume")
+    resuming = ui.runs.resume.click(
+        act.resume, ui.runs.picker, progress_outputs, api_name="resume", **WATCH
+    )
     shown = _join_runs_started_elsewhere(act, page, [ui.start, ui.runs.resume], progress_outputs)
     for started in (training, resuming):  # a refused Start must not leave the page "starting"
-        started.then(lambda: None, None, shown, **PRIVATE)
+        started.then(lambda: None, None, shown, **SMALL)
     ui.runs.discard.click(
-        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **PRIVATE
+        act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **SMALL
     )
-    page.load(act.show_current, None, progress_outputs, **PRIVATE)
+    page.load(act.show_current, None, progress_outputs, **WAITING)
