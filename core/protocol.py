@@ -66,6 +66,19 @@ class Validation(_Message):
     loss: float
 
 
+class Activity(_Message):
+    """A sign of life between reports, at most every few seconds: where the run is now
+    (``phase`` "train" at ``step``, or "validate" at batch ``batch`` of ``batches``). Not
+    kept in the run's history: it says nothing the reports do not."""
+
+    type: Literal["activity"] = "activity"
+    phase: Literal["train", "validate"]
+    step: int
+    total_steps: int
+    batch: int | None = None
+    batches: int | None = None
+
+
 class Checkpoint(_Message):
     type: Literal["checkpoint"] = "checkpoint"
     step: int
@@ -102,7 +115,8 @@ class Error(_Message):
 
 
 Event = Annotated[
-    Start | Progress | Validation | Checkpoint | Complete | Error, Field(discriminator="type")
+    Start | Progress | Activity | Validation | Checkpoint | Complete | Error,
+    Field(discriminator="type"),
 ]
 _event = TypeAdapter(Event)
 

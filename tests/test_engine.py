@@ -13,8 +13,9 @@ from core.adapters.layout import WEIGHTS_FILE
 from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.params import TrainingParams
-from core.serve.engine import GenerationParams, InferenceEngine, ModelUnavailable, StopScanner
+from core.serve.engine import GenerationParams, InferenceEngine, ModelUnavailable
 from core.serve.registry import ModelRegistry
+from core.serve.stops import StopScanner
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, studio_with_toy, write_jsonl
 

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 from core.adapters.layout import CONFIG_FILE, WEIGHTS_FILE
 from core.errors import StudioError
 from core.models.inspect import context_length
+from core.serve import lora_layers
 from core.serve.registry import ModelEntry, ModelRegistry
+from core.serve.stops import StopScanner
 
 if TYPE_CHECKING:
     from mlx_lm.models.cache import LRUPromptCache
@@ -344,7 +346,7 @@ class InferenceEngine:
             )
         # layers are reused between adapters of one shape: a tensor the file lacks would keep
         # the previous adapter's values, so every LoRA tensor must come from this file
-        missing = sorted(set(_lora_tensors(base.model)) - set(weights))
+        missing = sorted(set(lora_layers.tensors(base.model)) - set(weights))
         if missing:
             raise ModelUnavailable(
                 f"adapter unavailable: its weights lack {len(missing)} LoRA tensor(s) "
@@ -370,20 +372,8 @@ class InferenceEngine:
         return weights
 
     def _strip_lora(self, base: _Base) -> None:
-        """The base's own layers back in place of LoRA and DoRA layers (mlx-lm's
-        ``remove_lora_layers`` knows LoRA's only)."""
-        from mlx.utils import tree_unflatten
-        from mlx_lm.tuner.dora import DoRALinear
-        from mlx_lm.tuner.lora import LoRALinear
-
         if base.lora_shape is not None:
-            wrapped = [
-                (name, module.linear)
-                for name, module in base.model.named_modules()
-                if isinstance(module, LoRALinear | DoRALinear)
-            ]
-            if wrapped:
-                base.model.update_modules(tree_unflatten(wrapped))
+            lora_layers.strip(base.model)
         base.lora_shape = base.adapter_id = None
 
     def _on_registry_change(self, registry: ModelRegistry) -> None:
@@ -404,49 +394,9 @@ class InferenceEngine:
         self._jobs.put(release)
 
 
-def _lora_tensors(model) -> list[str]:
-    """The names of every LoRA (and DoRA) tensor in ``model``: what an adapter must set."""
-    from mlx.utils import tree_flatten
-    from mlx_lm.tuner.dora import DoRALinear
-    from mlx_lm.tuner.lora import LoRALinear
-
-    names = []
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear | DoRALinear):
-            own = [n for n, _ in tree_flatten(module.parameters()) if not n.startswith("linear.")]
-            names += [f"{name}.{n}" for n in own]
-    return names
-
-
 def base_path(entry: ModelEntry) -> Path:
     """The folder of the base model an entry runs on (its own, for a base)."""
     return entry.base_path if entry.kind == "adapter" else entry.path
-
-
-class StopScanner:
-    """Cuts streamed text at the first stop string, holding back what might begin one."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit, whether a stop string was reached)."""
-        if not self.stops:
-            return text, False
-        self.held += text
-        hits = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.held = self.held[: min(hits)], ""
-            return out, True
-        keep = max(len(s) for s in self.stops) - 1
-        cut = max(len(self.held) - keep, 0)
-        out, self.held = self.held[:cut], self.held[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.held = self.held, ""
-        return out
 
 
 def _mtime(path: Path) -> float:

@@ -40,6 +40,10 @@ from core.train.checkpoints import TrainerState
 
 # the batch width's rounding; LORA_STUDIO_PAD_TO overrides it to measure others
 PAD_TO = int(os.environ.get("LORA_STUDIO_PAD_TO") or 8)
+# the longest the run stays silent between steps or validation batches (an activity line)
+HEARTBEAT_SECONDS = 2.0
+# seconds to pause after each step: shows a slow machine's page on a fast one (tests, demos)
+STEP_DELAY = float(os.environ.get("LORA_STUDIO_STEP_DELAY") or 0)
 
 
 class Stopped(Exception):
@@ -172,6 +176,8 @@ class TrainingLoop:
         self.last_loss = float("nan")
         self.group = mx.distributed.init()
         self.writes = self.group.rank() == 0  # the other ranks hold the same weights
+        self._said_at = time.monotonic()  # when the run last said something
+        self._validation_batches = 1  # of the validation under way
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -211,6 +217,9 @@ class TrainingLoop:
                 mx.eval(compiled_state, weighted, tokens, accumulated)
                 window.add(weighted, tokens, time.perf_counter() - tic)
                 self._advance()
+                if STEP_DELAY:
+                    time.sleep(STEP_DELAY)
+                self._heartbeat("train")
                 if self.state.step % s.report_every == 0 or self.state.step == s.total_steps:
                     self._report(window)
                 if s.evaluates_at(self.state.step):
@@ -290,13 +299,32 @@ class TrainingLoop:
 
     # -- reporting, validation, checkpoints ---------------------------------------------------
 
+    def _say(self, message: protocol._Message) -> None:
+        self.emit(message)
+        self._said_at = time.monotonic()
+
+    def _heartbeat(self, phase: str, batch: int | None = None, batches: int | None = None):
+        """An activity line when the run has said nothing for HEARTBEAT_SECONDS: a page
+        never goes silent for a minute between reports on a slow machine."""
+        if time.monotonic() - self._said_at < HEARTBEAT_SECONDS:
+            return
+        self._say(
+            protocol.Activity(
+                phase=phase,
+                step=self.state.step,
+                total_steps=self.schedule.total_steps,
+                batch=batch,
+                batches=batches,
+            )
+        )
+
     def _report(self, window: _Window) -> None:
         s, step = self.schedule, self.state.step
         loss, tokens, seconds = window.take()
         self.last_loss = loss
         self.state.trained_tokens += tokens
         self.state.train_seconds += seconds
-        self.emit(
+        self._say(
             protocol.Progress(
                 step=step,
                 total_steps=s.total_steps,
@@ -321,12 +349,14 @@ class TrainingLoop:
     def validate(self) -> float:
         """Validation loss over the whole validation set; tracks the best and the patience."""
         state = self.state
+        batch_size = validation_batch(
+            self.params.batch_size, len(self.valid_set), self.group.size()
+        )
+        self._validation_batches = max(1, len(self.valid_set) // batch_size)
         loss = trainer.evaluate(
             self.model,
             self.valid_set,
-            batch_size=validation_batch(
-                self.params.batch_size, len(self.valid_set), self.group.size()
-            ),
+            batch_size=batch_size,
             num_batches=-1,
             max_seq_length=self.params.max_seq_length,
             loss=self.loss,
@@ -334,7 +364,7 @@ class TrainingLoop:
         )
         self.model.train()
         state.last_eval_step = state.step
-        self.emit(
+        self._say(
             protocol.Validation(
                 step=state.step, epoch=state.step // self.schedule.steps_per_epoch, loss=loss
             )
@@ -344,8 +374,9 @@ class TrainingLoop:
         return loss
 
     def _stoppable_batches(self, **kwargs) -> Iterator:
-        for batch in trimmed(trainer.iterate_batches(**kwargs)):
+        for number, batch in enumerate(trimmed(trainer.iterate_batches(**kwargs)), start=1):
             self._check_stop()
+            self._heartbeat("validate", number, self._validation_batches)
             yield batch
 
     def _track_best(self, loss: float) -> None:
@@ -376,7 +407,7 @@ class TrainingLoop:
         path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
         keep = {self.state.best_step} if self.state.best_step is not None else set()
         checkpoints.prune(self.checkpoint_folder, keep)
-        self.emit(protocol.Checkpoint(step=state.step, path=str(path)))
+        self._say(protocol.Checkpoint(step=state.step, path=str(path)))
         return path
 
 

@@ -62,6 +62,7 @@ class TrainingRun:
         self.dataset = dataset
         self.params = params
         self.started = time.time()
+        self._ended: float | None = None  # when the process ended
         self._elapsed_before = record.elapsed_seconds  # earlier sessions of a resumed run
         self.events: list[protocol.Event] = list(history or [])
         self.adapter_path: Path | None = None
@@ -168,10 +169,13 @@ class TrainingRun:
                     if isinstance(event, protocol.Complete | protocol.Error):
                         ending = event  # the service announces the end, after publishing
                     elif event is not None:
-                        history.write(event.to_line())
-                        history.flush()
+                        if not isinstance(event, protocol.Activity):  # a sign of life only
+                            history.write(event.to_line())
+                            history.flush()
                         self._add(event)
-            final = self._finish(self._process.wait(), ending)
+            code = self._process.wait()
+            self._ended = time.time()
+            final = self._finish(code, ending)
         except Exception as exc:  # noqa: BLE001 - the run must end with an event, whatever
             log.exception("training run %s failed in the service", self.id)
             # the locks must not go while the worker still trains: a resume would put a
@@ -193,6 +197,7 @@ class TrainingRun:
     def _add(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.Start):
             self.record.total_steps = event.total_steps
+            self._write_record()  # the runs table shows the steps ahead at once
         elif isinstance(event, protocol.Progress):
             self.record.step = event.step
             self._write_record()
@@ -213,8 +218,9 @@ class TrainingRun:
 
     @property
     def elapsed(self) -> float:
-        """Seconds of training so far, over every session of a resumed run."""
-        return self._elapsed_before + time.time() - self.started
+        """Seconds of training so far, over every session of a resumed run (fixed once the
+        process has ended: a page that shows a finished run shows its own duration)."""
+        return self._elapsed_before + (self._ended or time.time()) - self.started
 
     def _finish(self, code: int, ending: protocol.Event | None) -> protocol.Event:
         """Publish a run that completed; otherwise record how it ended, and keep it."""

@@ -277,6 +277,7 @@ class ProgressBar:
         self.console = Console(file=stream, highlight=False)
         self.live = self.console.is_terminal
         self.val_loss: float | None = None
+        self.stats = ""  # the last report's figures, shown until the next one
         self.progress: Progress | None = None
         self.task = None
 
@@ -290,6 +291,8 @@ class ProgressBar:
             self._line(f"checkpoint at step {event.step}")
         elif isinstance(event, protocol.Progress):
             self._progress(event)
+        elif isinstance(event, protocol.Activity):
+            self._activity(event)
 
     def _start(self, event: protocol.Start) -> None:
         if event.resumed_from:
@@ -330,10 +333,21 @@ class ProgressBar:
             f"loss {event.loss:.3f}{val} · {event.tokens_per_second:.0f} trained tok/s · "
             f"{event.peak_memory_gb:.2f} GB"
         )
+        self.stats = stats
         if self.progress is not None:
             self.progress.update(self.task, completed=event.step, stats=stats)
         else:
             self._line(f"step {event.step}/{event.total_steps} epoch {event.epoch} {stats}")
+
+    def _activity(self, event: protocol.Activity) -> None:
+        """A sign of life between reports: the bar moves; a validation says how far it is."""
+        validating = event.phase == "validate"
+        where = f"validating: batch {event.batch} of {event.batches}" if validating else ""
+        if self.progress is not None:
+            stats = f"{where} · {self.stats}" if where else self.stats
+            self.progress.update(self.task, completed=event.step, stats=stats)
+        elif validating:
+            self._line(where)
 
     def _line(self, text: str, always: bool = False) -> None:
         """A line above the bar on a terminal (if ``always``), or a plain log line."""

@@ -58,7 +58,7 @@ def _row(record: RunRecord) -> str:
         f"{record.step}/{record.total_steps or '?'}",
         "-" if record.checkpoint_step is None else f"step {record.checkpoint_step}",
         "-" if record.best_validation_loss is None else f"{record.best_validation_loss:.3f}",
-        record.error or "",
+        "" if record.state == "stopped" else record.error or "",  # a Stop is no error
     ]
     tds = "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells)
     return f"<tr data-run='{record.id}' data-state='{record.state}'>{tds}</tr>"
@@ -75,4 +75,5 @@ def view(studio: Studio) -> tuple[str, dict]:
     )
     table = f"<table class='ls-runs'><tr>{head}</tr>{''.join(map(_row, records))}</table>"
     choices = [(f"{r.name} · {r.state} · step {r.step} ({r.id[:8]})", r.id) for r in records]
-    return table, gr.update(choices=choices)
+    # the newest run is picked: after a Stop, Resume is one click
+    return table, gr.update(choices=choices, value=records[0].id)

@@ -106,10 +106,10 @@ class TrainActions:
         """A page opened (or reloaded) during a run shows it: the service owns the run."""
         run = self.studio.training.current
         if run is None:
-            yield (gr.skip(),) * 8 + runs_panel.view(self.studio)
-        elif run.done:  # its last view; Start's state is the form check's to set
+            yield (gr.skip(),) * 9 + runs_panel.view(self.studio)
+        elif run.done:  # its last view; Start and why are the form check's to set
             view = render(run)
-            yield view[:6] + (gr.skip(), view[7]) + runs_panel.view(self.studio)
+            yield view[:6] + (gr.skip(), view[7], gr.skip()) + runs_panel.view(self.studio)
         else:
             yield from self._follow(run)
 
@@ -142,25 +142,30 @@ class TrainActions:
         return "Discarded.", *runs_panel.view(self.studio)
 
     def _follow(self, run):
-        runs_view = runs_panel.view(self.studio)
+        """The run's view at each event, the runs table and picker with it (one source: the
+        run's record, which the service writes as the events come)."""
         for _ in run.follow():
             if isinstance(run.last_event, protocol.Complete):
                 # "Done" on the page means chat and /v1 know the adapter already; the
                 # folder watcher would see it a moment later
                 self.studio.registry.reload()
-            yield render(run) + runs_view
+            yield render(run) + runs_panel.view(self.studio)
         yield render(run) + runs_panel.view(self.studio)
 
     def _refused(self, exc: StudioError) -> tuple:
+        """A start that did not happen: the message, and the view left as it was (a run
+        that goes on keeps its bar, its chart and its Stop button)."""
+        running = self.studio.training.current is not None and not self.studio.training.current.done
         return (
-            "",
+            gr.skip(),
             gr.skip(),
             explain(exc),
-            "",
-            gr.update(visible=False),
-            None,
-            gr.update(interactive=True),
-            gr.update(interactive=False),
+            gr.skip(),
+            gr.skip(),
+            gr.skip(),
+            gr.update(interactive=not running),
+            gr.skip(),
+            gr.skip(),
             *runs_panel.view(self.studio),
         )
 

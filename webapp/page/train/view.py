@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import html
 import time
+from pathlib import Path
 
 import gradio as gr
 
 from core import protocol
+from core.adapters.store import AdapterMetadata
 from core.data.check import DatasetError
 from core.data.scan import SAMPLE_ROWS, scan_dataset
 from core.data.tokens import preview, token_statistics
@@ -75,12 +77,13 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     tokens = data.sample_tokens(tokenizer, params.mask_prompt)
     stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
     ready = _ready(params, launch, info) + "  \n" + _memory(memory)
+    running = studio.training.current is not None and not studio.training.current.done
     return (
         _tokens_text(name, data, stats, params),
         charts.histogram(stats.lengths),
         _preview_html(tokens, tokenizer),
-        ready,
-        gr.update(interactive=memory.fits),
+        f"{RUNNING}  \n{ready}" if running else ready,
+        gr.update(interactive=memory.fits and not running),
     )
 
 
@@ -139,28 +142,48 @@ def _ready(params: TrainingParams, launch, info) -> str:
 
 
 def _progress_line(run, events: list) -> tuple[float, str]:
-    """(percent, text) of the progress bar."""
-    start = next((e for e in events if isinstance(e, protocol.Start)), None)
-    progress = [e for e in events if isinstance(e, protocol.Progress)]
-    if not progress:
-        if start:
-            return 0.0, f"{start.total_steps} steps ahead, BLAS {start.blas}: validating..."
+    """(percent, text) of the progress bar: the newest report's figures, moved on by the
+    activity lines between reports (so it changes every few seconds), with an ETA while the
+    run goes on."""
+    start = _newest(events, protocol.Start)
+    now = _newest(events, protocol.Progress | protocol.Activity)
+    if start is None:
         return 0.0, "starting the training process..."
-    p = progress[-1]
-    resumed_at = next(
-        (e.resumed_from for e in reversed(events) if isinstance(e, protocol.Start)), None
+    if now is None:
+        return 0.0, f"{start.total_steps} steps ahead, BLAS {start.blas}: validating..."
+    parts = [f"step {now.step}/{now.total_steps}"]
+    if isinstance(now, protocol.Activity) and now.phase == "validate":
+        parts.append(f"validating: batch {now.batch} of {now.batches}")
+    report = _newest(events, protocol.Progress)
+    if report is not None:
+        parts += [f"epoch {report.epoch}/{start.epochs}", f"loss {report.loss:.3f}"]
+        parts += _speed_and_memory(report, start.ranks)
+    if not run.done:
+        parts.append(_eta(run, now.step, now.total_steps, start.resumed_from or 0))
+    return 100.0 * now.step / max(now.total_steps, 1), " · ".join(parts)
+
+
+def _newest(events: list, kind):
+    return next((e for e in reversed(events) if isinstance(e, kind)), None)
+
+
+def _speed_and_memory(report: protocol.Progress, ranks: int) -> list[str]:
+    speed, memory = (
+        f"{report.tokens_per_second:.0f} trained tok/s",
+        f"{report.peak_memory_gb:.2f} GB",
     )
-    done_here = p.step - (resumed_at or 0)
-    elapsed = time.time() - run.started
-    eta = elapsed / done_here * (p.total_steps - p.step) if done_here > 0 else 0
-    speed, memory = f"{p.tokens_per_second:.0f} trained tok/s", f"{p.peak_memory_gb:.2f} GB"
-    if start.ranks > 1:
-        speed, memory = f"{start.ranks} ranks · {speed} (sum)", f"{memory} (largest rank)"
-    text = (
-        f"step {p.step}/{p.total_steps} · epoch {p.epoch}/{start.epochs} · loss {p.loss:.3f} · "
-        f"{speed} · {memory} · ETA {eta:.0f} s"
-    )
-    return p.progress, text
+    if ranks > 1:
+        return [f"{ranks} ranks · {speed} (sum)", f"{memory} (largest rank)"]
+    return [speed, memory]
+
+
+def _eta(run, step: int, total: int, resumed_at: int) -> str:
+    """Time left at this session's pace so far (unknown until a step of it is done)."""
+    done_here = step - resumed_at
+    if done_here <= 0:
+        return "ETA: measuring"
+    seconds = (time.time() - run.started) / done_here * (total - step)
+    return f"ETA {seconds:.0f} s"
 
 
 def _status(run, last) -> tuple[str, str, bool, str | None]:
@@ -168,7 +191,8 @@ def _status(run, last) -> tuple[str, str, bool, str | None]:
     if isinstance(last, protocol.Complete):
         kept = f" Published the {last.kept} step ({last.kept_step})." if last.kept_step else ""
         early = f" Stopped early at step {last.steps}." if last.stopped_early else ""
-        status = f"Done: **{run.name}** trained in {run.elapsed:.0f} s.{early}{kept}"
+        name = _adapter_name(Path(last.adapter_path), run.name)
+        status = f"Done: **{name}** trained in {run.elapsed:.0f} s.{early}{kept}"
         result = f"Adapter `lora/{last.adapter_id}` saved in `{last.adapter_path}`."
         return status, result, True, f"lora/{last.adapter_id}"
     if isinstance(last, protocol.Error) and last.kind == "cancelled":
@@ -178,8 +202,20 @@ def _status(run, last) -> tuple[str, str, bool, str | None]:
     return f"Training **{run.name}** on {run.model.id}...", "", False, None
 
 
+def _adapter_name(folder: Path, fallback: str) -> str:
+    """The adapter's name as it is now (it may have been renamed since the run)."""
+    try:
+        return AdapterMetadata.read(folder).adapterName
+    except (OSError, ValueError):
+        return fallback
+
+
+RUNNING = "**A training is running:** Start is disabled until it ends (the Stop button ends it)."
+
+
 def render(run) -> tuple:
-    """The progress view of a run, from its events so far."""
+    """The progress view of a run, from its events so far: the bar, the chart, the status,
+    the result, "Chat with it", the new adapter, Start, Stop, and why Start is disabled."""
     events = list(run.events)
     percent, detail = _progress_line(run, events)
     last = events[-1] if events else None
@@ -207,4 +243,5 @@ def render(run) -> tuple:
         new_adapter,
         gr.update(interactive=not running),
         gr.update(interactive=running),
+        RUNNING if running else gr.skip(),
     )

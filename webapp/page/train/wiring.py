@@ -28,17 +28,18 @@ WAITING = {**PRIVATE, **WATCH}
 WATCH_SECONDS = 1.0
 
 
-def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs) -> gr.State:
+def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs):
     """A page follows a run started after it loaded, wherever it was started. Returns the
-    run it shows, which the page's own Start and Resume clear when they end."""
+    run it shows (which the page's own Start and Resume clear when they end) and the event
+    that follows a joined run."""
     hidden = {"show_progress": "hidden"}
     shown, join = gr.State(None), gr.State(None)
     page.load(act.shown_at_load, None, shown, **WAITING, **hidden)
     for button in buttons:
         button.click(lambda: STARTING, None, shown, **SMALL, **hidden)
     gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **WAITING, **hidden)
-    join.change(act.show_current, None, progress_outputs, **WAITING, **hidden)
-    return shown
+    joined = join.change(act.show_current, None, progress_outputs, **WAITING, **hidden)
+    return shown, joined
 
 
 def build(studio: Studio, page: gr.Blocks) -> TrainTab:
@@ -50,7 +51,7 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]}
     check |= {**PRIVATE, **CHECK}
     _wire_form(ui, act, page, form, check)
-    _wire_runs(ui, act, page, form, dataset)
+    _wire_runs(ui, act, page, form, dataset, check)
     return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
 
 
@@ -89,11 +90,11 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     page.load(act.preselect, None, ui.model, **WAITING).then(**pick).then(**check)
 
 
-def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
+def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list, check: dict) -> None:
     """Start, Stop, Resume, Discard, the hosts check, and following the studio's run."""
     runs_outputs = [ui.runs.table, ui.runs.picker]
     progress_outputs = [ui.bar, ui.chart, ui.status, ui.result, ui.chat_with, ui.new_adapter]
-    progress_outputs += [ui.start, ui.stop, *runs_outputs]
+    progress_outputs += [ui.start, ui.stop, ui.why, *runs_outputs]
     # Start and Resume follow their run for as long as it lasts: never one at a time across
     # browsers (the runs lock lets one run start; another gets its refusal at once)
     training = ui.start.click(
@@ -115,9 +116,13 @@ def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list) -> None:
     resuming = ui.runs.resume.click(
         act.resume, ui.runs.picker, progress_outputs, api_name="resume", **WATCH
     )
-    shown = _join_runs_started_elsewhere(act, page, [ui.start, ui.runs.resume], progress_outputs)
+    shown, joined = _join_runs_started_elsewhere(
+        act, page, [ui.start, ui.runs.resume], progress_outputs
+    )
     for started in (training, resuming):  # a refused Start must not leave the page "starting"
         started.then(lambda: None, None, shown, **SMALL)
+    for following in (training, resuming, joined):  # the run ended: Start is the form's again
+        following.then(**check)
     ui.runs.discard.click(
         act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **SMALL
     )
