@@ -3,7 +3,7 @@
 Everything lives under one home folder (``LORA_STUDIO_HOME``, else the platform's user data
 dir) so a studio can be moved, backed up or thrown away as a whole; each sub-folder can be
 pointed elsewhere on its own (``LORA_STUDIO_MODELS``, ``LORA_STUDIO_ADAPTERS``,
-``LORA_STUDIO_RUNS``, ``LORA_STUDIO_DATASETS``).
+``LORA_STUDIO_RUNS``, ``LORA_STUDIO_DATASETS``, ``LORA_STUDIO_EXPORTS``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Settings:
     adapters: Path
     runs: Path
     datasets: Path
+    exports: Path  # files made for download, one folder per export, pruned by age
 
     @classmethod
     def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
@@ -39,6 +40,7 @@ class Settings:
             adapters=folder("adapters"),
             runs=folder("runs"),
             datasets=folder("datasets"),
+            exports=folder("exports"),
         )
 
     def dataset_roots(self) -> list[Path]:
@@ -51,6 +53,6 @@ class Settings:
     def ensure(self) -> Settings:
         """Create the folders; the runs and adapters folders must share a file system so
         that publishing an adapter is one atomic rename."""
-        for path in (self.models, self.adapters, self.runs, self.datasets):
+        for path in (self.models, self.adapters, self.runs, self.datasets, self.exports):
             path.mkdir(parents=True, exist_ok=True)
         return self

@@ -55,7 +55,10 @@ def test_models_are_listed_with_the_device_that_answers(client, server):
     _, adapter, *_ = server
     listed = client.models.list()
     assert {m.id for m in listed} == {"toy", adapter}
-    assert listed.model_extra["device"].startswith("cpu (")  # mlx[cpu] here
+    assert listed.model_extra["device"].startswith("cpu")  # mlx[cpu] here
+    assert ", cpu)" not in listed.model_extra["device"]  # said once
+    names = {m.id: m.model_extra["name"] for m in listed}
+    assert names["toy"] == "toy" and names[adapter] == "Colours (LoRA on toy)"
 
 
 def test_streamed_chat_from_an_adapter(client, server):

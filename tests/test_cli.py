@@ -144,3 +144,16 @@ def test_an_adapter_trained_on_a_base_given_as_a_folder_exports_and_fuses(
     fused = lora_studio("adapters", "fuse", adapter_id, "--name", "fused", home=home)
     assert fused.returncode == 0, fused.stderr
     assert (home / "models" / "fused" / "config.json").is_file()
+
+
+def test_models_list_names_each_base_with_its_size_and_source(tmp_path, toy_model):
+    home = tmp_path / "home"
+    shutil.copytree(toy_model, home / "models" / "toy")
+    listed = lora_studio("models", "list", "--json", home=home)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert (row["id"], row["available"], row["source"]) == ("toy", True, "models folder")
+    assert row["parameters"] == 180800 and 0 < row["size_gb"] < 0.01
+    assert row["quantization"] is None and row["architecture"] == "llama"
+    text = lora_studio("models", "list", home=home)
+    assert text.returncode == 0 and text.stdout.startswith("toy ") and "available" in text.stdout

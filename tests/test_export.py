@@ -249,3 +249,37 @@ def test_export_and_import_from_the_command_line(setup, studio, tmp_path):
     assert imported.returncode == 0 and "imported as lora/" in imported.stdout
     refused = cli("import", str(out), "--name", "no base")
     assert refused.returncode == 2 and "needs its base model" in refused.stderr
+
+
+def test_exports_name_the_base_by_its_hub_id_and_keep_the_training_system_prompt(
+    studio, toy_model, tmp_path
+):
+    """A base fetched from the hub knows its repo (PEFT's base_model_name_or_path), and an
+    adapter whose every training row had one system prompt gets it in its Modelfile."""
+    from core.models.inspect import record_hub_id
+    from core.params import TrainingParams
+    from core.train.service import TrainingService
+    from tests.helpers import colour_rows, write_jsonl
+
+    base_folder = studio.models / "toy"
+    shutil.copytree(toy_model, base_folder)
+    record_hub_id(base_folder, "someone/toy-llama")
+    rows = [
+        {"messages": [{"role": "system", "content": "Talk like a pirate."}, *row["messages"]]}
+        for row in colour_rows(16)
+    ]
+    data = write_jsonl(tmp_path / "pirate.jsonl", rows)
+    params = TrainingParams(epochs=1, lora_layers=-1, batch_size=4)
+    run = TrainingService(studio).start(base_folder, data, params)
+    final = run.wait(timeout=120)
+    assert final.type == "complete", final
+    store, base = AdapterStore(studio.adapters), inspect_model(base_folder)
+    assert base.hub_id == "someone/toy-llama"
+    assert (
+        store.read(final.adapter_id).metadata.model_extra["systemPrompt"] == "Talk like a pirate."
+    )
+    peft = export_adapter(store, final.adapter_id, base, "peft", tmp_path / "peft")
+    config = json.loads((peft / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "someone/toy-llama"
+    folder = export_adapter(store, final.adapter_id, base, "ollama", tmp_path / "o", kind="q8_0")
+    assert read_modelfile((folder / "Modelfile").read_text())["SYSTEM"] == ["Talk like a pirate."]

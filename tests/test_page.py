@@ -138,7 +138,7 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
 
     page.get_by_role("tab", name="Chat").click()  # no reload: the picker refreshed by itself
     pick(page, "Model", "Trained on pirate-colours.jsonl (LoRA on toy)")
-    page.get_by_text("Settings", exact=True).first.click()
+    page.get_by_text("Sampling and system prompt", exact=True).first.click()
     temperature = page.locator("#ls-temperature input[type=number]")
     temperature.fill("0")  # greedy: the same seeded run gives the same (long) reply every time
     temperature.press("Enter")

@@ -133,6 +133,9 @@ def test_the_cli_plans_refuses_and_forces(studio, toy_model, tmp_path, monkeypat
     assert 0.1 < answer["peak_gb"] < 0.5 and answer["longest_tokens"] > 0
 
     monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", "0.05")
+    figures = json.loads(lora_studio("plan", *flags, "--json", home=studio.home).stdout)
+    gbs = [figures["peak_gb"], *(a["peak_gb"] for a in figures["alternatives"])]
+    assert figures["alternatives"] and all(gb == round(gb, 3) for gb in gbs), gbs
     done = lora_studio("plan", *flags, home=studio.home)
     assert done.returncode == 0 and "too much" in done.stdout
     assert "what would make it fit:" in done.stdout and "--batch-size 1" in done.stdout

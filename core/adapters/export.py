@@ -14,10 +14,12 @@ carry, a DoRA adapter for PEFT) refuses before any work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,11 +58,14 @@ def export_adapter(
     if fmt == "ollama":
         from core.adapters import ollama
 
+        # by default, the system prompt every training row had: it answers as in training
+        meta = store.read(adapter_id).metadata
+        system = system or (meta.model_extra.get("systemPrompt") if meta else None)
         ollama.check_system(system)
     if fmt == "zip":
         return store.export(adapter_id, out)
     if fmt == "peft":
-        return peft.export_peft(folder, out)
+        return peft.export_peft(folder, out, base.hub_id)
     if fmt == "gguf-adapter":
         return gguf_export.write_adapter_gguf(folder, base, out)
 
@@ -71,6 +76,29 @@ def export_adapter(
     if fmt == "gguf":
         return gguf_export.export_fused_gguf(fuse, base, out, kind, progress)
     return _ollama_folder(fuse, base, out, kind, system, progress)
+
+
+EXPORTS_KEPT_SECONDS = 24 * 3600
+
+
+def export_folder(root: Path, fmt: str) -> Path:
+    """A new folder of its own for one export under ``root`` (two exports never share one),
+    after removing the exports older than a day: cleaned up by age, never by the next
+    export."""
+    root.mkdir(parents=True, exist_ok=True)
+    prune_exports(root, EXPORTS_KEPT_SECONDS)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.mkdtemp(dir=root, prefix=f"{stamp}-{fmt}-"))
+
+
+def prune_exports(root: Path, max_age_seconds: float) -> None:
+    """Remove the export folders under ``root`` last changed more than ``max_age_seconds``
+    ago."""
+    oldest = time.time() - max_age_seconds
+    for folder in root.iterdir():
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and folder.stat().st_mtime < oldest:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}  # q8_0: 32 int8 + an f16 scale

@@ -44,9 +44,10 @@ def _numpy(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
-def export_peft(folder: Path, target: Path) -> Path:
+def export_peft(folder: Path, target: Path, base_name: str | None = None) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (PEFT's LoRA) for the
-    studio adapter in ``folder``; ``target`` appears whole."""
+    studio adapter in ``folder``; ``target`` appears whole. ``base_name`` is what PEFT loads
+    the base by (its Hugging Face id, where the studio knows it)."""
     from safetensors.numpy import save_file
 
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -85,7 +86,7 @@ def export_peft(folder: Path, target: Path) -> Path:
         "lora_dropout": lora.get("dropout", 0.0),
         "target_modules": sorted(modules),
         "layers_to_transform": sorted(layers),
-        "base_model_name_or_path": meta.baseModelId,
+        "base_model_name_or_path": base_name or meta.baseModelId,
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,

@@ -137,6 +137,9 @@ class DatasetScan:
     total: int
     validation_split: float
     seed: int
+    # the system prompt every row has, if they all have the same one (an Ollama export
+    # gives it to the model, which then answers as it did in training)
+    system_prompt: str | None = None
     _tokens: tuple | None = field(default=None, repr=False, compare=False)
 
     def tokenized(self, tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], int]]:
@@ -210,6 +213,7 @@ def scan_dataset(
         valid_count=n_valid,
         sample=kept.sample,
         longest=[row for _, _, row in kept.longest],
+        system_prompt=kept.system or None,
         total=total,
         validation_split=validation_split,
         seed=seed,
@@ -223,6 +227,7 @@ class _Kept:
     def __init__(self) -> None:
         self.sample: list[dict] = []
         self.longest: list[tuple[int, int, dict]] = []  # (text length, order, row)
+        self.system: str | None = ""  # "": no row seen yet; None: the rows differ
         self._order = itertools.count()
 
     def count(self, rows: Iterator[dict]) -> int:
@@ -235,8 +240,20 @@ class _Kept:
                 heapq.heappush(self.longest, entry)
             elif entry[:2] > self.longest[0][:2]:
                 heapq.heapreplace(self.longest, entry)
+            self._note_system(row)
             count += 1
         return count
+
+    def _note_system(self, row: dict) -> None:
+        if self.system is None:
+            return
+        messages = row.get("messages") or [{}]
+        first = messages[0] if isinstance(messages[0], dict) else {}
+        said = first.get("content") if first.get("role") == "system" else None
+        if not isinstance(said, str) or (self.system and said != self.system):
+            self.system = None
+        else:
+            self.system = said
 
 
 def _text_length(value: Any) -> int:

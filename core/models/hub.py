@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import StudioError
-from core.models.inspect import inspect_model
+from core.models.inspect import inspect_model, record_hub_id
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CONNECT_TIMEOUT_SECONDS = "10"
@@ -43,6 +43,7 @@ def download_model(repo_id: str, models: Path, progress: Callable[[str], None] =
         )
         shutil.rmtree(staging / ".cache", ignore_errors=True)
         inspect_model(staging)
+        record_hub_id(staging, repo_id)
         staging.rename(target)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         reason = str(exc).splitlines()[0][:200]

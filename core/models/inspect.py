@@ -16,6 +16,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from core.errors import StudioError
+from core.files import write_json_atomic
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 _SHARD = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
@@ -31,6 +32,7 @@ class ModelInfo:
     tensors: dict[str, list[int]] = field(repr=False, compare=False, hash=False)
     quantization: dict | None = field(default=None, compare=False, hash=False)
     dtypes: dict[str, str] = field(default_factory=dict, repr=False, compare=False, hash=False)
+    hub_id: str | None = None  # the Hugging Face repo the weights came from, where known
 
     def has_module(self, key: str) -> bool:
         """Whether some transformer layer has the linear ``key`` (e.g. ``self_attn.q_proj``)."""
@@ -128,7 +130,29 @@ def inspect_model(folder: str | Path, model_id: str | None = None) -> ModelInfo:
         tensors=tensors,
         quantization=config.get("quantization"),
         dtypes={name: dtype for name, (_, dtype) in headers.items()},
+        hub_id=_hub_id(config),
     )
+
+
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def _hub_id(config: dict) -> str | None:
+    """``_name_or_path`` when it names a hub repo (transformers writes it; the studio sets it
+    when it fetches a model), not a local path."""
+    name = config.get("_name_or_path")
+    if isinstance(name, str) and _REPO_ID.fullmatch(name) and not Path(name).exists():
+        return name
+    return None
+
+
+def record_hub_id(folder: Path, repo_id: str) -> None:
+    """Note in the model's config.json which hub repo it came from (``_name_or_path``, the
+    field transformers uses), so exports can name their base properly."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["_name_or_path"] = repo_id
+    write_json_atomic(config_file, config)
 
 
 def _parameter_count(tensors: dict[str, list[int]], quantization: dict | None) -> int:
@@ -160,6 +184,24 @@ def context_length(folder: Path) -> int | None:
         return None
     config = config.get("text_config", config) if isinstance(config, dict) else {}
     return next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+
+
+SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
+
+
+def generation_defaults(folder: Path) -> dict[str, float]:
+    """The sampling settings the model's makers chose (generation_config.json), where it has
+    them: temperature, top_p, repetition_penalty, max_new_tokens."""
+    try:
+        config = json.loads((Path(folder) / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    found = {k: config[k] for k in SAMPLING_KEYS if isinstance(config.get(k), int | float)}
+    if config.get("do_sample") is False:
+        found["temperature"] = 0.0  # greedy
+    return found
 
 
 def resolve_model(name_or_path: str | Path, models_folder: Path) -> Path:

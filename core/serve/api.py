@@ -142,7 +142,14 @@ def create_router(
         check_key(request)
         created = int(time.time())
         data = [
-            {"id": e.id, "object": "model", "created": created, "owned_by": "lora-studio"}
+            # "name" is not in OpenAI's schema (clients ignore it): the model's display name
+            {
+                "id": e.id,
+                "object": "model",
+                "created": created,
+                "owned_by": "lora-studio",
+                "name": e.display_name,
+            }
             for e in registry.entries()
             if e.available
         ]

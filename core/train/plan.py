@@ -241,7 +241,9 @@ class MemoryPlan:
             "longest_tokens": self.data.longest,
             "loss_window_tokens": self.data.window,
             "parts_gb": {name: round(gb, 3) for name, gb in vars(self.estimate).items()},
-            "alternatives": [vars(a) for a in self.alternatives],
+            "alternatives": [
+                {**vars(a), "peak_gb": round(a.peak_gb, 3)} for a in self.alternatives
+            ],
         }
 
 

@@ -68,6 +68,7 @@ def metadata(
         blas=start.blas,
         durationSeconds=round(record.elapsed_seconds, 2),
         datasetFormat=record.dataset_format,
+        systemPrompt=record.dataset_system,
         baseQuantization=record.model_quantization,
         fineTuneType=params.get("fine_tune_type", "lora"),
         lossFunction=start.loss,

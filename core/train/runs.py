@@ -57,6 +57,7 @@ class RunRecord(BaseModel):
     model_quantization: dict[str, Any] | None = None  # the base's, e.g. {"bits": 4, ...}
     dataset_name: str
     dataset_format: str | None = None
+    dataset_system: str | None = None  # the system prompt of every row, if they share one
     params: dict[str, Any]
     launch: dict[str, Any] | None = None  # core.machine.launch.Launch, for a run over several ranks
     step: int = 0

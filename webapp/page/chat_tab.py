@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from core.errors import StudioError
-from core.serve.engine import GenerationParams
+from core.models.inspect import generation_defaults
+from core.serve.engine import GenerationParams, base_path
 from webapp.page.concurrency import CHAT, QUICK
 from webapp.page.studio import Studio
 
@@ -51,11 +52,20 @@ def _stream_into(studio: Studio, model_id: str, system: str, history: list, para
         yield
 
 
-def build(studio: Studio) -> ChatTab:
+def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     with gr.Row():
         model = gr.Dropdown(studio.chat_choices(), label="Model", scale=3, elem_id="ls-chat-model")
         compare = gr.Checkbox(False, label="Compare with the base model", scale=1)
-    with gr.Accordion("Settings", open=False):
+    with gr.Row():
+        chat = gr.Chatbot(label="Model", height=420, elem_id="ls-chat")
+        base_chat = gr.Chatbot(
+            label="Base model", height=420, visible=False, elem_id="ls-base-chat"
+        )
+    with gr.Row():
+        message = gr.Textbox(placeholder="Message", show_label=False, scale=5, elem_id="ls-msg")
+        send = gr.Button("Send", variant="primary", scale=1)
+        clear = gr.Button("Clear", scale=1)
+    with gr.Accordion("Sampling and system prompt", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
             temperature = gr.Slider(
@@ -63,20 +73,20 @@ def build(studio: Studio) -> ChatTab:
             )
             top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top p")
             max_tokens = gr.Slider(1, 4096, 256, step=1, label="Max tokens")
-    with gr.Row():
-        chat = gr.Chatbot(label="Model", height=420, elem_id="ls-chat")
-        base_chat = gr.Chatbot(label="Base model", height=420, visible=False)
-    with gr.Row():
-        message = gr.Textbox(placeholder="Message", show_label=False, scale=5, elem_id="ls-msg")
-        send = gr.Button("Send", variant="primary", scale=1)
-        clear = gr.Button("Clear", scale=1)
+            penalty = gr.Slider(1.0, 2.0, 1.0, step=0.01, label="Repetition penalty (1: off)")
+        defaults = gr.Markdown(elem_id="ls-sampling-defaults")
+    settings = [temperature, top_p, max_tokens, penalty]
 
-    def respond(text, history, base_history, model_id, compare_on, system_text, t, p, n):
+    def respond(text, history, base_history, model_id, compare_on, system_text, t, p, n, r):
         history, base_history = list(history or []), list(base_history or [])
         if not model_id or not (text or "").strip():
             yield history, base_history, text
             return
-        params = GenerationParams(temperature=t, top_p=p, max_tokens=int(n))
+        studio.last_chat = model_id
+        penalty = r if r and r > 1.0 else None
+        params = GenerationParams(
+            temperature=t, top_p=p, max_tokens=int(n), repetition_penalty=penalty
+        )
         history.append({"role": "user", "content": text})
         for _ in _stream_into(studio, model_id, system_text, history, params):
             yield history, base_history, ""
@@ -86,10 +96,38 @@ def build(studio: Studio) -> ChatTab:
             for _ in _stream_into(studio, entry.base_id, system_text, base_history, params):
                 yield history, base_history, ""
 
-    inputs = [message, chat, base_chat, model, compare, system, temperature, top_p, max_tokens]
+    inputs = [message, chat, base_chat, model, compare, system, *settings]
     private = {"api_visibility": "private"}
     send.click(respond, inputs, [chat, base_chat, message], api_name="chat", **CHAT)
     message.submit(respond, inputs, [chat, base_chat, message], **private, **CHAT)
     clear.click(lambda: ([], []), None, [chat, base_chat], **private, **QUICK)
     compare.change(lambda on: gr.update(visible=on), compare, base_chat, **private, **QUICK)
+    picked = [chat, base_chat, *settings, defaults]
+    model.change(lambda m: _picked(studio, m), model, picked, **private, **QUICK)
+    page.load(lambda: studio.preferred_chat_model(), None, model, **private, **QUICK)
     return ChatTab(model=model)
+
+
+# the sampling settings' fields, in the order of generation_config.json's names
+SETTINGS = ("temperature", "top_p", "max_new_tokens", "repetition_penalty")
+
+
+def _picked(studio: Studio, model_id: str | None) -> tuple:
+    """The panes named after the models they answer with, and the sampling settings set to
+    the model's own defaults (generation_config.json), where it has them."""
+    if not model_id:
+        return (gr.skip(),) * 7
+    try:
+        entry = studio.registry.get(model_id)
+        is_adapter = entry.kind == "adapter" and entry.base_id
+        base = studio.registry.get(entry.base_id) if is_adapter else None
+    except StudioError:
+        return (gr.skip(),) * 7
+    found = generation_defaults(base_path(entry)) if entry.available else {}
+    named = ", ".join(f"{k} {v:g}" for k, v in found.items())
+    return (
+        gr.update(label=entry.display_name),
+        gr.update(label=base.display_name if base else "Base model"),
+        *(gr.update(value=found[k]) if k in found else gr.skip() for k in SETTINGS),
+        f"Defaults from the model's generation_config.json: {named}." if named else "",
+    )

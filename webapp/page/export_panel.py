@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from core.adapters.export import export_adapter
+from core.adapters.export import export_adapter, export_folder
 from core.adapters.gguf_export import GGUF_TYPES
 from webapp.page.background import with_progress
 from webapp.page.concurrency import HEAVY
@@ -44,18 +44,16 @@ def build(studio: Studio, picker: gr.Dropdown) -> None:
 
 
 def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, system: str):
-    """Stream the export's steps; end with the file to download (a folder is zipped, except
-    an Ollama folder, which stays on the server with the ``ollama create`` line)."""
+    """Stream the export's steps; end with the file to download. Each export gets a folder
+    of its own in the studio's exports folder (two browsers never clobber each other); a
+    folder (PEFT, Ollama) is zipped for the download."""
     if not adapter_id:
         yield "Pick an adapter first.", None
         return
-    folder = studio.scratch / "exports"  # only the latest export is kept
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
 
     def work(progress) -> Path:
         base = studio.registry.adapter_base(adapter_id)
-        target = folder / _file_name(studio, adapter_id, fmt)
+        target = export_folder(studio.settings.exports, fmt) / _file_name(studio, adapter_id, fmt)
         return export_adapter(
             studio.adapters,
             adapter_id,
@@ -78,20 +76,27 @@ def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, syst
         yield _done(result, fmt, text)
 
 
+SUFFIXES = {"zip": ".zip", "peft": "-peft", "gguf": ".gguf", "ollama": "-ollama"}
+SUFFIXES["gguf-adapter"] = "-lora.gguf"
+
+
 def _file_name(studio: Studio, adapter_id: str, fmt: str) -> str:
+    """The adapter's name, made safe, and the format: two formats never share a name."""
     name = studio.adapters.read(adapter_id).name
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:60] or "adapter"
-    suffix = {"zip": ".zip", "gguf": ".gguf", "gguf-adapter": "-lora.gguf"}.get(fmt, "")
-    return safe + suffix
+    return safe + SUFFIXES[fmt]
 
 
 def _done(result: Path, fmt: str, steps: str):
-    if fmt == "ollama":
-        return (
-            f"Written to `{result}` on the server. Then run:\n\n"
-            f"```\nollama create NAME -f {result / 'Modelfile'}\n```"
-        ), None
-    if result.is_dir():  # PEFT: one .zip to download
+    """The message and the file to download (a folder zipped beside itself)."""
+    folder = result
+    if result.is_dir():
         result = Path(shutil.make_archive(str(result), "zip", result))
-    size = result.stat().st_size / 1e6
-    return f"{steps}  \nDone: `{result.name}` ({size:.1f} MB, also at `{result}`).", str(result)
+    # MB as the download box counts them (2^20 bytes), so the two figures agree
+    text = f"{steps}  \nDone: `{result.name}` ({result.stat().st_size / 2**20:.1f} MB)."
+    if fmt == "ollama":
+        text += (
+            f"  \nThe folder is also on the server, at `{folder}`. Unzipped anywhere, or "
+            f"there:\n\n```\nollama create NAME -f {folder / 'Modelfile'}\n```"
+        )
+    return text, str(result)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.adapters.store import AdapterStore
@@ -24,8 +22,7 @@ class Studio:
     engine: InferenceEngine
     adapters: AdapterStore
     exposed: bool = False  # reachable from other machines: dataset paths are confined
-    # files made for the page (exports to download), removed when the studio closes
-    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lora-studio-")))
+    last_chat: str | None = None  # the model chatted with last, which a page opens on
 
     @classmethod
     def open(cls, settings: Settings, exposed: bool = False) -> Studio:
@@ -54,7 +51,6 @@ class Studio:
             run.wait(timeout=60)
         self.engine.close()
         self.registry.stop()
-        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def base_choices(self) -> list[tuple[str, str]]:
         """(label, id) of the base models that can be trained or chatted with."""
@@ -84,6 +80,18 @@ class Studio:
             if a.metadata
         ]
         return next((m for _, m in sorted(used, reverse=True) if m in bases), None)
+
+    def preferred_chat_model(self) -> str | None:
+        """The model the Chat tab opens on: the one chatted with last, else the newest
+        available adapter, else the only base model."""
+        available = [e for e in self.registry.entries() if e.available]
+        if self.last_chat in {e.id for e in available}:
+            return self.last_chat
+        adapters = [e for e in available if e.kind == "adapter"]  # newest first
+        if adapters:
+            return adapters[0].id
+        bases = [e.id for e in available if e.kind == "base"]
+        return bases[0] if len(bases) == 1 else None
 
     def chat_choices(self) -> list[tuple[str, str]]:
         """(label, id) of every model, unavailable ones marked with their reason."""
