@@ -72,7 +72,9 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
                 0, 2, 0.7, step=0.05, label="Temperature", elem_id="ls-temperature"
             )
             top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top p")
-            max_tokens = gr.Slider(1, 4096, 256, step=1, label="Max tokens")
+            max_tokens = gr.Slider(
+                1, 4096, 256, step=1, label="Max tokens", elem_id="ls-max-tokens"
+            )
             penalty = gr.Slider(1.0, 2.0, 1.0, step=0.01, label="Repetition penalty (1: off)")
         defaults = gr.Markdown(elem_id="ls-sampling-defaults")
     settings = [temperature, top_p, max_tokens, penalty]
