@@ -334,3 +334,47 @@ def test_a_full_disk_while_publishing_keeps_the_run(studio, toy_model, data):
         meta = AdapterMetadata.read(folder / run.id)
         assert meta.trainingSteps == 12 and meta.keptCheckpoint == "best"
         assert not (studio.runs / run.id).exists() and service.list_runs() == []
+
+
+def test_every_rank_resumes_from_the_step_the_studio_chose_or_says_why(studio, toy_model, data):
+    """The worker is given the exact checkpoint (step-N), not a folder to pick the newest
+    from: a host where it is missing, or where an older copy sits at that path (a run resumed
+    twice, copied once), stops the run with the reason instead of training other weights."""
+    import shutil
+
+    from core.machine.hosts import digest
+
+    service = TrainingService(studio)
+    run = service.start(toy_model, data, TrainingParams(**{**DURABLE, "epochs": 1000}))
+    for event in run.follow(timeout=120):
+        if isinstance(event, protocol.Progress) and event.step >= 12:
+            break
+    run.stop()
+    run.wait(timeout=60)
+    folder = studio.runs / run.id
+    step = service.runs.get(run.id).checkpoint_step
+    chosen = checkpoints.step_folder(folder / "checkpoints", step)
+    command = [sys.executable, "-m", "core.train.worker", "--model", str(toy_model)]
+    command += ["--data", str(folder / "data"), "--output", str(folder / "probe")]
+    command += [*TrainingParams(**{**DURABLE, "epochs": 1000}).to_argv()]
+
+    def resumed_from(path: Path) -> protocol.Event:
+        done = subprocess.run([*command, "--resume", str(path)], capture_output=True, timeout=120)
+        return protocol.parse_line(done.stdout.decode().splitlines()[0])
+
+    missing = resumed_from(checkpoints.step_folder(folder / "checkpoints", 999))
+    assert missing.kind == "params" and "step-999, is not here" in missing.error, missing
+    older = checkpoints.steps(folder / "checkpoints")[0]
+    assert older < step
+    stale = folder / "stale" / f"step-{step}"  # an older checkpoint at the chosen step's name
+    shutil.copytree(checkpoints.step_folder(folder / "checkpoints", older), stale)
+    refused = resumed_from(stale)
+    assert refused.kind == "params" and f"holds step {older}, not {step}" in refused.error
+    # what a host is asked before a copy: the same content gives the same digest
+    assert digest(chosen) != digest(stale) and digest(folder / "nothing") == "missing"
+    shutil.rmtree(stale)
+    shutil.copytree(chosen, stale)
+    asked = [sys.executable, "-m", "core.machine.hosts", "--digest", str(stale)]
+    there = subprocess.run(asked, capture_output=True, text=True, timeout=60).stdout.strip()
+    assert there == digest(chosen)
+    service.runs.discard(run.id)

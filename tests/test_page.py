@@ -336,3 +336,117 @@ def test_a_run_that_would_not_fit_keeps_start_disabled_and_says_what_fits(
         expect(why).to_contain_text("Memory: needs about", timeout=20000)
         expect(start).to_be_enabled()
         page.close()
+
+
+def progress_gaps(page: Page, seconds: float) -> list[float]:
+    """Seconds between the changes of the progress line, watched for ``seconds``."""
+    line = page.locator("#ls-progress-text")
+    changes, last = [time.monotonic()], line.inner_text()
+    deadline = changes[0] + seconds
+    while time.monotonic() < deadline:
+        now = line.inner_text()
+        if now != last:
+            changes.append(time.monotonic())
+            last = now
+        time.sleep(0.2)
+    changes.append(time.monotonic())
+    return [round(b - a, 2) for a, b in zip(changes, changes[1:], strict=False)]
+
+
+def test_the_first_hour_walk_has_no_stumble(browser, toy_model, tmp_path, monkeypatch):
+    """The quick start as a new user walks it, on steps slowed to 2.5 s (a busy CPU's
+    pace): a bad number gets one message, the line moves every few seconds, a second Start
+    is impossible, Stop picks the run to resume, and the Adapters and Chat tabs open on it."""
+    import re
+
+    from gradio_client import Client
+
+    home = tmp_path / "first-hour-studio"
+    shutil.copytree(toy_model, home / "models" / "toy")
+    data = write_jsonl(tmp_path / "first-hour.jsonl", colour_rows(32))
+    monkeypatch.setenv("LORA_STUDIO_STEP_DELAY", "2.5")
+    with lora_studio_server(home) as (_, url, log):
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        expect(page.get_by_label("LoRA layers (-1: all)")).to_have_value("4", timeout=20000)
+        page.locator("input[type=file]").first.set_input_files(str(data))
+        start, why = page.get_by_role("button", name="Start training"), page.locator("#ls-why")
+        expect(start).to_be_enabled(timeout=20000)
+
+        fill_number(page, "Rank (1-256)", "0")  # the studio's own check, not the component's
+        expect(why).to_contain_text("rank = 0 is out of range: allowed 1 <= rank <= 256")
+        expect(why).not_to_contain_text("Ready")
+        expect(start).to_be_disabled()
+        expect(page.get_by_text("less than minimum")).to_have_count(0)
+        shot(page, "train-rank-out-of-range")
+        fill_number(page, "Rank (1-256)", "8")
+        fill_number(page, "Epochs", "2")
+        expect(start).to_be_enabled(timeout=20000)
+        start.click()
+        line = page.locator("#ls-progress-text")
+        expect(line).to_contain_text("step 1/", timeout=60000)
+
+        gaps = progress_gaps(page, 12)  # reports come every 6 steps (15 s) here
+        assert max(gaps) <= 5.0, gaps
+        expect(start).to_be_disabled()
+        expect(why).to_contain_text("A training is running")
+        other = browser.new_page(viewport={"width": 1400, "height": 1100})
+        other.goto(url)
+        expect(other.locator("#ls-progress-text")).to_contain_text("step", timeout=10000)
+        expect(other.get_by_role("button", name="Start training")).to_be_disabled()
+        other.close()
+        refused = Client(url, verbose=False).predict(
+            base_model="toy",
+            dataset_path=str(data),
+            dataset_name="x",
+            adapter_name="x",
+            lora_layers=4,
+            api_name="/train",
+        )
+        assert "already running" in refused[2] and "Stop" in refused[2], refused[2]
+        expect(line).to_contain_text("step")  # this page's view stays on the run
+        expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
+
+        page.get_by_role("button", name="Stop", exact=True).click()
+        expect(page.locator("#ls-status")).to_contain_text("Stopped", timeout=60000)
+        expect(line).not_to_contain_text("ETA")
+        run_picker = page.get_by_label("Run", exact=True)
+        expect(run_picker).to_have_value(re.compile("first-hour.jsonl · stopped"))
+        expect(page.locator("#ls-runs")).not_to_contain_text("stopped at step")  # no "error"
+        shot(page, "train-stopped-run-picked")
+        page.get_by_role("button", name="Resume", exact=True).click()
+        expect(page.locator("#ls-status")).to_contain_text("Done", timeout=120000)
+        name = "Trained on first-hour.jsonl"
+
+        page.get_by_role("tab", name="Adapters").click()
+        adapters = page.locator("#ls-adapters")
+        expect(adapters).to_contain_text("first-hour.jsonl", timeout=10000)
+        adapters.locator("[role=gridcell]").filter(has_text=name).first.click()
+        expect(page.get_by_label("Adapter", exact=True)).to_have_value(re.compile(name))
+        status = page.locator("#ls-export-status")
+        names = []
+        formats = {
+            "Studio .zip (LoRA Studio, mlx-lm)": ".zip",
+            "PEFT (transformers, vLLM)": "-peft",
+        }
+        for fmt, suffix in formats.items():
+            page.get_by_label(fmt).check()
+            page.get_by_role("button", name="Export", exact=True).click()
+            expect(status).to_contain_text(
+                f"{suffix}.zip".replace(".zip.zip", ".zip"), timeout=60000
+            )
+            names.append(re.search(r"Done: (\S+)", status.inner_text()).group(1))
+        download = page.locator("a[download]").last.get_attribute("download")
+        assert names[0] != names[1] and download == names[1].strip("`"), (names, download)
+        shot(page, "adapters-row-picked")
+
+        fresh = browser.new_page(viewport={"width": 1400, "height": 1100})
+        fresh.goto(url)
+        fresh.get_by_role("tab", name="Chat").click()
+        expect(fresh.locator("#ls-chat-model input")).to_have_value(
+            f"{name} (LoRA on toy)", timeout=10000
+        )
+        shot(fresh, "chat-opens-on-the-newest-adapter")
+        fresh.close()
+        page.close()
+        assert "Traceback" not in log.read_text()

@@ -9,10 +9,12 @@ says how to fix it. (This machine is probed the same way, without ssh.)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -134,26 +136,54 @@ def _check(rank: int, host: Host, here: dict, model: str | Path | None) -> HostR
 
 def copy_to_hosts(hosts: list[Host], paths: list[Path]) -> None:
     """Give the hosts a run's files (its dataset, the checkpoint it resumes from) at the same
-    paths, over scp; a host that already sees a path (a shared file system) is left alone."""
+    paths, over scp, by content: a host whose copy differs (an older checkpoint of a run
+    resumed twice) gets this one in its place; a host that already has the same content (a
+    shared file system, an earlier copy) is left alone."""
     for host in hosts:
         if host.ssh == LOCAL:
             continue
         for path in paths:
-            target = shlex.quote(str(path))
-            if _run_on(host.ssh, ["test", "-e", str(path)]).returncode == 0:
-                continue
-            made = _run_on(host.ssh, ["mkdir", "-p", str(path.parent)])
-            copied = made.returncode == 0 and subprocess.run(
-                ["scp", *SSH_OPTIONS, "-q", "-r", str(path), f"{host.ssh}:{target}"],
-                capture_output=True,
-                text=True,
+            there = _run_on(
+                host.ssh, [sys.executable, "-m", "core.machine.hosts", "--digest", str(path)]
             )
-            if not copied or copied.returncode != 0:
-                said = _last_line((copied or made).stderr)
-                raise StudioError(
-                    f"could not copy {path} to {host.ssh}: {said}",
-                    hint="run `lora-studio hosts check`, or share the studio's runs folder",
-                )
+            if there.returncode == 0 and there.stdout.strip() == digest(path):
+                continue
+            _replace_on(host.ssh, path)
+
+
+def _replace_on(host: str, path: Path) -> None:
+    """scp ``path`` beside its place on ``host``, then put it in place in one rename."""
+    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    made = _run_on(host, ["mkdir", "-p", str(path.parent)])
+    copied = made.returncode == 0 and subprocess.run(
+        ["scp", *SSH_OPTIONS, "-q", "-r", str(path), f"{host}:{shlex.quote(partial)}"],
+        capture_output=True,
+        text=True,
+    )
+    moved = (
+        bool(copied)
+        and copied.returncode == 0
+        and _run_on(host, ["sh", "-c", 'rm -rf "$1" && mv "$2" "$1"', "sh", str(path), partial])
+    )
+    if not moved or moved.returncode != 0:
+        said = _last_line((moved or copied or made).stderr)
+        raise StudioError(
+            f"could not copy {path} to {host}: {said}",
+            hint="run `lora-studio hosts check`, or share the studio's runs folder",
+        )
+
+
+def digest(path: Path) -> str:
+    """What a file or a folder holds, as one sha256 (names and contents), or "missing"."""
+    if not path.exists():
+        return "missing"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    total = hashlib.sha256()
+    for file in files:
+        total.update(str(file.relative_to(path) if file != path else file.name).encode() + b"\0")
+        with file.open("rb") as f:
+            total.update(hashlib.file_digest(f, "sha256").digest())
+    return total.hexdigest()
 
 
 def _run_on(host: str, command: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -169,5 +199,11 @@ def _last_line(text: str) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="this host's side of `lora-studio hosts check`")
-    parser.add_argument("--probe", metavar="MODEL", required=True)
-    print(json.dumps(probe(parser.parse_args().probe or None)))
+    asked = parser.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--probe", metavar="MODEL")
+    asked.add_argument("--digest", metavar="PATH", help="what a run's file holds here")
+    args = parser.parse_args()
+    if args.digest:
+        print(digest(Path(args.digest)))
+    else:
+        print(json.dumps(probe(args.probe or None)))

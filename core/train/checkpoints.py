@@ -55,6 +55,12 @@ def step_folder(folder: Path, step: int) -> Path:
     return folder / f"step-{step}"
 
 
+def step_of(path: Path) -> int | None:
+    """N for a checkpoint folder named step-N, else None."""
+    found = _STEP_FOLDER.fullmatch(path.name)
+    return int(found.group(1)) if found else None
+
+
 def steps(folder: Path) -> list[int]:
     """The steps of the complete checkpoints in ``folder``, oldest first."""
     if not folder.is_dir():

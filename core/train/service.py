@@ -28,6 +28,7 @@ from core.machine.memory import available_memory_gb
 from core.models.inspect import ModelInfo, inspect_model, tokenizer
 from core.params import TrainingParams
 from core.settings import Settings
+from core.train import checkpoints
 from core.train.plan import DataShape, MemoryPlan, ModelShape, plan, refusal
 from core.train.process import TrainingRun
 from core.train.publish import publish, write_events
@@ -261,7 +262,9 @@ class TrainingService:
         command += ["--output", str(folder), "--stop-on-stdin-eof", *params.to_argv()]
         if record.checkpoint_step is None:
             return command, [data]
-        return [*command, "--resume", str(folder / CHECKPOINTS)], [data, folder / CHECKPOINTS]
+        # the exact checkpoint this side chose: every rank resumes from it, or says it cannot
+        step = checkpoints.step_folder(folder / CHECKPOINTS, record.checkpoint_step)
+        return [*command, "--resume", str(step)], [data, step]
 
     def _take_lock(self) -> IO:
         """An exclusive lock on the studio's runs folder, held for the whole run; it also
@@ -280,7 +283,8 @@ class TrainingService:
                 )
             raise StudioError(
                 f"a training is already running in this studio{detail}",
-                hint="wait for it to finish or cancel it, then start again",
+                hint="wait for it to finish, or end it with the Stop button (Ctrl-C in a "
+                "terminal), then start again",
             )
         return lock
 

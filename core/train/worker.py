@@ -168,7 +168,9 @@ def train(
         loss=loss.fn,
     )
     if args.resume:
-        loop.restore(_checkpoint(Path(args.resume)))
+        resumed = _checkpoint(Path(args.resume))
+        loop.restore(resumed)
+        _check_resumed_step(resumed, loop.state.step)
     emit(
         protocol.Start(
             total_steps=schedule.total_steps,
@@ -239,13 +241,37 @@ def _write_adapter(loop: TrainingLoop, output: Path, config: dict) -> protocol.C
 
 
 def _checkpoint(path: Path) -> Path:
-    """``--resume`` takes a checkpoint folder, or a folder of checkpoints (the newest)."""
+    """``--resume`` takes a checkpoint folder, or a folder of checkpoints (the newest). A
+    checkpoint named by its step (what the studio passes every rank) must be here."""
     if (path / checkpoints.STATE_FILE).is_file():
         return path
+    if checkpoints.step_of(path) is not None:
+        raise WorkerError(
+            "params",
+            f"{_here()}the checkpoint to resume from, {path}, is not here",
+            hint="copy the run's checkpoints folder to this host, or share the runs folder",
+        )
     newest = checkpoints.latest(path)
     if newest is None:
         raise WorkerError("params", f"no checkpoint to resume from in {path}")
     return newest
+
+
+def _check_resumed_step(path: Path, state_step: int) -> None:
+    """A checkpoint named step-N holds step N, on every rank: a host with an older copy at
+    that path would train on other weights than rank 0."""
+    named = checkpoints.step_of(path)
+    if named is not None and named != state_step:
+        raise WorkerError(
+            "params",
+            f"{_here()}the checkpoint {path} holds step {state_step}, not {named}",
+            hint="copy the run's checkpoints folder to this host again, then resume",
+        )
+
+
+def _here() -> str:
+    group = mx.distributed.init()
+    return f"rank {group.rank()}: " if group.size() > 1 else ""
 
 
 def error_message(exc: BaseException) -> protocol.Error:

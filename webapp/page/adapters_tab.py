@@ -59,10 +59,11 @@ def picker_choices(studio: Studio) -> list[tuple[str, str]]:
     return [(f"{a.name} ({a.id[:8]})", a.id) for a in studio.adapters.list()]
 
 
-def newest(studio: Studio) -> str | None:
-    """The adapter a page opens on: the newest."""
+def newest(studio: Studio) -> dict:
+    """The picker a page opens with: every adapter as it is now (the page may be older than
+    them), the newest picked."""
     choices = picker_choices(studio)
-    return choices[0][1] if choices else None
+    return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
 
 class AdapterActions:
@@ -134,7 +135,10 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
     )
     with gr.Row():
         with gr.Column():
-            picker = gr.Dropdown(picker_choices(studio), label="Adapter", value=None)
+            # adapters come and go while a page is open: the handlers check the id
+            picker = gr.Dropdown(
+                picker_choices(studio), label="Adapter", value=None, allow_custom_value=True
+            )
             details = gr.JSON(label="metadata.json")
         with gr.Column():
             curve = gr.HTML(elem_id="ls-adapter-curve")

@@ -54,7 +54,14 @@ def _stream_into(studio: Studio, model_id: str, system: str, history: list, para
 
 def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     with gr.Row():
-        model = gr.Dropdown(studio.chat_choices(), label="Model", scale=3, elem_id="ls-chat-model")
+        # models come and go while a page is open: the engine checks the id
+        model = gr.Dropdown(
+            studio.chat_choices(),
+            label="Model",
+            scale=3,
+            elem_id="ls-chat-model",
+            allow_custom_value=True,
+        )
         compare = gr.Checkbox(False, label="Compare with the base model", scale=1)
     with gr.Row():
         chat = gr.Chatbot(label="Model", height=420, elem_id="ls-chat")
@@ -106,7 +113,11 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     compare.change(lambda on: gr.update(visible=on), compare, base_chat, **private, **QUICK)
     picked = [chat, base_chat, *settings, defaults]
     model.change(lambda m: _picked(studio, m), model, picked, **private, **QUICK)
-    page.load(lambda: studio.preferred_chat_model(), None, model, **private, **QUICK)
+
+    def opening():  # the page may be older than the models: their list as it is now
+        return gr.update(choices=studio.chat_choices(), value=studio.preferred_chat_model())
+
+    page.load(opening, None, model, **private, **QUICK)
     return ChatTab(model=model)
 
 

@@ -71,8 +71,8 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         memory = studio.training.plan(info, params, data, launch)
     except DatasetError as exc:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
-    except StudioError as exc:
-        return "", "", "", explain(exc), refused
+    except StudioError as exc:  # a bad value: the dataset's summary stays, the line says why
+        return gr.skip(), gr.skip(), gr.skip(), explain(exc), refused
     tokenizer = model_tokenizer(info.path)
     tokens = data.sample_tokens(tokenizer, params.mask_prompt)
     stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
