@@ -198,7 +198,8 @@ class TrainingRun:
         if isinstance(event, protocol.Start):
             self.record.total_steps = event.total_steps
             self._write_record()  # the runs table shows the steps ahead at once
-        elif isinstance(event, protocol.Progress):
+        elif isinstance(event, protocol.Progress | protocol.Activity):
+            # the record is what the runs table shows: at the step the bar shows
             self.record.step = event.step
             self._write_record()
         elif isinstance(event, protocol.Checkpoint):
