@@ -138,7 +138,7 @@ def test_the_batch_must_split_evenly_over_the_ranks(service, toy_model, colour_d
             toy_model, colour_dataset, TrainingParams(**PARAMS), launch=Launch(processes=3)
         )
     assert "3 or 6" in caught.value.hint
-    assert list(service.settings.runs.iterdir()) == [service.settings.runs / ".training.lock"]
+    assert list(service.settings.runs.iterdir()) == []  # refused before any run folder
 
 
 def test_rank_failure_names_the_first_rank_that_ended_on_its_own():
