@@ -9,7 +9,13 @@ import os
 import sys
 
 from core.settings import Settings
-from webapp.cli import adapters_command, hosts_command, models_command, train_command
+from webapp.cli import (
+    adapters_command,
+    data_command,
+    hosts_command,
+    models_command,
+    train_command,
+)
 from webapp.cli.train_command import EXIT_REFUSED
 
 
@@ -59,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapters_command.add_transfer_parsers(commands)
     hosts_command.add_parser(commands)
     models_command.add_parser(commands)
+    data_command.add_parser(commands)
     return parser
 
 
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "hosts": hosts_command.hosts,
         "serve": serve,
         "models": models_command.models,
+        "data": data_command.data,
     }
     return commands.get(args.command, launch)(args)
 
