@@ -20,6 +20,7 @@ def test_no_event_of_the_page_is_left_to_gradios_default(tmp_path, toy_model):
         limits = {f.name: f.concurrency_limit for f in functions}
         # following a run and starting one never wait behind another browser's call
         assert limits["train"] is None and limits["show_current"] is None
-        assert limits["respond"] == 32 and limits["check_dataset"] == 4
+        chat = next(f for f in functions if f.api_name == "chat")
+        assert chat.concurrency_limit == 32 and limits["check_dataset"] == 4
     finally:
         studio.close()

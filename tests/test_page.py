@@ -450,3 +450,38 @@ def test_the_first_hour_walk_has_no_stumble(browser, toy_model, tmp_path, monkey
         fresh.close()
         page.close()
         assert "Traceback" not in log.read_text()
+
+
+def test_a_dropped_csv_is_mapped_previewed_saved_and_trained_on(page, tmp_path):
+    """A spreadsheet export with columns the studio does not know: the page shows them, two
+    are mapped, the preview shows the rows as trained (the answer bold), Save imports it, and
+    the usual check and a run follow."""
+    import csv
+
+    source = tmp_path / "helpdesk.csv"
+    with source.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ticket", "question", "reply"])
+        writer.writerows(
+            [i, f"What colour is sky {i}?", f"The sky is\n{'red' if i % 2 else 'blue'}."]
+            for i in range(40)
+        )
+    page.locator("input[type=file]").first.set_input_files(str(source))
+    note = page.locator("#ls-mapping-note")
+    expect(note).to_contain_text("Its columns: ticket, question, reply", timeout=20000)
+    pick(page, "prompt from", "question")
+    pick(page, "completion from", "reply")
+    shown = page.locator("#ls-mapping-preview")
+    expect(shown.locator(".ls-trained").first).to_contain_text("The sky is", timeout=20000)
+    expect(shown.locator(".ls-masked").first).to_contain_text("What colour is sky 0?")
+    shot(page, "train-import-mapping")
+    page.get_by_role("button", name="Save as dataset").click()
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("helpdesk.jsonl", timeout=20000)
+    expect(summary).to_contain_text("completions format, 40 examples")
+    fill_number(page, "Epochs", "1")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    start.click()
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=120000)
+    expect(page.locator("#ls-result")).to_contain_text("lora/")

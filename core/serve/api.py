@@ -140,21 +140,7 @@ def create_router(
     @router.get("/models")
     def list_models(request: Request):
         check_key(request)
-        created = int(time.time())
-        data = [
-            # "name" is not in OpenAI's schema (clients ignore it): the model's display name
-            {
-                "id": e.id,
-                "object": "model",
-                "created": created,
-                "owned_by": "lora-studio",
-                "name": e.display_name,
-            }
-            for e in registry.entries()
-            if e.available
-        ]
-        # not in OpenAI's schema (clients ignore it): which device answers
-        return {"object": "list", "data": data, "device": device.describe()}
+        return model_list(registry)
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -188,6 +174,24 @@ def create_router(
         return completion(completion_id, chat, parts)
 
     return router
+
+
+def model_list(registry: ModelRegistry) -> dict:
+    """GET /v1/models: every available model. Beyond OpenAI's schema (clients ignore extra
+    fields): each model's display name, and which device answers."""
+    created = int(time.time())
+    data = [
+        {
+            "id": e.id,
+            "object": "model",
+            "created": created,
+            "owned_by": "lora-studio",
+            "name": e.display_name,
+        }
+        for e in registry.entries()
+        if e.available
+    ]
+    return {"object": "list", "data": data, "device": device.describe()}
 
 
 async def _set_when_disconnected(request: Request, gone: threading.Event) -> None:

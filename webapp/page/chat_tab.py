@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
@@ -52,6 +53,26 @@ def _stream_into(studio: Studio, model_id: str, system: str, history: list, para
         yield
 
 
+def _respond(studio: Studio, text, history, base_history, model_id, compare_on, system, *sampling):
+    """The chat event: the reply streamed into the history, then the base's when comparing."""
+    history, base_history = list(history or []), list(base_history or [])
+    if not model_id or not (text or "").strip():
+        yield history, base_history, text
+        return
+    studio.last_chat = model_id
+    t, p, n, r = sampling
+    penalty = r if r and r > 1.0 else None
+    params = GenerationParams(temperature=t, top_p=p, max_tokens=int(n), repetition_penalty=penalty)
+    history.append({"role": "user", "content": text})
+    for _ in _stream_into(studio, model_id, system, history, params):
+        yield history, base_history, ""
+    entry = studio.registry.get(model_id)
+    if compare_on and entry.kind == "adapter" and entry.base_id:
+        base_history.append({"role": "user", "content": text})
+        for _ in _stream_into(studio, entry.base_id, system, base_history, params):
+            yield history, base_history, ""
+
+
 def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     with gr.Row():
         # models come and go while a page is open: the engine checks the id
@@ -86,25 +107,7 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
         defaults = gr.Markdown(elem_id="ls-sampling-defaults")
     settings = [temperature, top_p, max_tokens, penalty]
 
-    def respond(text, history, base_history, model_id, compare_on, system_text, t, p, n, r):
-        history, base_history = list(history or []), list(base_history or [])
-        if not model_id or not (text or "").strip():
-            yield history, base_history, text
-            return
-        studio.last_chat = model_id
-        penalty = r if r and r > 1.0 else None
-        params = GenerationParams(
-            temperature=t, top_p=p, max_tokens=int(n), repetition_penalty=penalty
-        )
-        history.append({"role": "user", "content": text})
-        for _ in _stream_into(studio, model_id, system_text, history, params):
-            yield history, base_history, ""
-        entry = studio.registry.get(model_id)
-        if compare_on and entry.kind == "adapter" and entry.base_id:
-            base_history.append({"role": "user", "content": text})
-            for _ in _stream_into(studio, entry.base_id, system_text, base_history, params):
-                yield history, base_history, ""
-
+    respond = partial(_respond, studio)
     inputs = [message, chat, base_chat, model, compare, system, *settings]
     private = {"api_visibility": "private"}
     send.click(respond, inputs, [chat, base_chat, message], api_name="chat", **CHAT)

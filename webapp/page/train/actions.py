@@ -15,9 +15,12 @@ from core.params import default_rank
 from webapp.page import hosts_panel, quantize_panel, runs_panel
 from webapp.page.background import with_progress
 from webapp.page.studio import Studio, explain
+from webapp.page.train import mapping
 from webapp.page.train.form import params as form_params
 from webapp.page.train.view import render, summary
 
+# the import form left as it is, hidden: a studio .jsonl needs no mapping
+NO_FORM = (gr.update(visible=False), None, "", *([gr.skip()] * len(mapping.TARGETS)), gr.skip(), "")
 STARTING = "starting"  # a page's ``shown`` while its own Start or Resume launches a run
 
 
@@ -55,17 +58,34 @@ class TrainActions:
         return new_rank, (2 * new_rank if follows else current_alpha), new_layers
 
     def take_upload(self, path):
+        """(dataset path, name, *the import form): a .jsonl is stored as it is; any other
+        file is imported (``mapping.arrive``)."""
         if not path:
-            return "", ""
+            return "", "", *NO_FORM
+        if not mapping.is_studio_dataset(path):
+            return mapping.arrive(self.studio, path)
         try:
             stored = store_upload(Path(path), self.studio.settings.datasets)
         except StudioError as exc:
             raise gr.Error(str(exc)) from None  # the page shows it; nothing else changes
-        return str(stored), Path(path).name
+        return str(stored), Path(path).name, *NO_FORM
 
     def take_path(self, text):
+        """The same for a path on the server, or a Hugging Face dataset's name."""
         text = (text or "").strip()
-        return text, Path(text).name
+        if not text or mapping.is_studio_dataset(text):
+            return text, Path(text).name, *NO_FORM
+        try:
+            source = str(self.studio.dataset_path(text)) if Path(text).exists() else text
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None
+        return mapping.arrive(self.studio, source)
+
+    def preview_import(self, source, *mapped):
+        return mapping.show(source, *mapped)
+
+    def save_import(self, source, name, *mapped):
+        return mapping.save(self.studio, source, name, *mapped)
 
     def train(
         self, base_model: str, dataset_path: str, dataset_name: str, adapter_name: str, **form

@@ -10,6 +10,7 @@ import gradio as gr
 from webapp.page import charts, hosts_panel, quantize_panel, runs_panel
 from webapp.page.studio import Studio
 from webapp.page.train import form as fields
+from webapp.page.train import mapping
 
 
 @dataclass
@@ -38,6 +39,8 @@ class _Layout:
     runs: runs_panel.RunsPanel
     hosts: hosts_panel.HostsPanel
     quantizing: quantize_panel.QuantizePanel
+    mapping: mapping.MappingPanel
+    mapping: mapping.MappingPanel
 
 
 def layout(studio: Studio) -> _Layout:
@@ -53,11 +56,15 @@ def layout(studio: Studio) -> _Layout:
                 demo_status = gr.Markdown(elem_id="ls-demo-status")
             quantizing = quantize_panel.build()
             upload = gr.File(
-                label="Dataset (.jsonl): drop it here", file_types=[".jsonl"], type="filepath"
+                label="Dataset: drop a .jsonl (or a .csv .tsv .parquet .arrow .json to import)",
+                file_types=mapping.FILE_TYPES,
+                type="filepath",
             )
             server_path = gr.Textbox(
-                label="...or a path on the server", placeholder="/data/x.jsonl"
+                label="...or a path on the server, or a Hugging Face dataset",
+                placeholder="/data/x.jsonl, /data/x.csv, or owner/name[:config][@split]",
             )
+            imports = mapping.build()
             # the dataset to train on: stored path and name as given (hidden, but part of the
             # train event's API so gradio_client can drive it)
             data_path = gr.Textbox(visible=False)
@@ -108,4 +115,5 @@ def layout(studio: Studio) -> _Layout:
         runs,
         hosts,
         quantizing,
+        imports,
     )

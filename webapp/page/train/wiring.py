@@ -62,13 +62,13 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
     pick |= {"outputs": [rank, alpha, layers], **SMALL}
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
-    ui.upload.upload(act.take_upload, ui.upload, [ui.data_path, ui.data_name], **SMALL).success(
+    arrived = [ui.data_path, ui.data_name, *ui.mapping.form]
+    ui.upload.upload(act.take_upload, ui.upload, arrived, **PRIVATE, **CHECK).success(
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
     ui.model.input(**pick).then(**check)
-    ui.server_path.submit(
-        act.take_path, ui.server_path, [ui.data_path, ui.data_name], **SMALL
-    ).then(**check)
+    ui.server_path.submit(act.take_path, ui.server_path, arrived, **PRIVATE, **CHECK).then(**check)
+    _wire_import(ui, act, check)
     rank.input(
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
@@ -88,6 +88,22 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE, **HEAVY
     ).then(**pick).then(**check)
     page.load(act.preselect, None, ui.model, **WAITING).then(**pick).then(**check)
+
+
+def _wire_import(ui, act: TrainActions, check: dict) -> None:
+    """The import form: its preview follows the mapping; Save imports, then checks."""
+    panel = ui.mapping
+    mapped = [panel.source, *panel.fields.values()]
+    for field in panel.fields.values():
+        field.change(act.preview_import, mapped, panel.preview, **PRIVATE, **CHECK)
+    saved = [ui.data_path, ui.data_name, panel.box, panel.note]
+    panel.save.click(
+        act.save_import,
+        [panel.source, panel.name, *panel.fields.values()],
+        saved,
+        **PRIVATE,
+        **HEAVY,
+    ).then(**check)
 
 
 def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list, check: dict) -> None:
