@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_rss import measure
 
+IMPORTS = "import pandas, pyarrow, core.data.imports"
 STEPS = {
     "lora-studio data import (streamed)": """
 from core.data.imports import Options, import_dataset
@@ -34,19 +34,6 @@ import pandas
 frame = pandas.read_csv(path)
 """,
 }
-
-MEASURE = """
-import resource, sys, time
-from pathlib import Path
-import pandas, pyarrow, core.data.imports  # the imports every step pays, before the baseline
-path, home = Path(sys.argv[1]), Path(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-{step}
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before / 1024, peak / 1024, seconds)
-"""
 
 
 def make_csv(path: Path, megabytes: int) -> int:
@@ -61,18 +48,6 @@ def make_csv(path: Path, megabytes: int) -> int:
                 writer.writerow([rows, f"What is question number {rows}?", answer, rows % 5])
                 rows += 1
     return rows
-
-
-def measure(step: str, path: Path, home: Path) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE.format(step=step), str(path), str(home)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
-    before, peak, seconds = map(float, done.stdout.split())
-    return {"added_mb": round(peak - before, 1), "seconds": round(seconds, 1)}
 
 
 def main() -> None:
@@ -91,7 +66,8 @@ def main() -> None:
         )
         results = {"csv_mb": round(path.stat().st_size / 1e6), "rows": rows}
         for name, step in STEPS.items():
-            results[name] = measure(step, path, home)
+            before, peak, seconds = measure(step, path, home, IMPORTS)
+            results[name] = {"added_mb": round(peak - before, 1), "seconds": round(seconds, 1)}
             print(name, results[name], file=sys.stderr)
     print(json.dumps(results, indent=2))
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_rss import measure
 
+IMPORTS = "import mlx.core, mlx_lm"
 STEPS = {
     # what the page does with an upload, up to the run folder's data/
     "server: store, check, split (streamed)": """
@@ -41,19 +40,6 @@ data = load_dataset(home / "run" / "data", batch_size=4)
 """,
 }
 
-MEASURE = """
-import resource, sys, time
-from pathlib import Path
-import mlx.core, mlx_lm  # the imports every step pays, before the baseline
-path, home = Path(sys.argv[1]), Path(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-{step}
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before / 1024, peak / 1024, seconds)
-"""
-
 
 def make_dataset(path: Path, megabytes: int) -> int:
     """A chat dataset of about ``megabytes`` MB; returns its row count."""
@@ -71,19 +57,6 @@ def make_dataset(path: Path, megabytes: int) -> int:
     return rows
 
 
-def measure(step: str, path: Path, home: Path) -> tuple[float, float, float]:
-    code = MEASURE.format(step=step.strip())
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(home)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=True,
-    )
-    before, peak, seconds = map(float, done.stdout.split())
-    return before, peak, seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=500)
@@ -96,7 +69,7 @@ def main() -> None:
         print(f"dataset: {size:.0f} MB, {rows:,} rows ({time.perf_counter() - start:.0f} s)")
         print(f"{'step':42} {'RSS added':>10} {'time':>7}")
         for name, step in STEPS.items():
-            before, peak, seconds = measure(step, path, home)
+            before, peak, seconds = measure(step, path, home, IMPORTS)
             print(f"{name:42} {peak - before:8.0f} MB {seconds:6.1f} s")
 
 
