@@ -22,7 +22,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.machine.blas import reexec_with_fast_blas  # noqa: E402
+from core.machine.blas_choice import reexec_with_fast_blas  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 DEMO_STEPS_PER_EPOCH = 56  # 224 training rows of the pirate sample, batch 4

@@ -21,7 +21,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.machine.blas import reexec_with_fast_blas  # noqa: E402
+from core.machine.blas_choice import reexec_with_fast_blas  # noqa: E402
 from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TrainingParams  # noqa: E402
 from core.serve.engine import GenerationParams, InferenceEngine  # noqa: E402

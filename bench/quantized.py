@@ -28,7 +28,8 @@ DEMO = REPO / ".pytest_cache/d/demo-models/smollm2-135m-instruct"
 def train(model: Path, data: Path, out: Path, *flags: str) -> dict:
     """One epoch through the studio's worker (extra worker ``flags`` allowed): trained
     tokens/s, the worker's peak RSS (wait4) and MLX's largest reported peak."""
-    from core.machine.blas import choose_blas, with_blas
+    from core.machine.blas import with_blas
+    from core.machine.blas_choice import choose_blas
     from core.machine.jit import native_jit
 
     env = native_jit(with_blas({**os.environ, "HF_HUB_OFFLINE": "1"}, choose_blas()))

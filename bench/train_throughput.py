@@ -25,7 +25,8 @@ from statistics import fmean, median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.machine.blas import Blas, choose_blas, with_blas  # noqa: E402
+from core.machine.blas import Blas, with_blas  # noqa: E402
+from core.machine.blas_choice import choose_blas  # noqa: E402
 from core.machine.jit import native_jit  # noqa: E402
 from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TARGET_KEYS  # noqa: E402

@@ -174,7 +174,7 @@ def main() -> None:
         return torch_side(args.torch_side, args.model, args.skip)
     if not args.torch_python:
         raise SystemExit("give --torch-python: a Python with torch, transformers and peft")
-    from core.machine.blas import choose_blas
+    from core.machine.blas_choice import choose_blas
     from core.models.demo import write_sample_dataset
     from core.train.loop import report_interval
 

@@ -151,7 +151,7 @@ def test_an_unavailable_adapter_answers_409_with_the_reason(server):
 
 
 def test_lora_studio_serve_runs_the_api_with_the_fast_blas(tmp_path, toy_model):
-    from core.machine.blas import choose_blas
+    from core.machine.blas_choice import choose_blas
 
     shutil.copytree(toy_model, tmp_path / "models" / "toy")
     with lora_studio_server(tmp_path, "serve") as (process, url, log):

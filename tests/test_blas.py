@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from core.machine.blas import Blas, choose_blas, with_blas
+from core.machine.blas import Blas, with_blas
+from core.machine.blas_choice import choose_blas
 
 PROBE = """
 import json, mlx.core as mx
@@ -52,8 +53,72 @@ def test_existing_preload_is_kept():
 
 def test_no_preload_on_a_gpu_backend(monkeypatch):
     import core.machine.blas
+    import core.machine.blas_choice
 
     assert core.machine.blas.gpu_backend() is None  # this machine has mlx[cpu] only
-    monkeypatch.setattr(core.machine.blas, "gpu_backend", lambda: "mlx-cuda-12")
+    monkeypatch.setattr(core.machine.blas_choice, "gpu_backend", lambda: "mlx-cuda-12")
     for choice in ("auto", "mkl", "openblas"):
         assert choose_blas(choice) == Blas("stock")  # no preload, and no hint to add one
+
+
+def test_auto_takes_the_fastest_by_measurement_and_measures_again_when_things_change(
+    tmp_path, monkeypatch
+):
+    """Two timings forced (MKL the faster, as on an Intel Xeon; then OpenBLAS, as on an AMD
+    Zen 5): the faster is chosen, the choice is cached, and a changed library, CPU or MLX
+    measures again."""
+    from core.machine import blas_choice
+
+    libraries = {name: tmp_path / f"lib{name}.so" for name in ("mkl", "openblas")}
+    for file in libraries.values():
+        file.write_bytes(b"v1")
+    found = [Blas(name, {"LD_PRELOAD": str(file)}) for name, file in libraries.items()]
+    cache, timed = tmp_path / "cache" / "blas-choice.json", []
+
+    def timer(speeds):
+        def time_it(blas):
+            timed.append(blas.name)
+            return speeds[blas.name]
+
+        return time_it
+
+    intel = timer({"mkl": 70.0, "openblas": 30.0})
+    first = blas_choice.measure_choice(found, cache, intel)
+    assert (first.chosen.name, first.gflops, first.cached) == (
+        "mkl",
+        {"mkl": 70, "openblas": 30},
+        False,
+    )
+    assert timed == ["mkl", "openblas"]
+    again = blas_choice.measure_choice(found, cache, timer({}))  # the cache answers: no timing
+    assert (again.chosen.name, again.cached, timed) == ("mkl", True, ["mkl", "openblas"])
+
+    amd = timer({"mkl": 84.0, "openblas": 90.0})
+    libraries["openblas"].write_bytes(b"v2, a new build")  # a changed library: measured again
+    assert blas_choice.measure_choice(found, cache, amd).chosen.name == "openblas"
+    assert len(timed) == 4
+    monkeypatch.setattr(blas_choice, "cpu_key", lambda: "another-cpu")  # a new CPU: again
+    assert not blas_choice.measure_choice(found, cache, amd).cached
+    monkeypatch.setattr(blas_choice, "version", lambda name: "99.0")  # a new MLX: again
+    assert not blas_choice.measure_choice(found, cache, amd).cached
+    assert blas_choice.measure_choice(found, cache, timer({})).cached
+
+
+def test_a_real_measurement_runs_the_blas_in_a_subprocess():
+    from core.machine.blas_choice import time_blas
+
+    assert time_blas(Blas("stock")) > 0.5  # GFLOP/s: even the reference BLAS does this
+    # a library that kills its process (an illegal instruction, say) scores 0: never chosen
+    assert time_blas(Blas("dies", {"PYTHONHOME": "/nonexistent"})) == 0.0
+
+
+def test_doctor_prints_each_blas_measured_and_the_choice(tmp_path):
+    from tests.helpers import lora_studio
+
+    done = lora_studio("doctor", "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["blas"]["stock"] > 0.5 and report["chosen"] in report["blas"]
+    assert report["cpu"] and report["why"] and "on" in report["native_jit"]
+    text = lora_studio("doctor", home=tmp_path)
+    assert "<- runs use this" in text.stdout and "native JIT:" in text.stdout

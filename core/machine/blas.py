@@ -1,4 +1,4 @@
-"""Choose a fast BLAS for the training process.
+"""The fast BLAS libraries the training process can get, and how it gets them.
 
 The Linux CPU wheel of MLX links the reference (Netlib) BLAS, about 20x slower for the
 matrix products training is made of. The training process is ours to start, so we preload
@@ -6,13 +6,12 @@ a faster library into it with LD_PRELOAD: MKL from PyPI (a dependency of this pa
 x86_64 Linux, so set-up stays one pip command) or a system OpenBLAS. Both export the
 standard ``sgemm_`` symbol that MLX calls; numbers agree with the reference to float
 tolerance. macOS uses Accelerate through MLX and needs none of this, nor do GPU backends
-(``mlx[cuda]``).
+(``mlx[cuda]``). Which one a process gets is ``core.machine.blas_choice``'s to say.
 """
 
 from __future__ import annotations
 
 import ctypes.util
-import os
 import site
 import sys
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ class Blas:
     hint: str | None = None
 
 
-def _mkl() -> Blas | None:
+def mkl() -> Blas | None:
+    """MKL from PyPI (libmkl_rt), if it is installed."""
     prefixes = {sys.prefix, sys.base_prefix, site.getuserbase()}
     for prefix in prefixes:
         found = sorted(Path(prefix, "lib").glob("libmkl_rt.so*"))
@@ -42,7 +42,8 @@ def _mkl() -> Blas | None:
     return None
 
 
-def _openblas() -> Blas | None:
+def openblas() -> Blas | None:
+    """A system OpenBLAS (Debian's libopenblas0-pthread, or any on the library path)."""
     candidates = [
         "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
         "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
@@ -50,30 +51,6 @@ def _openblas() -> Blas | None:
     found = next((p for p in candidates if Path(p).is_file()), None)
     found = found or ctypes.util.find_library("openblas")
     return Blas("openblas", {"LD_PRELOAD": found}) if found else None
-
-
-def choose_blas(choice: str | None = None) -> Blas:
-    """The BLAS the training process should use.
-
-    ``choice`` (or ``LORA_STUDIO_BLAS``) is one of auto, mkl, openblas, stock; auto takes a
-    system OpenBLAS, else MKL, else falls back to the stock one with a one-line hint.
-    """
-    choice = (choice or os.environ.get("LORA_STUDIO_BLAS") or "auto").lower()
-    if choice not in CHOICES:
-        choice = "auto"
-    if not sys.platform.startswith("linux") or choice == "stock" or gpu_backend():
-        return Blas("stock")
-    # A system OpenBLAS trained 14% faster than MKL here, but only MKL comes with pip install.
-    finders = {"mkl": [_mkl], "openblas": [_openblas], "auto": [_openblas, _mkl]}[choice]
-    for find in finders:
-        blas = find()
-        if blas:
-            return blas
-    return Blas(
-        "stock",
-        hint="training uses MLX's slow reference BLAS: `pip install mkl` (x86_64) or "
-        "`apt-get install libopenblas0-pthread` makes it many times faster",
-    )
 
 
 def gpu_backend() -> str | None:
@@ -110,22 +87,3 @@ def loaded_blas() -> str:
     if "libopenblas" in maps:
         return "openblas"
     return "stock"
-
-
-def reexec_with_fast_blas(argv: list[str]) -> None:
-    """Restart this process with the fast BLAS preloaded, if it is not loaded yet.
-
-    LD_PRELOAD only acts at process start, so a server that generates text (the page, the
-    API) re-executes itself once; a marker variable prevents a loop. Call it before MLX is
-    imported. Returns (without doing anything) when there is nothing to gain.
-    """
-    if os.environ.get("LORA_STUDIO_BLAS_REEXEC") or loaded_blas() != "stock":
-        return
-    blas = choose_blas()
-    if blas.name == "stock":
-        return
-    env = with_blas(dict(os.environ), blas)
-    env["LORA_STUDIO_BLAS_REEXEC"] = "1"
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], env)

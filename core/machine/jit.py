@@ -47,6 +47,17 @@ def cpu_key() -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as people know it (``AMD EPYC 9B45``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def native_jit(env: dict[str, str], cache: Path | None = None) -> dict[str, str]:
     """``env`` for a training process whose MLX JIT kernels are built for this CPU; ``env``
     unchanged where that does not apply (not Linux, a GPU backend, no g++, turned off).

@@ -20,7 +20,8 @@ from core import protocol
 from core.adapters.layout import EVENTS_FILE
 from core.data.scan import DatasetScan, scan_dataset
 from core.errors import StudioError
-from core.machine.blas import Blas, choose_blas, with_blas
+from core.machine.blas import Blas, with_blas
+from core.machine.blas_choice import choose_blas
 from core.machine.hosts import copy_to_hosts
 from core.machine.jit import native_jit
 from core.machine.launch import Launch, is_this_machine

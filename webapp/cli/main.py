@@ -12,6 +12,7 @@ from core.settings import Settings
 from webapp.cli import (
     adapters_command,
     data_command,
+    doctor_command,
     hosts_command,
     models_command,
     train_command,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     hosts_command.add_parser(commands)
     models_command.add_parser(commands)
     data_command.add_parser(commands)
+    doctor_command.add_parser(commands)
     return parser
 
 
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": serve,
         "models": models_command.models,
         "data": data_command.data,
+        "doctor": doctor_command.doctor,
     }
     return commands.get(args.command, launch)(args)
 
@@ -137,7 +140,7 @@ def launch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    from core.machine.blas import reexec_with_fast_blas
+    from core.machine.blas_choice import reexec_with_fast_blas
 
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
     from webapp.page.app import create_server
@@ -198,7 +201,7 @@ def serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_REFUSED
-    from core.machine.blas import reexec_with_fast_blas
+    from core.machine.blas_choice import reexec_with_fast_blas
 
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
     from core.serve.api import create_app
