@@ -41,6 +41,11 @@ class Start(_Message):
     ranks: int = 1
     # "completion_only" (vocabulary projection at the counted positions only) or "default"
     loss: str = "default"
+    # seconds from the process's start to this line, and its parts: imports (the
+    # interpreter, MLX, mlx-lm), data (reading and checking every row), model (loading it,
+    # the LoRA layers, tokenizing the rows), loss (choosing the loss function)
+    ready_seconds: float | None = None
+    phases: dict[str, float] = {}
 
 
 class Progress(_Message):

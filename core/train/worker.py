@@ -149,9 +149,13 @@ def train(
     stop: threading.Event,
 ) -> None:
     """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
+    clock = _Phases()
     params, info, dataset = _prepare(args)
+    clock.mark("data")
     model, train_set, valid_set = _load(info, params, dataset)
+    clock.mark("model")
     loss = choose_loss(model, train_set, valid_set, max_seq_length=params.max_seq_length)
+    clock.mark("loss")
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
     output = Path(args.output)
@@ -185,6 +189,8 @@ def train(
             resumed_from=loop.state.step or None,
             ranks=loop.group.size(),
             loss=loss.name,
+            ready_seconds=clock.total(),
+            phases=clock.phases,
         )
     )
     loop.run()
@@ -192,6 +198,36 @@ def train(
         config = adapter_config(params, info)
         config["lr_schedule"] = lr_schedule(params, steps_per_epoch)
         emit(_write_adapter(loop, output, config))
+
+
+class _Phases:
+    """Seconds of each start-up phase, the first from the process's own start (the
+    interpreter and the imports), read from /proc where Linux has it."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.monotonic()
+        since_start = _process_age()
+        if since_start is not None:
+            self.phases["imports"] = round(since_start, 2)
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = round(now - self._last, 2)
+        self._last = now
+
+    def total(self) -> float:
+        return round(sum(self.phases.values()), 2)
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc), or None."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):

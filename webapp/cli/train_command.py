@@ -295,6 +295,9 @@ class ProgressBar:
             self._activity(event)
 
     def _start(self, event: protocol.Start) -> None:
+        if event.ready_seconds is not None:
+            parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in event.phases.items())
+            self._line(f"ready in {event.ready_seconds:.1f} s ({parts})", always=True)
         if event.resumed_from:
             self._line(f"resuming at step {event.resumed_from}/{event.total_steps}", always=True)
         else:
