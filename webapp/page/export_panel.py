@@ -53,17 +53,21 @@ def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, syst
 
     def work(progress) -> Path:
         base = studio.registry.adapter_base(adapter_id)
-        target = export_folder(studio.settings.exports, fmt) / _file_name(studio, adapter_id, fmt)
-        return export_adapter(
-            studio.adapters,
-            adapter_id,
-            base,
-            fmt,
-            target,
-            kind=kind,
-            system=system,
-            progress=progress,
-        )
+        folder = export_folder(studio.settings.exports, fmt)
+        try:
+            return export_adapter(
+                studio.adapters,
+                adapter_id,
+                base,
+                fmt,
+                folder / _file_name(studio, adapter_id, fmt),
+                kind=kind,
+                system=system,
+                progress=progress,
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a failed export leaves no folder
+            raise
 
     for steps, result, error in with_progress(work):
         text = "  \n".join(steps)
