@@ -33,6 +33,7 @@ def download_model(repo_id: str, models: Path, progress: Callable[[str], None] =
     if target.exists():
         raise StudioError(f"{target} already exists")
     # hidden from the registry until complete; unique, so two downloads never share it
+    models.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=models, prefix=f".download-{target.name}-"))
     progress(f"downloading {repo_id} into {target}")
     try:
