@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import gradio as gr
 
@@ -107,7 +106,13 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
         defaults = gr.Markdown(elem_id="ls-sampling-defaults")
     settings = [temperature, top_p, max_tokens, penalty]
 
-    respond = partial(_respond, studio)
+    def respond(
+        text, history, base, model_id, compare_on, system, temperature, top_p, tokens, penalty
+    ):
+        """Chat with ``model_id``: the reply streamed into the history (the API's /chat)."""
+        sampling = (temperature, top_p, tokens, penalty)
+        yield from _respond(studio, text, history, base, model_id, compare_on, system, *sampling)
+
     inputs = [message, chat, base_chat, model, compare, system, *settings]
     private = {"api_visibility": "private"}
     send.click(respond, inputs, [chat, base_chat, message], api_name="chat", **CHAT)

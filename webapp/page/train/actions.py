@@ -47,9 +47,12 @@ class TrainActions:
         return quantize_panel.make(self.studio, base_model, bits, group_size)
 
     def preselect(self):
-        """The base model to start with: the only one, or the one used last."""
+        """The base model to start with: the only one, or the one used last (with the list
+        as it is now: the page may be older than the models)."""
         model_id = self.studio.preferred_base()
-        return gr.update(value=model_id) if model_id else gr.skip()
+        if not model_id:
+            return gr.skip()
+        return gr.update(choices=self.studio.base_choices(), value=model_id)
 
     def pick_model(self, model_id, current_layers, follows, current_alpha):
         info = inspect_model(self.studio.registry.get(model_id).path)
