@@ -33,15 +33,8 @@ def train(model: Path, data: Path, out: Path, *flags: str) -> dict:
     from core.machine.jit import native_jit
 
     env = native_jit(with_blas({**os.environ, "HF_HUB_OFFLINE": "1"}, choose_blas()))
-    command = [
-        sys.executable,
-        "-m",
-        "core.train.worker",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-    ]
+    command = [sys.executable, "-m", "core.train.worker", "--model", str(model)]
+    command += ["--data", str(data)]
     command += ["--output", str(out), "--epochs", "1", "--save-every", "100000", *flags]
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
     lines = process.stdout.read().splitlines()

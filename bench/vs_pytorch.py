@@ -68,15 +68,8 @@ def non_pad_tokens(batches: Path, first: int, last: int) -> int:
 
 
 def run_studio(model: Path, data: Path, out: Path, batches: Path, env: dict) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "core.train.worker",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-    ]
+    command = [sys.executable, "-m", "core.train.worker", "--model", str(model)]
+    command += ["--data", str(data)]
     command += ["--output", str(out / "adapter"), "--save-every", "100000", *PARAMS]
     events, rss = _run(command, env)
     progress = [e for e in events if e["type"] == "progress"]
