@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -31,25 +32,31 @@ def _messages(system: str, history: list[dict]) -> list[dict]:
 
 
 WAITING = "⏳ Waiting for the model: it is answering another chat..."
+UPDATE_SECONDS = 0.05
 
 
 def _stream_into(studio: Studio, model_id: str, system: str, history: list, params):
-    """Append the model's reply to ``history`` as it streams; yields after each piece. The
-    engine answers one chat at a time: while another is answered, the reply says so."""
+    """Append the model's reply to ``history`` as it streams; yields at most every
+    UPDATE_SECONDS (a page cannot show hundreds of updates a second, and sending them would
+    keep the server from everyone else's events). The engine answers one chat at a time:
+    while another is answered, the reply says so."""
     asked = _messages(system, history)
     waiting = studio.engine.busy
     history.append({"role": "assistant", "content": WAITING if waiting else ""})
     if waiting:
         yield
+    shown = time.monotonic()
     try:
         for chunk in studio.engine.stream(model_id, asked, params):
             if waiting:
                 history[-1]["content"], waiting = "", False
             history[-1]["content"] += chunk.text
-            yield
+            if time.monotonic() - shown >= UPDATE_SECONDS:
+                shown = time.monotonic()
+                yield
     except StudioError as exc:
         history[-1]["content"] = f"⚠️ {exc.message}"
-        yield
+    yield
 
 
 def _respond(studio: Studio, text, history, base_history, model_id, compare_on, system, *sampling):

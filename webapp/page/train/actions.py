@@ -166,8 +166,14 @@ class TrainActions:
 
     def _follow(self, run):
         """The run's view at each event, the runs table and picker with it (one source: the
-        run's record, which the service writes as the events come)."""
-        for _ in run.follow():
+        run's record, which the service writes as the events come). A page that joins a run
+        gets its history in one view, not one view per past event."""
+        history = len(run.events)
+        if history:
+            yield render(run) + runs_panel.view(self.studio)
+        for index, _ in enumerate(run.follow()):
+            if index < history:
+                continue
             if isinstance(run.last_event, protocol.Complete):
                 # "Done" on the page means chat and /v1 know the adapter already; the
                 # folder watcher would see it a moment later
