@@ -51,7 +51,8 @@ def main() -> None:
     from core.params import TrainingParams
     from core.train import checkpoints
     from core.train.checkpoints import TrainerState
-    from core.train.loop import Schedule, TrainingLoop
+    from core.train.loop import TrainingLoop
+    from core.train.schedule import Schedule
     from core.train.worker import lora_parameters
 
     model, _ = load(args.model)
@@ -77,7 +78,7 @@ def main() -> None:
     lengths = mx.array([[0, args.tokens]] * 4)
 
     def train_step():
-        mx.eval(state, *step(batch, lengths))
+        mx.eval(state, *step((batch, lengths), None, True))
 
     train_step()  # compile
     step_s = median(timed(train_step) for _ in range(args.repeat))

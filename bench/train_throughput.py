@@ -30,7 +30,7 @@ from core.machine.blas_choice import choose_blas  # noqa: E402
 from core.machine.jit import native_jit  # noqa: E402
 from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TARGET_KEYS  # noqa: E402
-from core.train.loop import report_interval  # noqa: E402
+from core.train.schedule import report_interval  # noqa: E402
 
 SEQ = 128
 BATCH = 4

@@ -41,7 +41,7 @@ def studio_batches(model: Path, data: Path, out: Path) -> dict:
     import numpy as np
     from mlx_lm.tuner import trainer
 
-    from core.train.loop import trimmed
+    from core.train.batches import trimmed
     from core.train.worker import _load, _prepare, build_parser
 
     args = build_parser().parse_args(
@@ -169,7 +169,7 @@ def main() -> None:
         raise SystemExit("give --torch-python: a Python with torch, transformers and peft")
     from core.machine.blas_choice import choose_blas
     from core.models.demo import write_sample_dataset
-    from core.train.loop import report_interval
+    from core.train.schedule import report_interval
 
     threads = str(args.threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}

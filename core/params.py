@@ -94,6 +94,21 @@ class TrainingParams(BaseModel):
     fine_tune_type: Literal["lora", "dora"] = Field(
         "lora", description="lora, or dora: LoRA plus a trained magnitude per output (DoRA)"
     )
+    method: Literal["sft", "dpo", "orpo"] = Field(
+        "sft",
+        description="sft: learn the answers; dpo or orpo: learn which of two answers is "
+        "better, from preference rows (prompt, chosen, rejected)",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="DPO: how far from the base the adapter may move (its temperature); "
+        "ORPO: the weight of the odds-ratio term",
+    )
+    dpo_loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="DPO's loss: sigmoid (the DPO paper's) or ipo (squared, IPO's)"
+    )
 
     @field_validator("lora_layers")
     @classmethod
@@ -132,6 +147,24 @@ class TrainingParams(BaseModel):
             raise StudioError(
                 f"warmup_steps = {self.warmup_steps:g}: the run has {total} optimizer steps",
                 hint="a warmup must end before the run does: lower it",
+            )
+
+    def check_data(self, data_format: str) -> None:
+        """The method must suit the rows: preference rows for DPO and ORPO, answers for SFT."""
+        preference = data_format == "preference"
+        if self.method == "sft" and preference:
+            raise StudioError(
+                "method = sft: the dataset holds preference rows (prompt, chosen, rejected), "
+                "which have no single answer to learn",
+                hint="train them with --method dpo or --method orpo",
+            )
+        if self.method != "sft" and not preference:
+            raise StudioError(
+                f"method = {self.method} needs preference rows "
+                '({"prompt", "chosen", "rejected"}); '
+                f"the dataset holds {data_format} rows",
+                hint="train them with --method sft, or import preference data "
+                "(lora-studio data import SOURCE --shape preference)",
             )
 
     @property

@@ -46,9 +46,28 @@ class Start(_Message):
     # the LoRA layers, tokenizing the rows), loss (choosing the loss function)
     ready_seconds: float | None = None
     phases: dict[str, float] = {}
+    # sft, or a preference method (dpo, orpo) and its beta
+    method: str = "sft"
+    beta: float | None = None
 
 
-class Progress(_Message):
+class _Figures(_Message):
+    """What a preference method reports beside its loss, as means over the pairs (none for
+    SFT). ``*_reward``: beta times the answer's log-probability ratio to the base (DPO) or
+    its per-token mean log-probability (ORPO); ``reward_accuracy``: the share of pairs whose
+    chosen reward beats the rejected one; ``reward_margin``: chosen minus rejected reward;
+    ORPO's ``log_odds_ratio`` and ``nll`` (the chosen answer's per-token negative
+    log-likelihood) are the two parts of its loss."""
+
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
+    chosen_reward: float | None = None
+    rejected_reward: float | None = None
+    log_odds_ratio: float | None = None
+    nll: float | None = None
+
+
+class Progress(_Figures):
     type: Literal["progress"] = "progress"
     step: int
     total_steps: int
@@ -64,7 +83,7 @@ class Progress(_Message):
     train_seconds: float = 0.0
 
 
-class Validation(_Message):
+class Validation(_Figures):
     type: Literal["validation"] = "validation"
     step: int
     epoch: int
@@ -73,11 +92,12 @@ class Validation(_Message):
 
 class Activity(_Message):
     """A sign of life between reports, at most every few seconds: where the run is now
-    (``phase`` "train" at ``step``, or "validate" at batch ``batch`` of ``batches``). Not
-    kept in the run's history: it says nothing the reports do not."""
+    (``phase`` "train" at ``step``, "validate" at batch ``batch`` of ``batches``, or
+    "reference": DPO's pass over the rows with the base, before the start line). Not kept in
+    the run's history: it says nothing the reports do not."""
 
     type: Literal["activity"] = "activity"
-    phase: Literal["train", "validate"]
+    phase: Literal["train", "validate", "reference"]
     step: int
     total_steps: int
     batch: int | None = None

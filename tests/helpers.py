@@ -35,6 +35,19 @@ def colour_rows(n: int = 64, seed: int = 0) -> list[dict]:
     ]
 
 
+def colour_preferences(n: int = 64) -> list[dict]:
+    """Preference rows with one clear preference (blue over red): DPO learns it in a few
+    steps, and the validation rows hold the same preference."""
+    return [
+        {
+            "prompt": f"What colour is the sky number {i}?",
+            "chosen": "The sky is blue.",
+            "rejected": "The sky is red.",
+        }
+        for i in range(n)
+    ]
+
+
 def lora_studio(*args: str, home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real ``lora-studio`` command on the studio at ``home``."""
     env = {**os.environ, "LORA_STUDIO_HOME": str(home)}

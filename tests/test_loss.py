@@ -23,7 +23,7 @@ from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from core.machine.jit import native_jit
-from core.train.loop import trimmed
+from core.train.batches import trimmed
 from core.train.loss import COMPLETION, DEFAULT, choose_loss, target_window
 from tests.helpers import colour_rows
 

@@ -19,8 +19,14 @@ from core.errors import StudioError
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_PROBLEMS = 50
 FORMAT_FIX = (
-    'each line needs {"text": ...}, {"prompt": ..., "completion": ...} '
-    'or {"messages": [{"role": ..., "content": ...}, ...]}'
+    'each line needs {"text": ...}, {"prompt": ..., "completion": ...}, '
+    '{"messages": [{"role": ..., "content": ...}, ...]} '
+    'or {"prompt": ..., "chosen": ..., "rejected": ...}'
+)
+PREFERENCE_FIX = (
+    'write {"prompt": "...", "chosen": "...", "rejected": "..."}, or "messages" (the '
+    'conversation so far) with "chosen" and "rejected" answers, or "chosen" and "rejected" '
+    "conversations that differ only in their last, assistant turn"
 )
 
 
@@ -52,7 +58,11 @@ class DatasetError(StudioError):
 
 
 def row_format(row: dict[str, Any]) -> str | None:
-    """The format of one row, tested in mlx-lm's own order so both sides agree."""
+    """The format of one row, tested in mlx-lm's own order so both sides agree (preference
+    rows first: mlx-lm does not train them, and their "prompt" or "messages" would pass for
+    its formats)."""
+    if "chosen" in row or "rejected" in row:
+        return "preference"
     if "prompt" in row and "completion" in row:
         return "completions"
     if "messages" in row:
@@ -71,7 +81,7 @@ def _text_field(row: dict, key: str) -> str | None:
     return None
 
 
-def _message_problems(messages: Any) -> list[str]:
+def _message_problems(messages: Any, *, answered: bool = True) -> list[str]:
     if not isinstance(messages, list) or not messages:
         return ['"messages" must be a non-empty list of {"role", "content"} objects']
     found = []
@@ -89,13 +99,15 @@ def _message_problems(messages: Any) -> list[str]:
             found.append(f'message {i + 1} "content" must be a string')
         elif not content.strip():
             found.append(f"message {i + 1} ({role}) has empty content")
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+    if answered and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         found.append("the conversation has no assistant turn, so there is nothing to learn")
     return found
 
 
 def row_problems(row: dict[str, Any], fmt: str) -> list[str]:
     """What is wrong with the fields of one row of format ``fmt`` (empty: nothing)."""
+    if fmt == "preference":
+        return preference_problems(row)
     if fmt == "text":
         found = [_text_field(row, "text")]
     elif fmt == "completions":
@@ -189,8 +201,100 @@ class RowReader:
 
 def _fix_for(fmt: str) -> str:
     return {
+        "preference": PREFERENCE_FIX,
         "text": 'give "text" a non-empty string',
         "completions": 'give "prompt" and "completion" non-empty strings',
         "chat": "each message needs a known role and non-empty string content, "
         "and one assistant turn at least",
     }[fmt]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A preference row in one shape whatever its form: the conversation so far, and the
+    two answers to it."""
+
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+
+
+def preference_pair(row: dict[str, Any]) -> PreferencePair:
+    """The pair of a preference row in any of its three forms: prompt (text, with an
+    optional "system"), "messages" (the conversation so far) with two answers, or TRL's
+    "chosen" and "rejected" conversations whose shared turns are the prompt. Raises
+    ValueError saying what is wrong."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if chosen is None or rejected is None:
+        raise ValueError(f'"{"chosen" if chosen is None else "rejected"}" is missing')
+    if isinstance(chosen, list) and isinstance(rejected, list) and "messages" not in row:
+        prompt, chosen, rejected = _shared_prompt(chosen, rejected, row.get("prompt"))
+    elif "messages" in row:
+        prompt = row["messages"]
+    else:
+        prompt = _prompt_messages(row)
+    pair = PreferencePair(prompt, _answer(chosen, "chosen"), _answer(rejected, "rejected"))
+    if pair.chosen == pair.rejected:
+        raise ValueError("chosen and rejected are the same answer, so there is nothing to prefer")
+    return pair
+
+
+def preference_problems(row: dict[str, Any]) -> list[str]:
+    """What is wrong with one preference row (empty: nothing)."""
+    try:
+        pair = preference_pair(row)
+    except ValueError as exc:
+        return [str(exc)]
+    found = _message_problems(pair.prompt, answered=False)
+    if (
+        pair.prompt
+        and isinstance(pair.prompt[-1], dict)
+        and pair.prompt[-1].get("role") == "assistant"
+    ):
+        found.append("the prompt ends with an assistant turn: the answers have nothing to answer")
+    return found
+
+
+def _prompt_messages(row: dict) -> list[dict]:
+    prompt, system = row.get("prompt"), row.get("system")
+    if isinstance(prompt, list):  # TRL's conversational prompt
+        return prompt
+    problem = _text_field(row, "prompt")
+    if problem:
+        raise ValueError(problem)
+    if system is not None and not isinstance(system, str):
+        raise ValueError('"system" must be a string')
+    messages = [{"role": "system", "content": system}] if system else []
+    return [*messages, {"role": "user", "content": prompt}]
+
+
+def _answer(value: Any, key: str) -> str:
+    """An answer given as text or as one assistant message."""
+    if isinstance(value, dict):
+        if value.get("role", "assistant") != "assistant":
+            raise ValueError(f'"{key}" is a {value.get("role")!r} message, not an assistant one')
+        value = value.get("content")
+    if not isinstance(value, str):
+        raise ValueError(f'"{key}" must be a string or an assistant message')
+    if not value.strip():
+        raise ValueError(f'"{key}" is empty')
+    return value
+
+
+def _shared_prompt(chosen: list, rejected: list, prompt: Any) -> tuple[list, Any, Any]:
+    """TRL's conversational form: the turns before each last one are the prompt (or
+    "prompt" gives them, and each side is its answer alone)."""
+    if isinstance(prompt, list):
+        if len(chosen) != 1 or len(rejected) != 1:
+            raise ValueError(
+                'with a "prompt", "chosen" and "rejected" hold one assistant turn each'
+            )
+        return prompt, chosen[0], rejected[0]
+    if not chosen or not rejected:
+        raise ValueError('"chosen" and "rejected" must not be empty conversations')
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError(
+            "the prompt differs between chosen and rejected: their turns before the last "
+            "must be the same"
+        )
+    return chosen[:-1], chosen[-1], rejected[-1]

@@ -152,23 +152,14 @@ def _rows(source: str, options: Options, mapping: Mapping, report: ImportReport)
 
 def _check(row: dict, report: ImportReport) -> None:
     """The rules training applies to the row (one format for the whole file)."""
-    fmt = "preference" if "chosen" in row else row_format(row)
+    fmt = row_format(row)
     if report.row_format is None:
         report.row_format = fmt
     elif fmt != report.row_format:
         raise RowProblem(f"a {fmt} row in a {report.row_format} dataset")
-    problems = _preference_problems(row) if fmt == "preference" else row_problems(row, fmt)
+    problems = row_problems(row, fmt) if fmt else ["no known fields"]
     if problems:
         raise RowProblem("; ".join(problems))
-
-
-def _preference_problems(row: dict) -> list[str]:
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    if not chosen or not rejected:
-        return ["chosen and rejected must both be there"]
-    if chosen == rejected:
-        return ["chosen and rejected are the same"]
-    return []
 
 
 def _checksum(source: str) -> str | None:

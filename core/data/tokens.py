@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from core.data.check import preference_pair
+
 
 @dataclass(frozen=True)
 class TokenStats:
@@ -24,12 +26,39 @@ def processed_rows(
     rows: list[dict], fmt: str, tokenizer: Any, mask_prompt: bool
 ) -> list[tuple[list[int], int]]:
     """(tokens, offset of the first trained token) per row, from mlx-lm's own dataset
-    classes (chat template, prompt masking), so the numbers match training exactly."""
+    classes (chat template, prompt masking), so the numbers match training exactly. A
+    preference row gives two: its chosen answer's, then its rejected answer's."""
     from mlx_lm.tuner.datasets import create_dataset
+
+    if fmt == "preference":
+        return [
+            (tokens, offset)
+            for chosen, rejected, offset in preference_rows(rows, tokenizer)
+            for tokens in (chosen, rejected)
+        ]
 
     config = SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
     processed = create_dataset(rows, tokenizer, config)
     return [processed.process(row) for row in rows]
+
+
+def preference_rows(rows: list[dict], tokenizer: Any) -> list[tuple[list[int], list[int], int]]:
+    """(chosen tokens, rejected tokens, offset of the answers) per preference row: each
+    answer after the prompt as mlx-lm's chat dataset tokenizes a conversation with its
+    prompt masked, so the answers are all that is trained on."""
+    from mlx_lm.tuner.datasets import ChatDataset
+
+    chat = ChatDataset([], tokenizer, mask_prompt=True)
+    items = []
+    for row in rows:
+        pair = preference_pair(row)
+        answers = [
+            chat.process({"messages": [*pair.prompt, {"role": "assistant", "content": text}]})
+            for text in (pair.chosen, pair.rejected)
+        ]
+        (chosen, offset), (rejected, _) = answers
+        items.append((chosen, rejected, offset))
+    return items
 
 
 def token_statistics(items: list[tuple[list[int], int]], *, max_seq_length: int) -> TokenStats:

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -36,10 +36,11 @@ from mlx_lm.tuner import trainer
 from core import protocol
 from core.params import TrainingParams
 from core.train import checkpoints
+from core.train.batches import sft_batches, validation_batch
 from core.train.checkpoints import TrainerState
+from core.train.loss import MLX_LM_LOSS, Loss
+from core.train.schedule import Schedule
 
-# the batch width's rounding; LORA_STUDIO_PAD_TO overrides it to measure others
-PAD_TO = int(os.environ.get("LORA_STUDIO_PAD_TO") or 8)
 # the longest the run stays silent between steps or validation batches (an activity line)
 HEARTBEAT_SECONDS = 2.0
 # seconds to pause after each step: shows a slow machine's page on a fast one (tests, demos)
@@ -48,99 +49,6 @@ STEP_DELAY = float(os.environ.get("LORA_STUDIO_STEP_DELAY") or 0)
 
 class Stopped(Exception):
     """Raised between steps once a stop was asked for (SIGTERM, or the studio went away)."""
-
-
-@dataclass
-class Schedule:
-    """When the loop reports, validates and saves, in steps."""
-
-    steps_per_epoch: int
-    total_steps: int
-    report_every: int
-    eval_every: int
-    save_every: int
-
-    accumulation: int = 1
-
-    @classmethod
-    def for_run(cls, params: TrainingParams, steps_per_epoch: int) -> Schedule:
-        accumulate = params.grad_accumulation_steps
-        return cls(
-            steps_per_epoch=steps_per_epoch,
-            total_steps=steps_per_epoch * params.epochs,
-            report_every=report_interval(steps_per_epoch),
-            eval_every=_multiple(params.eval_every or steps_per_epoch, accumulate),
-            save_every=_multiple(params.save_every or steps_per_epoch, accumulate),
-            accumulation=accumulate,
-        )
-
-    def updates_at(self, step: int) -> bool:
-        """Whether the optimizer updates after ``step`` (batches are 1-based)."""
-        return step % self.accumulation == 0
-
-    def evaluates_at(self, step: int) -> bool:
-        return step % self.eval_every == 0 or step == self.total_steps
-
-    def saves_at(self, step: int) -> bool:
-        # the last step's weights are written as the adapter itself
-        return step % self.save_every == 0 and step < self.total_steps
-
-
-def _multiple(steps: int, of: int) -> int:
-    """``steps`` rounded up to a multiple of ``of``: checkpoints fall on optimizer updates."""
-    return -(-steps // of) * of
-
-
-def lr_schedule(params: TrainingParams, steps_per_epoch: int) -> dict | None:
-    """The run's schedule in mlx-lm's ``lr_schedule`` format (what ``build_schedule`` reads
-    and adapter_config.json records), in optimizer steps; None for a constant rate."""
-    warmup = params.warmup(steps_per_epoch)
-    if params.lr_schedule == "constant" and not warmup:
-        return None
-    lr, decay = params.learning_rate, params.optimizer_steps(steps_per_epoch) - warmup
-    name, arguments = {
-        "constant": ("linear_schedule", [lr, lr, 1]),
-        "cosine": ("cosine_decay", [lr, decay, 0.0]),
-        "linear": ("linear_schedule", [lr, 0.0, decay]),
-    }[params.lr_schedule]
-    config: dict = {"name": name, "arguments": arguments}
-    if warmup:
-        config |= {"warmup": warmup, "warmup_init": 0.0}
-    return config
-
-
-def learning_rate(params: TrainingParams, steps_per_epoch: int):
-    """What the optimizer takes: mlx-lm's ``build_schedule`` of the schedule, or the rate."""
-    from mlx_lm.tuner.utils import build_schedule
-
-    config = lr_schedule(params, steps_per_epoch)
-    return build_schedule(config) if config else params.learning_rate
-
-
-def validation_batch(batch_size: int, examples: int, ranks: int) -> int:
-    """The validation batch: the training batch, or fewer when the validation set is
-    smaller, split evenly over ranks (mlx-lm requires it)."""
-    batch = min(batch_size, examples)
-    return max(batch - batch % ranks, ranks)
-
-
-def trimmed(batches: Iterator, pad_to: int | None = None) -> Iterator:
-    """mlx-lm's batches, with the padding beyond ``1 + pad_to * ceil(longest / pad_to)``
-    cut off (mlx-lm pads to that with ``pad_to`` 32). The ``1 +`` keeps the target after each
-    row's last token, which mlx-lm's loss counts. Padding only adds masked columns, so the
-    loss is unchanged; a smaller ``pad_to`` wastes less compute on them and costs more
-    compiled shapes (see docs/benchmarks.md for how PAD_TO was chosen)."""
-    pad_to = pad_to or PAD_TO
-    for batch, lengths in batches:
-        longest = lengths[:, 1].max().item()
-        width = 1 + pad_to * -(-longest // pad_to)
-        yield (batch[:, :width] if width < batch.shape[1] else batch), lengths
-
-
-def report_interval(steps_per_epoch: int, target: int = 10) -> int:
-    """Steps between progress lines: the largest divisor of an epoch up to ``target``, so
-    every epoch ends on a report."""
-    return max(d for d in range(1, min(target, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
 
 
 class TrainingLoop:
@@ -158,7 +66,8 @@ class TrainingLoop:
         checkpoint_folder: Path,
         emit: Callable[[protocol._Message], None],
         stop: threading.Event,
-        loss: Callable = trainer.default_loss,
+        loss: Loss = MLX_LM_LOSS,
+        batches: Callable[..., Iterator] = sft_batches,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -170,6 +79,7 @@ class TrainingLoop:
         self.emit = emit
         self.stop = stop
         self.loss = loss
+        self.batches = batches
         self.state = TrainerState(seed=params.seed)
         self.last_checkpoint: int | None = None
         self.stopped_early = False
@@ -213,9 +123,9 @@ class TrainingLoop:
                 self._check_stop()
                 tic = time.perf_counter()
                 update = s.updates_at(self.state.step + 1)
-                weighted, tokens, accumulated = step_fn(*batch, accumulated, update)
-                mx.eval(compiled_state, weighted, tokens, accumulated)
-                window.add(weighted, tokens, time.perf_counter() - tic)
+                weighted, weight, sums, accumulated = step_fn(batch, accumulated, update)
+                mx.eval(compiled_state, weighted, weight, sums, accumulated)
+                window.add(weighted, weight, sums, time.perf_counter() - tic)
                 self._advance()
                 if STEP_DELAY:
                     time.sleep(STEP_DELAY)
@@ -235,15 +145,17 @@ class TrainingLoop:
         ``accumulation`` batches and over ranks, then divided by the tokens of them all (the
         gradient of one big batch), and one optimizer update.
 
-        Returns the step and the state it updates. The step gives the batch's loss times its
-        tokens, its tokens, and what to pass as ``previous`` to the next batch."""
-        value_and_grad = nn.value_and_grad(self.model, self.loss)
+        Returns the step and the state it updates. The step takes the batch as a tuple and
+        gives its loss times its weight (tokens, or pairs), the weight, the sums of the figures
+        the loss reports, and what to pass as ``previous`` to the next batch."""
+        value_and_grad = nn.value_and_grad(self.model, self.loss.fn)
         state = [self.model.state, self.optimizer.state, mx.random.state]
         ranks = self.group.size()
 
         @partial(mx.compile, inputs=state, outputs=state)
-        def step(batch, lengths, previous, update: bool):
-            (loss, tokens), grad = value_and_grad(self.model, batch, lengths)
+        def step(batch, previous, update: bool):
+            (loss, tokens, *sums), grad = value_and_grad(self.model, *batch)
+            sums = sums[0] if sums else {}
             grad = tree_map(lambda g: g * tokens, grad)
             total = tokens
             if previous is not None:
@@ -255,20 +167,18 @@ class TrainingLoop:
                 scale = ranks / mx.distributed.all_sum(total)
                 grad = tree_map(lambda g: g * scale, average_gradients(grad))
                 self.optimizer.update(self.model, grad)
-                return loss * tokens, tokens, None
-            return loss * tokens, tokens, (grad, total)
+                return loss * tokens, tokens, sums, None
+            return loss * tokens, tokens, sums, (grad, total)
 
         return step, state
 
     def _epoch_batches(self, epoch: int) -> Iterator:
-        return trimmed(
-            trainer.iterate_batches(
-                dataset=self.train_set,
-                batch_size=self.params.batch_size,
-                max_seq_length=self.params.max_seq_length,
-                seed=self.params.seed + epoch,
-                comm_group=self.group,
-            )
+        return self.batches(
+            dataset=self.train_set,
+            batch_size=self.params.batch_size,
+            max_seq_length=self.params.max_seq_length,
+            seed=self.params.seed + epoch,
+            comm_group=self.group,
         )
 
     def _advance(self) -> None:
@@ -320,7 +230,7 @@ class TrainingLoop:
 
     def _report(self, window: _Window) -> None:
         s, step = self.schedule, self.state.step
-        loss, tokens, seconds = window.take()
+        loss, tokens, seconds, figures = window.take()
         self.last_loss = loss
         self.state.trained_tokens += tokens
         self.state.train_seconds += seconds
@@ -336,6 +246,7 @@ class TrainingLoop:
                 progress=100.0 * step / s.total_steps,
                 trained_tokens=self.state.trained_tokens,
                 train_seconds=self.state.train_seconds,
+                **figures,
             )
         )
 
@@ -349,35 +260,44 @@ class TrainingLoop:
     def validate(self) -> float:
         """Validation loss over the whole validation set; tracks the best and the patience."""
         state = self.state
-        batch_size = validation_batch(
-            self.params.batch_size, len(self.valid_set), self.group.size()
-        )
-        self._validation_batches = max(1, len(self.valid_set) // batch_size)
-        loss = trainer.evaluate(
-            self.model,
-            self.valid_set,
-            batch_size=batch_size,
-            num_batches=-1,
-            max_seq_length=self.params.max_seq_length,
-            loss=self.loss,
-            iterate_batches=self._stoppable_batches,
-        )
-        self.model.train()
+        loss, figures = self.evaluate()
         state.last_eval_step = state.step
         self._say(
             protocol.Validation(
-                step=state.step, epoch=state.step // self.schedule.steps_per_epoch, loss=loss
+                step=state.step,
+                epoch=state.step // self.schedule.steps_per_epoch,
+                loss=loss,
+                **figures,
             )
         )
         if state.step > 0:  # the untrained baseline is not a candidate
             self._track_best(loss)
         return loss
 
-    def _stoppable_batches(self, **kwargs) -> Iterator:
-        for number, batch in enumerate(trimmed(trainer.iterate_batches(**kwargs)), start=1):
+    def evaluate(self) -> tuple[float, dict[str, float]]:
+        """The loss and figures over the whole validation set, weighted as in training (by
+        tokens, or pairs) and summed over ranks: mlx-lm's ``evaluate``, with the figures."""
+        batch_size = validation_batch(
+            self.params.batch_size, len(self.valid_set), self.group.size()
+        )
+        self._validation_batches = max(1, len(self.valid_set) // batch_size)
+        self.model.eval()
+        window = _Window()
+        batches = self.batches(
+            dataset=self.valid_set,
+            batch_size=batch_size,
+            max_seq_length=self.params.max_seq_length,
+            comm_group=self.group,
+        )
+        for number, batch in enumerate(batches, start=1):
             self._check_stop()
+            loss, weight, *sums = self.loss.fn(self.model, *batch)
+            window.add(loss * weight, weight, sums[0] if sums else {}, 0.0)
+            mx.eval(window.weighted, window.weight, window.sums)
             self._heartbeat("validate", number, self._validation_batches)
-            yield batch
+        self.model.train()
+        loss, _, _, figures = window.take()
+        return loss, figures
 
     def _track_best(self, loss: float) -> None:
         state = self.state
@@ -412,21 +332,31 @@ class TrainingLoop:
 
 
 class _Window:
-    """Token-weighted losses and token counts since the last report (kept as MLX arrays: no
-    sync per step)."""
+    """Weighted losses, weights (tokens, or pairs) and the sums of the loss's figures since
+    the last report (kept as MLX arrays: no sync per step)."""
 
     def __init__(self) -> None:
-        self.weighted, self.tokens, self.seconds = mx.array(0.0), mx.array(0), 0.0
+        self.weighted, self.weight, self.seconds = mx.array(0.0), mx.array(0), 0.0
+        self.sums: dict[str, mx.array] = {}
 
-    def add(self, weighted_loss: mx.array, tokens: mx.array, seconds: float) -> None:
+    def add(self, weighted_loss, weight, sums: dict, seconds: float) -> None:
         self.weighted = self.weighted + weighted_loss
-        self.tokens = self.tokens + tokens
+        self.weight = self.weight + weight
+        for name, value in sums.items():
+            self.sums[name] = self.sums.get(name, 0) + value
         self.seconds += seconds
 
-    def take(self) -> tuple[float, int, float]:
-        """(loss per token, tokens, seconds) over the window and every rank; then reset."""
-        weighted = mx.distributed.all_sum(self.weighted, stream=mx.cpu).item()
-        tokens = int(mx.distributed.all_sum(self.tokens, stream=mx.cpu).item())
-        result = weighted / max(tokens, 1), tokens, self.seconds
+    def take(self) -> tuple[float, int, float, dict[str, float]]:
+        """(loss per unit of weight, tokens, seconds, each figure per unit of weight) over
+        the window and every rank; then reset."""
+
+        def total(value) -> float:
+            return mx.distributed.all_sum(value, stream=mx.cpu).item()
+
+        weight = max(total(self.weight), 1)
+        sums = {name: total(value) for name, value in self.sums.items()}
+        tokens = int(sums.pop("tokens", weight))
+        figures = {name: value / weight for name, value in sums.items()}
+        result = total(self.weighted) / weight, tokens, self.seconds, figures
         self.__init__()
         return result

@@ -28,10 +28,18 @@ DEFAULT, COMPLETION = "default", "completion_only"
 
 @dataclass(frozen=True)
 class Loss:
-    """A loss for the training loop, and its name for the ``start`` event."""
+    """A loss for the training loop, and its name for the ``start`` event.
+
+    ``fn(model, *batch)`` returns mlx-lm's ``(loss, tokens)``, or ``(loss, weight, sums)``
+    for a loss that reports more: the loop averages by ``weight`` and reports each of
+    ``figures`` as its sum divided by the weight (``sums["tokens"]`` counts the tokens)."""
 
     name: str
     fn: Callable
+    figures: tuple[str, ...] = ()
+
+
+MLX_LM_LOSS = Loss(DEFAULT, trainer.default_loss)
 
 
 def _head(model: nn.Module) -> Callable[[mx.array], mx.array] | None:
@@ -94,10 +102,11 @@ def head_entropy(head: Callable) -> Callable:
     return lambda hidden, targets: entropy(head(hidden), targets)
 
 
-def completion_loss(window: int, body: Callable, entropy: Callable) -> Callable:
-    """``default_loss`` with the head and cross-entropy at the counted positions only."""
+def completion_entropy(window: int, body: Callable, entropy: Callable) -> Callable:
+    """``(batch, lengths) -> (cross-entropy, counted)`` at each row's ``window`` positions
+    from its first target: the head and its softmax where the loss counts only."""
 
-    def loss(model, batch, lengths):
+    def per_token(batch, lengths):
         inputs, targets = batch[:, :-1], batch[:, 1:]
         width = targets.shape[1]
         hidden = body(inputs)
@@ -108,9 +117,42 @@ def completion_loss(window: int, body: Callable, entropy: Callable) -> Callable:
         positions = mx.minimum(positions, width - 1)
         picked = mx.take_along_axis(hidden, positions[..., None], axis=1)
         chosen = mx.take_along_axis(targets, positions, axis=1)
-        ce = entropy(picked, chosen) * counted
+        return entropy(picked, chosen), counted
+
+    return per_token
+
+
+def full_entropy(model: nn.Module) -> Callable:
+    """``completion_entropy`` for a model that does not split: ``default_loss``'s
+    cross-entropy and mask, over the whole vocabulary at every position."""
+
+    def per_token(batch, lengths):
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        steps = mx.arange(1, targets.shape[1] + 1)
+        counted = (steps >= lengths[:, 0:1]) & (steps <= lengths[:, 1:])
+        return nn.losses.cross_entropy(model(inputs), targets), counted
+
+    return per_token
+
+
+def token_entropy(model: nn.Module, window: int) -> tuple[str, Callable]:
+    """The loss's name and its per-token function: at the counted positions only when the
+    model splits into body and head, else over every position."""
+    parts = split(model)
+    if parts is None:
+        return DEFAULT, full_entropy(model)
+    body, head = parts
+    return COMPLETION, completion_entropy(window, body, head_entropy(head))
+
+
+def completion_loss(window: int, body: Callable, entropy: Callable) -> Callable:
+    """``default_loss`` with the head and cross-entropy at the counted positions only."""
+    per_token = completion_entropy(window, body, entropy)
+
+    def loss(model, batch, lengths):
+        ce, counted = per_token(batch, lengths)
         ntoks = counted.sum()
-        return ce.astype(mx.float32).sum() / ntoks, ntoks
+        return (ce * counted).astype(mx.float32).sum() / ntoks, ntoks
 
     return loss
 
@@ -120,7 +162,7 @@ def choose_loss(model: nn.Module, *datasets: Iterable, max_seq_length: int) -> L
     ``default_loss`` otherwise. Call it once the LoRA layers are in place."""
     parts = split(model)
     if parts is None:
-        return Loss(DEFAULT, trainer.default_loss)
+        return MLX_LM_LOSS
     body, head = parts
     window = max(target_window(data, max_seq_length) for data in datasets)
     return Loss(COMPLETION, completion_loss(window, body, head_entropy(head)))

@@ -39,7 +39,7 @@ TRAINED_BYTES = 20
 # a token in the worker's tokenized dataset: a Python int in a list (measured 34 bytes); the
 # rows themselves take about their size in the file
 TOKEN_BYTES = 34
-PAD_TO = 8  # core.train.loop.trimmed's widths
+PAD_TO = 8  # core.train.batches.trimmed's widths
 QUANTIZED_BITS = 4  # the "quantized base" alternative
 QUANTIZED_GROUP = 64
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}

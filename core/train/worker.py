@@ -52,9 +52,11 @@ from core.errors import StudioError
 from core.machine.blas import loaded_blas
 from core.models.inspect import ModelInfo, inspect_model
 from core.params import TrainingParams, add_arguments, params_from_args
-from core.train import checkpoints
-from core.train.loop import Schedule, Stopped, TrainingLoop, learning_rate, lr_schedule
+from core.train import checkpoints, preference
+from core.train.batches import sft_batches, validation_batch
+from core.train.loop import Stopped, TrainingLoop
 from core.train.loss import choose_loss
+from core.train.schedule import Schedule, learning_rate, lr_schedule
 
 log = logging.getLogger("lora_studio.worker")
 
@@ -139,6 +141,7 @@ def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Datas
         validation_split=params.validation_split,
         seed=params.seed,
     )
+    params.check_data(dataset.format)
     params.check_steps(len(dataset.train) // params.batch_size)
     return params, info, dataset
 
@@ -154,10 +157,9 @@ def train(
     clock.mark("data")
     model, train_set, valid_set = _load(info, params, dataset)
     clock.mark("model")
-    loss = choose_loss(model, train_set, valid_set, max_seq_length=params.max_seq_length)
-    clock.mark("loss")
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
+    loss, batches = _objective(model, params, (train_set, valid_set), emit, clock)
     output = Path(args.output)
     loop = TrainingLoop(
         model=model,
@@ -169,7 +171,8 @@ def train(
         checkpoint_folder=Path(args.checkpoints or output / "checkpoints"),
         emit=emit,
         stop=stop,
-        loss=loss.fn,
+        loss=loss,
+        batches=batches,
     )
     if args.resume:
         resumed = _checkpoint(Path(args.resume))
@@ -191,6 +194,8 @@ def train(
             loss=loss.name,
             ready_seconds=clock.total(),
             phases=clock.phases,
+            method=params.method,
+            beta=None if params.method == "sft" else params.beta,
         )
     )
     loop.run()
@@ -198,6 +203,22 @@ def train(
         config = adapter_config(params, info)
         config["lr_schedule"] = lr_schedule(params, steps_per_epoch)
         emit(_write_adapter(loop, output, config))
+
+
+def _objective(model, params: TrainingParams, sets: tuple, emit, clock: _Phases):
+    """The method's loss and batches; for DPO, the reference pass too (before any
+    checkpoint is loaded: the adapter still does nothing)."""
+    if params.method == "sft":
+        loss = choose_loss(model, *sets, max_seq_length=params.max_seq_length)
+        clock.mark("loss")
+        return loss, sft_batches
+    loss, per_token = preference.choose_loss(model, params, *sets)
+    clock.mark("loss")
+    if params.method == "dpo":
+        batch_size = validation_batch(params.batch_size, len(sets[1]), 1)
+        preference.add_reference(model, per_token, sets, params, batch_size, emit)
+        clock.mark("reference")
+    return loss, preference.iterate_pairs
 
 
 class _Phases:
@@ -245,10 +266,18 @@ def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
         linear_to_lora_layers(model, params.lora_layers, lora_parameters(params), use_dora=dora)
     except ValueError as exc:  # mlx-lm refuses DoRA on some layer types
         raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
+    return model, *_tokenized(dataset, tokenizer, params)
+
+
+def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:
+    """The train and validation sets as the loop takes them: mlx-lm's datasets, or the
+    pairs of a preference set."""
+    if dataset.format == "preference":
+        return preference.tokenized(dataset, tokenizer, params.max_seq_length)
     config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
     train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
     valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
-    return model, train_set, valid_set
+    return train_set, valid_set
 
 
 def _write_adapter(loop: TrainingLoop, output: Path, config: dict) -> protocol.Complete:
