@@ -70,6 +70,10 @@ class AdapterMetadata(BaseModel):
     durationSeconds: float | None = None
     tokensPerSecond: float | None = None
     tokensCounted: str | None = None  # what tokensPerSecond counts: "trained" (the loss's targets)
+    method: str | None = None  # sft, dpo or orpo
+    beta: float | None = None  # DPO's temperature, ORPO's odds-ratio weight
+    rewardAccuracy: float | None = None  # of the published weights, on the validation pairs
+    rewardMargin: float | None = None
     schemaVersion: int = SCHEMA_VERSION
 
     def write(self, folder: Path) -> None:

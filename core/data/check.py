@@ -24,9 +24,8 @@ FORMAT_FIX = (
     'or {"prompt": ..., "chosen": ..., "rejected": ...}'
 )
 PREFERENCE_FIX = (
-    'write {"prompt": "...", "chosen": "...", "rejected": "..."}, or "messages" (the '
-    'conversation so far) with "chosen" and "rejected" answers, or "chosen" and "rejected" '
-    "conversations that differ only in their last, assistant turn"
+    'a preference row is {"prompt": ..., "chosen": ..., "rejected": ...} '
+    "(docs/formats.md shows its chat forms)"
 )
 
 

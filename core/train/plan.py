@@ -157,8 +157,10 @@ class Estimate:
 def estimate(
     model: ModelShape, params: TrainingParams, data: DataShape, ranks: int = 1
 ) -> Estimate:
-    """The peak of one worker process (one rank of ``ranks``, which share each batch)."""
-    batch = max(1, params.batch_size // ranks)
+    """The peak of one worker process (one rank of ``ranks``, which share each batch). A
+    preference row is two sequences (its chosen and rejected answers, in one batch); DPO's
+    reference pass runs before training, forward only, and holds less than a step."""
+    batch = max(1, params.batch_size // ranks) * (1 if params.method == "sft" else 2)
     length = min(data.longest, params.max_seq_length)
     width = min(PAD_TO * math.ceil(length / PAD_TO), params.max_seq_length)
     window = width if model.head_softcap else min(data.window, width)

@@ -73,7 +73,28 @@ def metadata(
         fineTuneType=params.get("fine_tune_type", "lora"),
         lossFunction=start.loss,
         ranks=start.ranks,
+        **_preference_fields(params, events, complete),
     )
+
+
+def _preference_fields(params: dict, events: list, complete: protocol.Complete) -> dict:
+    """A preference run's method and the figures of the weights it published (the
+    validation at the kept step), and the untrained baseline's."""
+    method = params.get("method", "sft")
+    if method == "sft":
+        return {"method": method}
+    validations = {e.step: e for e in events if isinstance(e, protocol.Validation)}
+    kept = validations.get(complete.kept_step if complete.kept_step is not None else complete.steps)
+    first = validations.get(0)
+    return {
+        "method": method,
+        "beta": params.get("beta"),
+        "dpoLoss": params.get("dpo_loss") if method == "dpo" else None,
+        "rewardAccuracy": kept and kept.reward_accuracy,
+        "rewardMargin": kept and kept.reward_margin,
+        "initialRewardAccuracy": first and first.reward_accuracy,
+        "initialRewardMargin": first and first.reward_margin,
+    }
 
 
 def publish(

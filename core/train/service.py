@@ -99,6 +99,7 @@ class TrainingService:
         )
         if dataset_name:
             dataset.name = dataset_name
+        params.check_data(dataset.format)
         params.check_steps(dataset.train_count // params.batch_size)
         (launch or Launch()).check(params.batch_size, dataset.valid_count)
         return info, params, dataset

@@ -270,6 +270,16 @@ def describe_tokens(run) -> str:
     return text
 
 
+def preference_figures(event: protocol.Progress | protocol.Validation) -> str:
+    """A preference run's reward accuracy and margin (and ORPO's log-odds ratio); "" for SFT."""
+    if event.reward_accuracy is None:
+        return ""
+    text = f"reward accuracy {event.reward_accuracy:.2f}, margin {event.reward_margin:.3f}"
+    if event.log_odds_ratio is not None:
+        text += f", log-odds ratio {event.log_odds_ratio:.3f}"
+    return text
+
+
 class ProgressBar:
     """The run's progress: a rich bar on a terminal, one plain line per event otherwise."""
 
@@ -286,7 +296,10 @@ class ProgressBar:
             self._start(event)
         elif isinstance(event, protocol.Validation):
             self.val_loss = event.loss
-            self._line(f"validation loss {event.loss:.3f} (step {event.step})")
+            figures = preference_figures(event)
+            self._line(
+                f"validation loss {event.loss:.3f}{figures and ', ' + figures} (step {event.step})"
+            )
         elif isinstance(event, protocol.Checkpoint):
             self._line(f"checkpoint at step {event.step}")
         elif isinstance(event, protocol.Progress):
@@ -307,6 +320,8 @@ class ProgressBar:
                 f"BLAS: {event.blas}",
                 always=True,
             )
+        if event.method != "sft":
+            self._line(f"method {event.method}, beta {event.beta:g}", always=True)
         if event.ranks > 1:
             self._line(
                 f"{event.ranks} ranks share each batch: tok/s is their sum, memory the "
@@ -332,9 +347,10 @@ class ProgressBar:
 
     def _progress(self, event: protocol.Progress) -> None:
         val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
+        figures = preference_figures(event)
         stats = (
-            f"loss {event.loss:.3f}{val} · {event.tokens_per_second:.0f} trained tok/s · "
-            f"{event.peak_memory_gb:.2f} GB"
+            f"loss {event.loss:.3f}{val}{figures and ' · ' + figures} · "
+            f"{event.tokens_per_second:.0f} trained tok/s · {event.peak_memory_gb:.2f} GB"
         )
         self.stats = stats
         if self.progress is not None:
@@ -344,8 +360,9 @@ class ProgressBar:
 
     def _activity(self, event: protocol.Activity) -> None:
         """A sign of life between reports: the bar moves; a validation says how far it is."""
-        validating = event.phase == "validate"
-        where = f"validating: batch {event.batch} of {event.batches}" if validating else ""
+        validating = event.phase in ("validate", "reference")
+        doing = "validating" if event.phase == "validate" else "the base's log-probabilities"
+        where = f"{doing}: batch {event.batch} of {event.batches}" if validating else ""
         if self.progress is not None:
             stats = f"{where} · {self.stats}" if where else self.stats
             self.progress.update(self.task, completed=event.step, stats=stats)
