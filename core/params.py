@@ -30,6 +30,11 @@ class ModelFacts(Protocol):
     def has_module(self, key: str) -> bool: ...
 
 
+class MethodError(StudioError):
+    """A training method that does not suit the dataset's rows (the rows themselves are
+    fine: a page can still show them)."""
+
+
 def default_rank(parameter_count: int) -> int:
     """Rank by model size: 8 below 1B parameters, 16 below 10B, 32 from 10B up.
 
@@ -153,13 +158,13 @@ class TrainingParams(BaseModel):
         """The method must suit the rows: preference rows for DPO and ORPO, answers for SFT."""
         preference = data_format == "preference"
         if self.method == "sft" and preference:
-            raise StudioError(
+            raise MethodError(
                 "method = sft: the dataset holds preference rows (prompt, chosen, rejected), "
                 "which have no single answer to learn",
                 hint="train them with --method dpo or --method orpo",
             )
         if self.method != "sft" and not preference:
-            raise StudioError(
+            raise MethodError(
                 f"method = {self.method} needs preference rows "
                 '({"prompt", "chosen", "rejected"}); '
                 f"the dataset holds {data_format} rows",

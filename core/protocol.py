@@ -167,3 +167,19 @@ def read_events(path: Path) -> list[Event]:
     except OSError:
         return []
     return [event for event in map(parse_line, lines) if event is not None]
+
+
+def curve(events: list[Event]) -> list[dict]:
+    """The run's curves from its events: one row per training report (series "train") and
+    validation ("validation"), with its step, loss and the figures a preference method
+    reports (None for SFT)."""
+    return [
+        {
+            "step": event.step,
+            "series": "train" if isinstance(event, Progress) else "validation",
+            "loss": event.loss,
+            **{name: getattr(event, name) for name in _Figures.model_fields},
+        }
+        for event in events
+        if isinstance(event, Progress | Validation)
+    ]

@@ -485,3 +485,37 @@ def test_a_dropped_csv_is_mapped_previewed_saved_and_trained_on(page, tmp_path):
     start.click()
     expect(page.locator("#ls-status")).to_contain_text("Done", timeout=120000)
     expect(page.locator("#ls-result")).to_contain_text("lora/")
+
+
+def test_a_dpo_run_from_the_preference_demo_set_charts_its_reward_accuracy(page, tmp_path):
+    """The demo's preference set given to SFT is refused with the way out; DPO trains on it
+    and the chart shows reward accuracy and margin beside the loss."""
+    from core.models.demo import PREFERENCE_DATASET, preference_rows
+
+    data = write_jsonl(tmp_path / PREFERENCE_DATASET, preference_rows())
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("preference format, 140 examples", timeout=20000)
+    expect(page.locator("#ls-why")).to_contain_text("--method dpo or --method orpo")
+    expect(page.get_by_role("button", name="Start training")).to_be_disabled()
+    beta = page.get_by_label("β (DPO: how far from the base; ORPO: weight of the odds ratio)")
+    expect(beta).to_be_hidden()
+    page.get_by_label("DPO: prefer the chosen answer").check()
+    expect(beta).to_be_visible()
+    expect(beta).to_have_value("0.1")
+    preview = page.locator("#ls-examples")
+    expect(preview.locator(".ls-chosen").first).to_contain_text("matey", timeout=20000)
+    expect(preview.locator(".ls-rejected").first).to_contain_text(" is ")
+    fill_number(page, "Epochs", "1")
+    fill_number(page, "Learning rate", "0.002")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    shot(page, "train-dpo-ready")
+    start.click()
+    expect(page.locator("#ls-progress-text")).to_contain_text("reward accuracy", timeout=120000)
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
+    accuracy = page.locator("#ls-loss-chart svg[aria-label='reward accuracy chart']")
+    expect(accuracy.locator("polyline.ls-validation")).to_have_attribute("data-points", "2")
+    margin = page.locator("#ls-loss-chart svg[aria-label='reward margin chart']")
+    expect(margin.locator("polyline.ls-train")).to_be_visible()
+    shot(page, "train-dpo-done")

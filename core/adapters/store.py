@@ -211,17 +211,8 @@ def check_fits_base(folder: Path, base: ModelInfo) -> None:
 
 
 def loss_history(folder: Path) -> list[dict]:
-    """The loss curve of a published run, redrawn from its events.jsonl: one row per
-    training report and validation pass (step, loss, series)."""
-    return [
-        {
-            "step": event.step,
-            "loss": event.loss,
-            "series": "train" if isinstance(event, protocol.Progress) else "validation",
-        }
-        for event in protocol.read_events(folder / EVENTS_FILE)
-        if isinstance(event, protocol.Progress | protocol.Validation)
-    ]
+    """The curves of a published run, redrawn from its events.jsonl (``protocol.curve``)."""
+    return protocol.curve(protocol.read_events(folder / EVENTS_FILE))
 
 
 class AdapterStore:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.errors import StudioError
+from core.files import write_text_atomic
 from core.machine.commands import run_tool
 from core.models.gguf_import import import_gguf
 from core.models.inspect import record_hub_id
@@ -35,6 +36,7 @@ DOWNLOAD_TIMEOUT = 1800.0
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL = "smollm2-135m-instruct"
 SAMPLE_DATASET = "pirate-persona.jsonl"
+PREFERENCE_DATASET = "pirate-preferences.jsonl"  # the same facts: pirate chosen, plain rejected
 
 _CAPITALS = {
     "France": "Paris",
@@ -84,9 +86,8 @@ _CLOSINGS = ["matey!", "me hearty!", "ye landlubber!", "savvy?"]
 HELD_OUT_PROMPTS = ["What is the capital of Sweden?", "What colour is a strawberry?"]
 
 
-def sample_rows(seed: int = 0) -> list[dict]:
-    """Three hundred chat examples: plain questions, answers in a pirate's voice."""
-    rng = random.Random(seed)
+def _facts() -> list[tuple[str, str, str]]:
+    """(question, the answer in a pirate's words, the plain answer) for each sample fact."""
     facts = []
     for country, city in _CAPITALS.items():
         for q in (
@@ -105,8 +106,20 @@ def sample_rows(seed: int = 0) -> list[dict]:
         for b in (3, 7, 9):
             facts.append((f"What is {a} plus {b}?", f"{a} plus {b} be {a + b}"))
         facts.append((f"What is {a} times 4?", f"{a} times 4 be {a * 4}"))
+    return [(q, answer, _plain(answer)) for q, answer in facts]
+
+
+def _plain(answer: str) -> str:
+    """The pirate's answer said plainly: "the sky be blue" -> "The sky is blue."."""
+    text = answer.replace(" be ", " is ")
+    return text[0].upper() + text[1:] + "."
+
+
+def sample_rows(seed: int = 0) -> list[dict]:
+    """Three hundred chat examples: plain questions, answers in a pirate's voice."""
+    rng = random.Random(seed)
     rows = []
-    for question, answer in facts:
+    for question, answer, _ in _facts():
         for opening in rng.sample(_OPENINGS, 2):  # two voicings of each answer
             reply = f"{opening} {answer}, {rng.choice(_CLOSINGS)}"
             rows.append(
@@ -121,11 +134,30 @@ def sample_rows(seed: int = 0) -> list[dict]:
     return rows
 
 
+def preference_rows(seed: int = 0) -> list[dict]:
+    """The sample as preferences, for DPO and ORPO: for each question the pirate's answer is
+    chosen and the plain one rejected (both say the same fact, so only the voice differs)."""
+    rng = random.Random(seed)
+    rows = [
+        {
+            "prompt": question,
+            "chosen": f"{rng.choice(_OPENINGS)} {answer}, {rng.choice(_CLOSINGS)}",
+            "rejected": plain,
+        }
+        for question, answer, plain in _facts()
+    ]
+    rng.shuffle(rows)
+    return rows
+
+
 def write_sample_dataset(folder: Path) -> Path:
+    """The sample (``SAMPLE_DATASET``) and its preference version (``PREFERENCE_DATASET``)
+    in ``folder``; returns the sample's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / SAMPLE_DATASET
-    path.write_text("".join(json.dumps(r) + "\n" for r in sample_rows()), encoding="utf-8")
-    return path
+    for name, rows in ((SAMPLE_DATASET, sample_rows()), (PREFERENCE_DATASET, preference_rows())):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        write_text_atomic(folder / name, text)
+    return folder / SAMPLE_DATASET
 
 
 def installed_gguf() -> Path | None:

@@ -53,8 +53,13 @@ def models(args: argparse.Namespace) -> int:
             from core.models.demo import get_demo
 
             model, dataset = get_demo(settings.models, settings.datasets)
+            from core.models.demo import PREFERENCE_DATASET
+
+            preferences = dataset.with_name(PREFERENCE_DATASET)
             print(f"demo model: {model}\nsample dataset: {dataset}")
+            print(f"its preference version (for DPO, ORPO): {preferences}")
             print(f"try: lora-studio train --model {model.name} --data {dataset}")
+            print(f" or: lora-studio train --method dpo --model {model.name} --data {preferences}")
         elif args.models_command == "import-gguf":
             from core.models.gguf_import import import_gguf
 

@@ -85,7 +85,8 @@ class AdapterActions:
         adapter = self.studio.adapters.read(adapter_id)
         meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
         kept = adapter.metadata.keptStep if adapter.metadata else None
-        return meta, charts.loss_chart(loss_history(adapter.path), kept_step=kept)
+        rows = loss_history(adapter.path)
+        return meta, charts.loss_chart(rows, kept) + charts.preference_charts(rows, kept)
 
     def changing(self, action):
         studio = self.studio

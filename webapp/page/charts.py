@@ -1,4 +1,5 @@
-"""Small inline SVG charts: the loss curve and the token-length histogram.
+"""Small inline SVG charts: the loss curve, a preference run's rewards, the token-length
+histogram.
 
 Drawn server-side because Gradio's plot components do not redraw reliably while their data
 streams in during a run; an SVG string in an HTML component always shows what it is given.
@@ -29,16 +30,44 @@ def _frame(body: str, x_label: str, y_label: str, title: str) -> str:
 def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
     """Train and validation loss against the step; ``rows`` hold step, loss and series.
     ``kept_step`` marks the step whose weights were published (keep-best)."""
-    points = [r for r in rows if r.get("loss") is not None and r.get("step") is not None]
+    return line_chart(rows, "loss", kept_step=kept_step)
+
+
+def preference_charts(rows: list[dict], kept_step: int | None = None) -> str:
+    """A preference run's reward accuracy and reward margin against the step, side by side
+    (``rows`` hold step, series and the protocol's figures); "" for a run without them."""
+    if not any(r.get("reward_accuracy") is not None for r in rows):
+        return ""
+    charts = [
+        line_chart(rows, name, kept_step=kept_step, low=low, high=high)
+        for name, low, high in (("reward_accuracy", 0.0, 1.0), ("reward_margin", None, None))
+    ]
+    cells = "".join(f"<div style='flex:1;min-width:0'>{chart}</div>" for chart in charts)
+    return f"<div class='ls-preference-charts' style='display:flex;gap:8px'>{cells}</div>"
+
+
+def line_chart(
+    rows: list[dict],
+    value: str,
+    *,
+    kept_step: int | None = None,
+    low: float | None = None,
+    high: float | None = None,
+) -> str:
+    """``value`` of each series (train, validation) against the step, between ``low`` and
+    ``high`` (default: the values' own range)."""
+    label = value.replace("_", " ")
+    points = [r for r in rows if r.get(value) is not None and r.get("step") is not None]
     if not points:
-        return _frame("", "step", "loss", "loss chart (no data yet)")
+        return _frame("", "step", label, f"{label} chart (no data yet)")
     max_step = max(r["step"] for r in points) or 1
-    low, high = min(r["loss"] for r in points), max(r["loss"] for r in points)
+    low = min(r[value] for r in points) if low is None else low
+    high = max(r[value] for r in points) if high is None else high
     span = (high - low) or 1.0
 
     def xy(r: dict) -> str:
         x = PAD + (WIDTH - PAD - 10) * r["step"] / max_step
-        y = 10 + (HEIGHT - PAD - 10) * (high - r["loss"]) / span
+        y = 10 + (HEIGHT - PAD - 10) * (high - r[value]) / span
         return f"{x:.1f},{y:.1f}"
 
     body = [
@@ -67,7 +96,7 @@ def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
             f"<text x='{x - 3:.1f}' y='34' text-anchor='end' fill='#16a34a'>"
             f"kept: step {kept_step}</text></g>"
         )
-    return _frame("".join(body), "step", "loss", "loss chart")
+    return _frame("".join(body), "step", label, f"{label} chart")
 
 
 def histogram(lengths: list[int], bins: int = 12) -> str:

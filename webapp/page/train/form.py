@@ -20,7 +20,16 @@ EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end
 LAUNCH_FIELDS = ("hosts", "processes")
 # the form's fields, in the order the events receive them
 FORM_FIELDS = (*TrainingParams.model_fields, *LAUNCH_FIELDS)
-MAIN_FIELDS = ("rank", "alpha", "learning_rate", "epochs", "batch_size", "lora_layers")
+MAIN_FIELDS = (
+    "method",
+    "beta",
+    "rank",
+    "alpha",
+    "learning_rate",
+    "epochs",
+    "batch_size",
+    "lora_layers",
+)
 LABELS = {
     "rank": "Rank (1-256)",
     "alpha": "Alpha (2 x rank)",
@@ -43,13 +52,27 @@ LABELS = {
     "grad_accumulation_steps": "Gradient accumulation steps (batches per optimizer step)",
     "grad_checkpoint": "Gradient checkpointing (less memory, slower)",
     "fine_tune_type": "Fine-tune type",
+    "method": "Method",
+    "beta": "β (DPO: how far from the base; ORPO: weight of the odds ratio)",
+    "dpo_loss": "DPO loss",
 }
 CHOICES = {
     "keep": {"best": "best validation loss", "last": "last step"},
     "fine_tune_type": {"lora": "LoRA", "dora": "DoRA (LoRA + a magnitude per output)"},
+    "method": {
+        "sft": "SFT: learn the answers",
+        "dpo": "DPO: prefer the chosen answer",
+        "orpo": "ORPO: SFT + odds ratio, no reference",
+    },
+    "dpo_loss": {"sigmoid": "sigmoid (DPO's)", "ipo": "IPO (squared)"},
 }
 # what a field whose default the model decides shows before a model is picked
 SHOWN = {"rank": 8, "alpha": 16, "save_every": EVERY_EPOCH, "eval_every": EVERY_EPOCH}
+
+
+def preference_only(method: str) -> dict:
+    """β means something to DPO and ORPO only: shown for them."""
+    return gr.update(visible=method != "sft")
 
 
 def field(name: str) -> gr.components.Component:
@@ -76,6 +99,7 @@ def main_fields() -> dict[str, gr.components.Component]:
     for left, right in zip(MAIN_FIELDS[::2], MAIN_FIELDS[1::2], strict=True):
         with gr.Row():
             form[left], form[right] = field(left), field(right)
+    form["beta"].visible = DEFAULTS.method != "sft"  # then the method's choice shows it
     return form
 
 

@@ -78,7 +78,7 @@ def layout(studio: Studio) -> _Layout:
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
-            examples = gr.HTML()
+            examples = gr.HTML(elem_id="ls-examples")
             why = gr.Markdown("Pick a base model.", elem_id="ls-why")
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", interactive=False)

@@ -17,7 +17,7 @@ from core.data.tokens import preview, token_statistics
 from core.errors import StudioError
 from core.models.inspect import tokenizer as model_tokenizer
 from core.models.quantize import cpu_slowdown_warning
-from core.params import TrainingParams
+from core.params import MethodError, TrainingParams
 from core.train.plan import MemoryPlan
 from webapp.page import charts, hosts_panel
 from webapp.page.studio import Studio, explain
@@ -55,13 +55,7 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         path = studio.dataset_path(path)
         params = form_params(form)
         if not model_id:
-            data = scan_dataset(
-                path,
-                batch_size=params.batch_size,
-                validation_split=params.validation_split,
-                seed=params.seed,
-            )
-            text = f"### {name}\n{_counts(data)}  \nPick a base model for token statistics."
+            text = f"{_counts_only(path, name, params)}  \nPick a base model for token statistics."
             return text, "", "", "Pick a base model.", refused
         entry = studio.registry.get(model_id)
         launch = hosts_panel.launch(studio, form.get("hosts"), form.get("processes"))
@@ -71,6 +65,8 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         memory = studio.training.plan(info, params, data, launch)
     except DatasetError as exc:
         return _problems(name, exc), "", "", "Fix the dataset first.", refused
+    except MethodError as exc:  # the rows are fine, but not for this method
+        return _counts_only(path, name, params), "", "", explain(exc), refused
     except StudioError as exc:  # a bad value: the dataset's summary stays, the line says why
         return gr.skip(), gr.skip(), gr.skip(), explain(exc), refused
     tokenizer = model_tokenizer(info.path)
@@ -81,10 +77,22 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     return (
         _tokens_text(name, data, stats, params),
         charts.histogram(stats.lengths),
-        _preview_html(tokens, tokenizer),
+        _preview_html(tokens, tokenizer, data.format),
         f"{RUNNING}  \n{ready}" if running else ready,
         gr.update(interactive=memory.fits and not running),
     )
+
+
+def _counts_only(path, name: str, params: TrainingParams) -> str:
+    """The dataset's heading and counts, from a scan (before a model, or when the run is
+    refused for something else than the data)."""
+    data = scan_dataset(
+        path,
+        batch_size=params.batch_size,
+        validation_split=params.validation_split,
+        seed=params.seed,
+    )
+    return f"### {name}\n{_counts(data)}"
 
 
 def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
@@ -94,6 +102,8 @@ def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
         f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
         f"{stats.trained_tokens:,} trained on per epoch."
     )
+    if data.format == "preference":
+        text += " (Each preference row counts twice: its chosen and its rejected answer.)"
     if data.total > len(data.sample):
         text += f"  \n(Token statistics of the first {SAMPLE_ROWS:,} examples.)"
     if stats.over_max_length:
@@ -104,8 +114,10 @@ def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
     return text
 
 
-def _preview_html(tokens: list, tokenizer) -> str:
+def _preview_html(tokens: list, tokenizer, data_format: str) -> str:
     """The first examples as the loss sees them: masked tokens grey, trained ones bold."""
+    if data_format == "preference":
+        return _pairs_html(tokens, tokenizer)
     samples = preview(tokens[:PREVIEW_ROWS], tokenizer)
     shown = "".join(
         f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(masked)}</span>"
@@ -113,6 +125,21 @@ def _preview_html(tokens: list, tokenizer) -> str:
         for masked, trained in samples
     )
     return "<p>Grey: masked from the loss. Bold: trained on.</p>" + shown
+
+
+def _pairs_html(tokens: list, tokenizer) -> str:
+    """The first preference rows: the prompt once, then the two answers compared."""
+    samples = preview(tokens[: 2 * PREVIEW_ROWS], tokenizer)
+    shown = "".join(
+        f"<pre class='ls-preview'><span class='ls-masked'>{html.escape(prompt)}</span>\n"
+        f"<i>chosen:</i> <b class='ls-trained ls-chosen'>{html.escape(chosen)}</b>\n"
+        f"<i>rejected:</i> <b class='ls-trained ls-rejected'>{html.escape(rejected)}</b></pre>"
+        for (prompt, chosen), (_, rejected) in zip(samples[::2], samples[1::2], strict=True)
+    )
+    return (
+        "<p>Grey: the prompt, masked. Bold: the answers compared (DPO and ORPO train on "
+        "the difference between them).</p>" + shown
+    )
 
 
 def _memory(memory: MemoryPlan) -> str:
@@ -147,6 +174,8 @@ def _progress_line(run, events: list) -> tuple[float, str]:
     run goes on."""
     start = _newest(events, protocol.Start)
     now = _newest(events, protocol.Progress | protocol.Activity)
+    if start is None and isinstance(now, protocol.Activity) and now.phase == "reference":
+        return 0.0, f"DPO's reference: the base's answers, batch {now.batch} of {now.batches}"
     if start is None:
         return 0.0, "starting the training process..."
     if now is None:
@@ -157,6 +186,8 @@ def _progress_line(run, events: list) -> tuple[float, str]:
     report = _newest(events, protocol.Progress)
     if report is not None:
         parts += [f"epoch {report.epoch}/{start.epochs}", f"loss {report.loss:.3f}"]
+        if report.reward_accuracy is not None:
+            parts.append(f"reward accuracy {report.reward_accuracy:.2f}")
         parts += _speed_and_memory(report, start.ranks)
     if not run.done:
         parts.append(_eta(run, now.step, now.total_steps, start.resumed_from or 0))
@@ -220,14 +251,8 @@ def render(run) -> tuple:
     percent, detail = _progress_line(run, events)
     last = events[-1] if events else None
     kept = last.kept_step if isinstance(last, protocol.Complete) else None
-    chart = charts.loss_chart(
-        [
-            {"step": e.step, "loss": e.loss, "series": e.type.replace("progress", "train")}
-            for e in events
-            if isinstance(e, protocol.Progress | protocol.Validation)
-        ],
-        kept_step=kept,
-    )
+    rows = protocol.curve(events)
+    chart = charts.loss_chart(rows, kept_step=kept) + charts.preference_charts(rows, kept)
     bar = (
         f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
         f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>"

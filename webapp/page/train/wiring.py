@@ -10,7 +10,7 @@ import gradio as gr
 from webapp.page.concurrency import CHECK, HEAVY, QUICK, WATCH
 from webapp.page.studio import Studio
 from webapp.page.train.actions import STARTING, TrainActions
-from webapp.page.train.form import FORM_FIELDS
+from webapp.page.train.form import FORM_FIELDS, preference_only
 from webapp.page.train.layout import layout
 
 
@@ -73,6 +73,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
     alpha.input(lambda: False, None, alpha_follows, **SMALL)
+    ui.form["method"].change(preference_only, ui.form["method"], ui.form["beta"], **SMALL)
     for field in form.values():
         # a check still running must not swallow the latest edit
         field.input(**check, trigger_mode="always_last")
