@@ -337,3 +337,24 @@ def test_a_prompt_that_fills_the_length_is_refused_with_the_fix(tmp_path, toy_mo
     assert done.returncode != 0
     assert "no room within max_seq_length = 64" in done.stderr
     assert "--max-seq-length" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_two_ranks_train_the_same_dpo_adapter_as_one_process(studio, toy_model, dpo_run):
+    from core.machine.launch import Launch
+
+    reference_settings, reference_id, reference_events, data = dpo_run
+    run = TrainingService(studio).start(
+        toy_model, data, TrainingParams(**DPO), launch=Launch(processes=2)
+    )
+    events = list(run.follow(timeout=240))
+    assert isinstance(events[-1], protocol.Complete), events[-1]
+    assert next(e for e in events if isinstance(e, protocol.Start)).ranks == 2
+    mine, theirs = validations(reference_events), validations(events)
+    assert [v[0] for v in theirs] == [v[0] for v in mine]
+    np.testing.assert_allclose([v[1:] for v in theirs], [v[1:] for v in mine], atol=2e-3)
+    reference, again = (
+        adapter_weights(reference_settings, reference_id),
+        adapter_weights(studio, run.id),
+    )
+    for name in reference:
+        np.testing.assert_allclose(again[name], reference[name], rtol=1e-3, atol=1e-5)
