@@ -114,6 +114,14 @@ class TrainingParams(BaseModel):
     dpo_loss: Literal["sigmoid", "ipo"] = Field(
         "sigmoid", description="DPO's loss: sigmoid (the DPO paper's) or ipo (squared, IPO's)"
     )
+    samples: int = Field(
+        3,
+        ge=0,
+        le=16,
+        description="at each validation, greedy answers to the first N validation prompts "
+        "(0: none)",
+    )
+    sample_tokens: int = Field(64, ge=1, le=2048, description="tokens of each sample answer")
 
     @field_validator("lora_layers")
     @classmethod

@@ -90,6 +90,21 @@ class Validation(_Figures):
     loss: float
 
 
+class Sample(BaseModel):
+    prompt: str
+    answer: str
+
+
+class Samples(_Message):
+    """Greedy answers of the model at ``step`` to a few fixed validation prompts (the same
+    prompts all run long), and the seconds they took (not counted as training time)."""
+
+    type: Literal["samples"] = "samples"
+    step: int
+    samples: list[Sample]
+    seconds: float
+
+
 class Activity(_Message):
     """A sign of life between reports, at most every few seconds: where the run is now
     (``phase`` "train" at ``step``, "validate" at batch ``batch`` of ``batches``, or
@@ -140,7 +155,7 @@ class Error(_Message):
 
 
 Event = Annotated[
-    Start | Progress | Activity | Validation | Checkpoint | Complete | Error,
+    Start | Progress | Activity | Validation | Samples | Checkpoint | Complete | Error,
     Field(discriminator="type"),
 ]
 _event = TypeAdapter(Event)

@@ -3,7 +3,8 @@
 Everything lives under one home folder (``LORA_STUDIO_HOME``, else the platform's user data
 dir) so a studio can be moved, backed up or thrown away as a whole; each sub-folder can be
 pointed elsewhere on its own (``LORA_STUDIO_MODELS``, ``LORA_STUDIO_ADAPTERS``,
-``LORA_STUDIO_RUNS``, ``LORA_STUDIO_DATASETS``, ``LORA_STUDIO_EXPORTS``).
+``LORA_STUDIO_RUNS``, ``LORA_STUDIO_DATASETS``, ``LORA_STUDIO_EXPORTS``,
+``LORA_STUDIO_EVALS``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Settings:
     runs: Path
     datasets: Path
     exports: Path  # files made for download, one folder per export, pruned by age
+    evals: Path  # evaluations, one folder each: their summary and their rows
 
     @classmethod
     def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
@@ -41,6 +43,7 @@ class Settings:
             runs=folder("runs"),
             datasets=folder("datasets"),
             exports=folder("exports"),
+            evals=folder("evals"),
         )
 
     def dataset_roots(self) -> list[Path]:
@@ -53,6 +56,7 @@ class Settings:
     def ensure(self) -> Settings:
         """Create the folders; the runs and adapters folders must share a file system so
         that publishing an adapter is one atomic rename."""
-        for path in (self.models, self.adapters, self.runs, self.datasets, self.exports):
+        folders = (self.models, self.adapters, self.runs, self.datasets, self.exports, self.evals)
+        for path in folders:
             path.mkdir(parents=True, exist_ok=True)
         return self

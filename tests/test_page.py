@@ -117,6 +117,12 @@ def test_train_watch_it_learn_then_chat_with_the_adapter(page, tmp_path):
     assert len(plotted) >= 3, plotted  # and the loss curve grew while training ran
     validation_points = page.locator("#ls-loss-chart polyline.ls-validation")
     assert int(validation_points.get_attribute("data-points")) == 11  # before + 10 epoch ends
+    # the model's answers to validation prompts at each validation, the newest first
+    samples = page.locator("#ls-loss-chart #ls-samples details")
+    expect(samples).to_have_count(11)
+    steps = [int(s.get_attribute("data-step")) for s in samples.all()]
+    assert steps == sorted(steps, reverse=True) and steps[-1] == 0
+    expect(samples.first.locator(".ls-sample-answer")).to_have_count(3)
     expect(page.locator("#ls-result")).to_contain_text("lora/")
     adapter_id = page.locator("#ls-result code").first.inner_text()
     shot(page, "train-done")
@@ -493,6 +499,8 @@ def test_a_dpo_run_from_the_preference_demo_set_charts_its_reward_accuracy(page,
     from core.models.demo import PREFERENCE_DATASET, preference_rows
 
     data = write_jsonl(tmp_path / PREFERENCE_DATASET, preference_rows())
+    # the run of an earlier test may still be publishing: its end re-checks the form
+    expect(page.locator("#ls-why")).not_to_contain_text("A training is running", timeout=60000)
     page.locator("input[type=file]").first.set_input_files(str(data))
     summary = page.locator("#ls-dataset-summary")
     expect(summary).to_contain_text("preference format, 140 examples", timeout=20000)

@@ -358,3 +358,22 @@ def test_two_ranks_train_the_same_dpo_adapter_as_one_process(studio, toy_model, 
     )
     for name in reference:
         np.testing.assert_allclose(again[name], reference[name], rtol=1e-3, atol=1e-5)
+
+
+def test_samples_at_each_validation_are_the_models_greedy_answers(dpo_run, toy_model):
+    """The samples of the last validation are the published adapter's greedy answers (mlx-lm's
+    generate) to the first validation prompts; their time is kept apart from training's."""
+    from mlx_lm import generate
+
+    settings, adapter_id, events, _ = dpo_run
+    validated = [e.step for e in events if isinstance(e, protocol.Validation)]
+    samples = [e for e in events if isinstance(e, protocol.Samples)]
+    assert [e.step for e in samples] == validated
+    assert all(len(e.samples) == 3 and e.seconds > 0 for e in samples)
+    model, tokenizer = load(str(toy_model), adapter_path=str(settings.adapters / adapter_id))
+    for sample in samples[-1].samples:
+        messages = [{"role": "user", "content": sample.prompt}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        assert sample.answer == generate(model, tokenizer, prompt, max_tokens=64).strip()
+    published = protocol.read_events(settings.adapters / adapter_id / "events.jsonl")
+    assert [e.step for e in published if isinstance(e, protocol.Samples)] == validated

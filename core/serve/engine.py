@@ -130,10 +130,7 @@ class InferenceEngine:
         used, with the reason. Closing the iterator early, or setting ``cancelled`` (from any
         thread: a server whose client went away), stops the generation at the next token.
         """
-        entry = self.registry.get(model_id)
-        if not entry.available:
-            what = "adapter" if entry.kind == "adapter" else "model"
-            raise ModelUnavailable(f"{what} unavailable: {entry.reason}")
+        entry = self._usable(model_id)
         request = _Request(entry, messages, params or GenerationParams())
         if cancelled is not None:
             request.cancelled = cancelled
@@ -166,6 +163,18 @@ class InferenceEngine:
             raise result
         return result
 
+    def with_model(self, model_id: str, function: Callable[[Any, Any], Any]) -> Any:
+        """Run ``function(model, tokenizer)`` on the engine thread with ``model_id`` active
+        (its base in memory, its adapter applied): batch generation and scoring use the
+        base that the chats use, so evaluating several adapters of one base loads it once."""
+        entry = self._usable(model_id)
+
+        def run() -> Any:
+            base = self._activate(entry)
+            return function(base.model, base.tokenizer)
+
+        return self.call(run)
+
     def close(self) -> None:
         """Release every model and stop listening to the registry.
 
@@ -175,6 +184,15 @@ class InferenceEngine:
         """
         self._unsubscribe()
         self.call(self._release_all)
+
+    def _usable(self, model_id: str) -> ModelEntry:
+        """The entry of ``model_id``; StudioError if unknown, ModelUnavailable (with the
+        reason) if it cannot be used now."""
+        entry = self.registry.get(model_id)
+        if not entry.available:
+            what = "adapter" if entry.kind == "adapter" else "model"
+            raise ModelUnavailable(f"{what} unavailable: {entry.reason}")
+        return entry
 
     def _release_all(self) -> None:
         import mlx.core as mx

@@ -68,6 +68,7 @@ class TrainingLoop:
         stop: threading.Event,
         loss: Loss = MLX_LM_LOSS,
         batches: Callable[..., Iterator] = sft_batches,
+        sampler: Callable[[int], protocol.Samples | None] | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -80,6 +81,7 @@ class TrainingLoop:
         self.stop = stop
         self.loss = loss
         self.batches = batches
+        self.sampler = sampler  # the samples after each validation (rank 0 only)
         self.state = TrainerState(seed=params.seed)
         self.last_checkpoint: int | None = None
         self.stopped_early = False
@@ -270,6 +272,10 @@ class TrainingLoop:
                 **figures,
             )
         )
+        if self.sampler is not None and self.writes:
+            sampled = self.sampler(state.step)
+            if sampled is not None:
+                self._say(sampled)
         if state.step > 0:  # the untrained baseline is not a candidate
             self._track_best(loss)
         return loss

@@ -320,7 +320,9 @@ def _history_until(events: list[protocol.Event], step: int | None) -> list[proto
         for e in events
         if isinstance(e, protocol.Start)
         or (
-            isinstance(e, protocol.Progress | protocol.Validation | protocol.Checkpoint)
+            isinstance(
+                e, protocol.Progress | protocol.Validation | protocol.Samples | protocol.Checkpoint
+            )
             and e.step <= step
         )
     ]

@@ -56,6 +56,8 @@ from core.train import checkpoints, preference
 from core.train.batches import sft_batches, validation_batch
 from core.train.loop import Stopped, TrainingLoop
 from core.train.loss import choose_loss
+from core.train.phases import Phases
+from core.train.samples import Sampler
 from core.train.schedule import Schedule, learning_rate, lr_schedule
 
 log = logging.getLogger("lora_studio.worker")
@@ -152,10 +154,10 @@ def train(
     stop: threading.Event,
 ) -> None:
     """Validate, load, wrap in LoRA, run the training loop, write the adapter; emitting events."""
-    clock = _Phases()
+    clock = Phases()
     params, info, dataset = _prepare(args)
     clock.mark("data")
-    model, train_set, valid_set = _load(info, params, dataset)
+    model, tokenizer, train_set, valid_set = _load(info, params, dataset)
     clock.mark("model")
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
@@ -173,6 +175,7 @@ def train(
         stop=stop,
         loss=loss,
         batches=batches,
+        sampler=_sampler(model, tokenizer, dataset, params),
     )
     if args.resume:
         resumed = _checkpoint(Path(args.resume))
@@ -205,7 +208,7 @@ def train(
         emit(_write_adapter(loop, output, config))
 
 
-def _objective(model, params: TrainingParams, sets: tuple, emit, clock: _Phases):
+def _objective(model, params: TrainingParams, sets: tuple, emit, clock: Phases):
     """The method's loss and batches; for DPO, the reference pass too (before any
     checkpoint is loaded: the adapter still does nothing)."""
     if params.method == "sft":
@@ -219,36 +222,6 @@ def _objective(model, params: TrainingParams, sets: tuple, emit, clock: _Phases)
         preference.add_reference(model, per_token, sets, params, batch_size, emit)
         clock.mark("reference")
     return loss, preference.iterate_pairs
-
-
-class _Phases:
-    """Seconds of each start-up phase, the first from the process's own start (the
-    interpreter and the imports), read from /proc where Linux has it."""
-
-    def __init__(self) -> None:
-        self.phases: dict[str, float] = {}
-        self._last = time.monotonic()
-        since_start = _process_age()
-        if since_start is not None:
-            self.phases["imports"] = round(since_start, 2)
-
-    def mark(self, name: str) -> None:
-        now = time.monotonic()
-        self.phases[name] = round(now - self._last, 2)
-        self._last = now
-
-    def total(self) -> float:
-        return round(sum(self.phases.values()), 2)
-
-
-def _process_age() -> float | None:
-    """Seconds since this process started (Linux: /proc), or None."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
@@ -266,7 +239,13 @@ def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
         linear_to_lora_layers(model, params.lora_layers, lora_parameters(params), use_dora=dora)
     except ValueError as exc:  # mlx-lm refuses DoRA on some layer types
         raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
-    return model, *_tokenized(dataset, tokenizer, params)
+    return model, tokenizer, *_tokenized(dataset, tokenizer, params)
+
+
+def _sampler(model, tokenizer, dataset: Dataset, params: TrainingParams) -> Sampler | None:
+    if not params.samples:
+        return None
+    return Sampler(model, tokenizer, dataset.valid, params.samples, params.sample_tokens)
 
 
 def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:

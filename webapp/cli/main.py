@@ -13,6 +13,7 @@ from webapp.cli import (
     adapters_command,
     data_command,
     doctor_command,
+    eval_command,
     hosts_command,
     models_command,
     train_command,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_command.add_parser(commands)
     data_command.add_parser(commands)
     doctor_command.add_parser(commands)
+    eval_command.add_parsers(commands)
     return parser
 
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": models_command.models,
         "data": data_command.data,
         "doctor": doctor_command.doctor,
+        "eval": eval_command.evaluate,
+        "evals": eval_command.evals,
     }
     return commands.get(args.command, launch)(args)
 

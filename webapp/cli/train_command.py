@@ -270,6 +270,11 @@ def describe_tokens(run) -> str:
     return text
 
 
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def preference_figures(event: protocol.Progress | protocol.Validation) -> str:
     """A preference run's reward accuracy and margin (and ORPO's log-odds ratio); "" for SFT."""
     if event.reward_accuracy is None:
@@ -306,6 +311,10 @@ class ProgressBar:
             self._progress(event)
         elif isinstance(event, protocol.Activity):
             self._activity(event)
+        elif isinstance(event, protocol.Samples):
+            self._line(f"samples at step {event.step} ({event.seconds:.1f} s):")
+            for sample in event.samples:
+                self._line(f"  {_short(sample.prompt)} -> {_short(sample.answer)}")
 
     def _start(self, event: protocol.Start) -> None:
         if event.ready_seconds is not None:

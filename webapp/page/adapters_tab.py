@@ -8,11 +8,14 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core import protocol
 from core.adapters.export import import_any
+from core.adapters.layout import EVENTS_FILE
 from core.adapters.store import loss_history
 from core.errors import StudioError
-from webapp.page import charts, export_panel
+from webapp.page import charts, compare_panel, export_panel
 from webapp.page.concurrency import HEAVY, QUICK
+from webapp.page.samples import samples_html
 from webapp.page.studio import Studio, explain
 
 COLUMNS = ["name", "base", "dataset", "created", "steps", "final loss", "best val loss", "state"]
@@ -25,6 +28,7 @@ class AdaptersTab:
     table: gr.Dataframe
     picker: gr.Dropdown
     import_base: gr.Dropdown
+    compared: gr.Dropdown
 
 
 def table(studio: Studio) -> pd.DataFrame:
@@ -86,7 +90,8 @@ class AdapterActions:
         meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
         kept = adapter.metadata.keptStep if adapter.metadata else None
         rows = loss_history(adapter.path)
-        return meta, charts.loss_chart(rows, kept) + charts.preference_charts(rows, kept)
+        chart = charts.loss_chart(rows, kept) + charts.preference_charts(rows, kept)
+        return meta, chart + samples_html(protocol.read_events(adapter.path / EVENTS_FILE))
 
     def changing(self, action):
         studio = self.studio
@@ -154,6 +159,7 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
         fused_name = gr.Textbox(label="Fused model name", scale=3)
         fuse = gr.Button("Fuse into a base model", scale=1)
     export_panel.build(studio, picker)
+    compared = compare_panel.build(studio, picker_choices(studio))
     with gr.Accordion("Import an adapter", open=False):
         archive = gr.File(
             label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
@@ -183,4 +189,4 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
         **private,
         **HEAVY,
     )
-    return AdaptersTab(table=grid, picker=picker, import_base=import_base)
+    return AdaptersTab(table=grid, picker=picker, import_base=import_base, compared=compared)

@@ -1,4 +1,5 @@
-"""The page: Train, Adapters and Chat tabs over one Studio, on the API's FastAPI app."""
+"""The page: Train, Adapters, Chat and Evaluate tabs over one Studio, on the API's FastAPI
+app."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi import FastAPI
 
 from core.machine import device
 from core.serve.api import create_app
-from webapp.page import adapters_tab, chat_tab
+from webapp.page import adapters_tab, chat_tab, evaluate_tab
 from webapp.page.concurrency import DEFAULT_LIMIT, QUICK, WATCH
 from webapp.page.studio import Studio
 from webapp.page.train import wiring as train_tab
@@ -17,6 +18,7 @@ CSS = """
 .ls-bar > div { height: 100%; background: #6366f1; transition: width .3s; }
 .ls-preview { white-space: pre-wrap; font-size: 12px; }
 .ls-masked { color: #9ca3af; }
+.ls-eval td, .ls-eval th, .ls-compare td, .ls-compare th { padding: 2px 8px; font-size: 13px; }
 """
 REFRESH_SECONDS = 1.0
 
@@ -40,6 +42,8 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
                 adapters = adapters_tab.build(studio, page)
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build(studio, page)
+            with gr.Tab("Evaluate", id="evaluate"):
+                evaluate = evaluate_tab.build(studio, page)
 
         seen = gr.State(-1)
 
@@ -47,22 +51,36 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             """Refresh the pickers when the registry changed; skip everything otherwise."""
             version = studio.registry.version
             if version == last_version:
-                return (gr.skip(),) * 6
-            bases = studio.base_choices()
+                return (gr.skip(),) * 9
+            bases, models = studio.base_choices(), studio.chat_choices()
+            adapters_picked = gr.update(choices=adapters_tab.picker_choices(studio))
             return (
                 version,
                 gr.update(choices=bases),
-                gr.update(choices=studio.chat_choices()),
+                gr.update(choices=models),
                 adapters_tab.table(studio),
-                gr.update(choices=adapters_tab.picker_choices(studio)),
+                adapters_picked,
                 gr.update(choices=bases),
+                adapters_picked,
+                gr.update(choices=models),
+                gr.update(choices=[("no judge", ""), *models]),
             )
 
         timer = gr.Timer(REFRESH_SECONDS)
         timer.tick(
             refresh,
             seen,
-            [seen, train.model, chat.model, adapters.table, adapters.picker, adapters.import_base],
+            [
+                seen,
+                train.model,
+                chat.model,
+                adapters.table,
+                adapters.picker,
+                adapters.import_base,
+                adapters.compared,
+                evaluate.models,
+                evaluate.judge,
+            ],
             api_name="refresh",
             api_visibility="undocumented",
             show_progress="hidden",

@@ -11,6 +11,7 @@ import html
 
 WIDTH, HEIGHT, PAD = 640, 240, 40
 COLOURS = {"train": "#6366f1", "validation": "#f97316"}
+PALETTE = ("#6366f1", "#f97316", "#16a34a", "#dc2626", "#0891b2", "#a21caf", "#ca8a04", "#475569")
 
 
 def _frame(body: str, x_label: str, y_label: str, title: str) -> str:
@@ -53,9 +54,11 @@ def line_chart(
     kept_step: int | None = None,
     low: float | None = None,
     high: float | None = None,
+    colours: dict[str, str] = COLOURS,
+    title: str | None = None,
 ) -> str:
-    """``value`` of each series (train, validation) against the step, between ``low`` and
-    ``high`` (default: the values' own range)."""
+    """``value`` of each series (``colours`` names them: train and validation by default)
+    against the step, between ``low`` and ``high`` (default: the values' own range)."""
     label = value.replace("_", " ")
     points = [r for r in rows if r.get(value) is not None and r.get("step") is not None]
     if not points:
@@ -75,19 +78,20 @@ def line_chart(
         f"<text x='{PAD - 4}' y='{HEIGHT - PAD}' text-anchor='end'>{low:.2f}</text>",
         f"<text x='{WIDTH - 10}' y='{HEIGHT - PAD + 14}' text-anchor='end'>{max_step}</text>",
     ]
-    for i, (series, colour) in enumerate(COLOURS.items()):
+    for i, (series, colour) in enumerate(colours.items()):
         mine = sorted((r for r in points if r["series"] == series), key=lambda r: r["step"])
         if mine:
             coords = " ".join(xy(r) for r in mine)
             body.append(
-                f"<polyline class='ls-{series}' data-points='{len(mine)}' fill='none' "
+                f"<polyline class='ls-{_css_name(series)}' data-series='{html.escape(series)}' "
+                f"data-points='{len(mine)}' fill='none' "
                 f"stroke='{colour}' stroke-width='2' points='{coords}'/>"
             )
             body += [
                 f"<circle cx='{c.split(',')[0]}' cy='{c.split(',')[1]}' r='2.5' fill='{colour}'/>"
                 for c in coords.split()
             ]
-        body.append(f"<text x='{WIDTH - 120 + 60 * i}' y='22' fill='{colour}'>{series}</text>")
+        body.append(_legend(i, series, colour))
     if kept_step is not None:
         x = PAD + (WIDTH - PAD - 10) * kept_step / max_step
         body.append(
@@ -96,7 +100,27 @@ def line_chart(
             f"<text x='{x - 3:.1f}' y='34' text-anchor='end' fill='#16a34a'>"
             f"kept: step {kept_step}</text></g>"
         )
-    return _frame("".join(body), "step", label, f"{label} chart")
+    return _frame("".join(body), "step", label, title or f"{label} chart")
+
+
+def compare_chart(rows: list[dict], names: list[str]) -> str:
+    """Several runs' validation loss on one chart (``rows``' series are the runs' names)."""
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    return line_chart(rows, "loss", colours=colours, title="validation loss of the runs compared")
+
+
+def _legend(i: int, series: str, colour: str) -> str:
+    """Train and validation side by side at the top right; run names, one per line."""
+    if series in COLOURS:
+        return f"<text x='{WIDTH - 120 + 60 * i}' y='22' fill='{colour}'>{series}</text>"
+    return (
+        f"<text x='{WIDTH - 12}' y='{22 + 13 * i}' text-anchor='end' fill='{colour}'>"
+        f"{html.escape(series)}</text>"
+    )
+
+
+def _css_name(series: str) -> str:
+    return series if series in COLOURS else "run"
 
 
 def histogram(lengths: list[int], bins: int = 12) -> str:

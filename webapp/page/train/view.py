@@ -20,6 +20,7 @@ from core.models.quantize import cpu_slowdown_warning
 from core.params import MethodError, TrainingParams
 from core.train.plan import MemoryPlan
 from webapp.page import charts, hosts_panel
+from webapp.page.samples import samples_html
 from webapp.page.studio import Studio, explain
 from webapp.page.train.form import params as form_params
 
@@ -253,6 +254,7 @@ def render(run) -> tuple:
     kept = last.kept_step if isinstance(last, protocol.Complete) else None
     rows = protocol.curve(events)
     chart = charts.loss_chart(rows, kept_step=kept) + charts.preference_charts(rows, kept)
+    chart += samples_html(events)
     bar = (
         f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
         f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>"

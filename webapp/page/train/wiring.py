@@ -143,4 +143,5 @@ def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list, check: di
     ui.runs.discard.click(
         act.discard, [ui.runs.picker, ui.runs.sure], [ui.runs.message, *runs_outputs], **SMALL
     )
-    page.load(act.show_current, None, progress_outputs, **WAITING)
+    # a page opened during a run follows it to its end; then the form says what Start does
+    page.load(act.show_current, None, progress_outputs, **WAITING).then(**check)

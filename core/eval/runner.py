@@ -1,0 +1,239 @@
+"""An evaluation, start to end: every row answered by every model, scored against its
+reference, judged, saved as it finishes; then the summary.
+
+Rows go in chunks: each model answers the chunk (one engine call, batched), the chunk is
+scored and judged, and its rows are appended to ``rows.jsonl``. So a stop (or a judge that
+stops answering) loses at most the chunk under way, and a resumed evaluation starts at the
+first row not saved.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from core.errors import StudioError
+from core.eval import judge as judging
+from core.eval.cases import Case, fingerprint, read_cases
+from core.eval.generation import Answer, Sampling, answer, perplexity
+from core.eval.metrics import bootstrap, reference_scores
+from core.eval.store import EvalSpec, EvalStore
+from core.serve.engine import GenerationParams, InferenceEngine
+
+
+@dataclass
+class Judge:
+    """How the judge is asked (``ask(prompt) -> reply``) and what it is asked for."""
+
+    ask: Callable[[str], str]
+    description: str
+    rubric: str = judging.RUBRIC
+    pairwise: bool = True
+    scores: bool = True
+
+
+def studio_judge(engine: InferenceEngine, model_id: str) -> Callable[[str], str]:
+    """A model of this studio as the judge: greedy, through the engine."""
+    params = GenerationParams(temperature=0.0, max_tokens=384)
+
+    def ask(prompt: str) -> str:
+        return engine.chat(model_id, [{"role": "user", "content": prompt}], params)[0]
+
+    return ask
+
+
+@dataclass
+class Evaluation:
+    """One evaluation being run (or resumed)."""
+
+    store: EvalStore
+    engine: InferenceEngine
+    spec: EvalSpec
+    cases: list[Case]
+    judge: Judge | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[int, int], None] = lambda done, total: None
+
+    def run(self) -> EvalSpec:
+        """Answer, score and judge the rows not saved yet; then summarize. A StudioError
+        (a judge that refuses, a model that fails) stops it with the rows done kept."""
+        spec, sampling = self.spec, Sampling(**self.spec.sampling)
+        done = len(self.store.rows(spec.id))
+        chunk = max(1, sampling.batch_size)
+        spec.state, spec.error = "running", None
+        try:
+            for start in range(done, len(self.cases), chunk):
+                if self.stop.is_set():
+                    return self._end("stopped", None)
+                cases = self.cases[start : start + chunk]
+                self.store.append(spec.id, self._rows(cases, sampling))
+                spec.rows_done = start + len(cases)
+                self.store.save(spec)
+                self.progress(spec.rows_done, len(self.cases))
+        except StudioError as exc:
+            return self._end("stopped", exc.message)
+        spec.summary = summarize(spec, self.store.rows(spec.id))
+        return self._end("complete", None)
+
+    def _end(self, state: str, error: str | None) -> EvalSpec:
+        self.spec.state, self.spec.error = state, error
+        self.spec.rows_done = len(self.store.rows(self.spec.id))
+        self.store.save(self.spec)
+        return self.spec
+
+    def _rows(self, cases: list[Case], sampling: Sampling) -> list[dict]:
+        answers = {model: answer(self.engine, model, cases, sampling) for model in self.spec.models}
+        rows = []
+        for index, case in enumerate(cases):
+            mine = {model: answers[model][index] for model in self.spec.models}
+            rows.append(self._row(case, mine))
+        return rows
+
+    def _row(self, case: Case, answers: dict[str, Answer]) -> dict:
+        metrics = tuple(self.spec.metrics)
+        scores = {}
+        for model, made in answers.items():
+            found = reference_scores(made.text, case.reference, metrics) if case.reference else {}
+            if made.reference_loss is not None and "loss" in metrics:
+                found["loss"] = made.reference_loss
+            if made.reference_loss is not None and "perplexity" in metrics:
+                found["perplexity"] = perplexity(made.reference_loss)
+            scores[model] = found
+        row = {
+            "line": case.line,
+            "messages": case.messages,
+            "prompt": case.prompt,
+            "reference": case.reference,
+            "answers": {model: made.text for model, made in answers.items()},
+            "tokens": {model: made.tokens for model, made in answers.items()},
+            "scores": scores,
+        }
+        if self.judge is not None:
+            row["judge"] = self._judged(case, row["answers"])
+        return row
+
+    def _judged(self, case: Case, texts: dict[str, str]) -> dict:
+        judge, models = self.judge, self.spec.models
+        found: dict = {"pairwise": {}, "scores": {}}
+        if judge.pairwise:
+            for model in models[1:]:
+                verdict = judging.pairwise(
+                    judge.ask, case.prompt, case.reference, texts[models[0]], texts[model]
+                )
+                found["pairwise"][model] = asdict(verdict)
+        if judge.scores:
+            for model in models:
+                score, reply = judging.rubric_score(
+                    judge.ask, case.prompt, case.reference, texts[model], judge.rubric
+                )
+                found["scores"][model] = {"score": score, "reply": reply}
+        return found
+
+
+def summarize(spec: EvalSpec, rows: list[dict]) -> dict:
+    """The result object: per model and metric, the mean and its 95% bootstrap interval;
+    the judge's counts. (``lora-studio eval --json`` prints it.)"""
+    metrics = {
+        model: _model_metrics(spec, [row["scores"][model] for row in rows]) for model in spec.models
+    }
+    summary = {
+        "models": spec.models,
+        "rows": len(rows),
+        "rows_with_reference": sum(row["reference"] is not None for row in rows),
+        "metrics": metrics,
+        "judge": _judge_summary(spec, rows) if spec.judge else None,
+    }
+    return summary
+
+
+def _model_metrics(spec: EvalSpec, scores: list[dict]) -> dict:
+    found = {}
+    for name in spec.metrics:
+        if name == "perplexity":
+            continue  # from the loss's interval below
+        values = [s[name] for s in scores if s.get(name) is not None]
+        if values:
+            found[name] = bootstrap(values)
+    if "perplexity" in spec.metrics and "loss" in found:
+        loss = found["loss"]
+        found["perplexity"] = {k: perplexity(loss[k]) for k in ("mean", "low", "high")}
+        found["perplexity"]["n"] = loss["n"]
+        if "loss" not in spec.metrics:
+            del found["loss"]
+    return found
+
+
+def _judge_summary(spec: EvalSpec, rows: list[dict]) -> dict:
+    judged = [row["judge"] for row in rows if "judge" in row]
+    pairwise = {}
+    for model in spec.models[1:]:
+        outcomes = [j["pairwise"][model]["outcome"] for j in judged if model in j["pairwise"]]
+        counts = {k: outcomes.count(k) for k in ("win", "tie", "loss", "unparseable")}
+        pairwise[model] = counts | {"against": spec.models[0]}
+    scores = {}
+    for model in spec.models:
+        given = [j["scores"][model]["score"] for j in judged if model in j["scores"]]
+        parsed = [s for s in given if s is not None]
+        scores[model] = bootstrap(parsed) | {"unparseable": len(given) - len(parsed)}
+    return {**(spec.judge or {}), "pairwise": pairwise, "scores": scores}
+
+
+def prepare(
+    store: EvalStore,
+    engine: InferenceEngine,
+    models: list[str],
+    data: str,
+    *,
+    metrics: tuple[str, ...],
+    sampling: Sampling,
+    judge: dict | None = None,
+) -> Evaluation:
+    """A new evaluation, checked before anything runs: every model known and usable, every
+    row of the test file readable, the judge reachable in principle (its key set)."""
+    if not models:
+        raise StudioError("name at least one model to evaluate")
+    if len(set(models)) != len(models):
+        raise StudioError("a model is named twice", hint="name each model once")
+    for model in models:
+        engine.registry.get(model)  # an unknown id is refused here, naming it
+    cases = read_cases(data)
+    asker = judge_for(engine, judge)
+    spec = store.create(
+        models=models,
+        data=str(data),
+        data_name=str(data).rsplit("/", 1)[-1],
+        fingerprint=fingerprint(data),
+        metrics=list(metrics),
+        sampling=asdict(sampling),
+        judge=judge,
+        rows_total=len(cases),
+    )
+    return Evaluation(store, engine, spec, cases, asker)
+
+
+def resume(store: EvalStore, engine: InferenceEngine, eval_id: str) -> Evaluation:
+    """A stopped evaluation, to continue from its first row not saved (the test file must
+    be the same)."""
+    spec = store.get(eval_id)
+    if spec.state == "complete":
+        raise StudioError(f"evaluation {eval_id} is complete", hint="start a new one")
+    if fingerprint(spec.data) != spec.fingerprint:
+        raise StudioError(
+            f"{spec.data} has changed since evaluation {eval_id} started",
+            hint="start a new evaluation on it",
+        )
+    return Evaluation(store, engine, spec, read_cases(spec.data), judge_for(engine, spec.judge))
+
+
+def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:
+    """The judge a spec describes: ``{"kind": "url", "url", "model", "key_env"?}`` or
+    ``{"kind": "studio", "model"}``, with ``"rubric"`` (its text) optional."""
+    if not config:
+        return None
+    rubric = config.get("rubric") or judging.RUBRIC
+    if config["kind"] == "url":
+        ask = judging.EndpointJudge(config["url"], config["model"], config.get("key_env"))
+        return Judge(ask, ask.describe(), rubric)
+    engine.registry.get(config["model"])
+    return Judge(studio_judge(engine, config["model"]), config["model"], rubric)

@@ -1,0 +1,82 @@
+"""The Evaluate tab and the comparison of runs, in real headless Chromium against the real
+`lora-studio` server: a base and two adapters of the toy llama."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from core.adapters.store import AdapterMetadata
+from tests.helpers import lora_studio, lora_studio_server, pick, studio_with_toy, write_jsonl
+from tests.test_page import shot
+
+ROWS = [
+    {"prompt": f"What colour is the sky number {i}?", "completion": "The sky is blue."}
+    for i in range(6)
+]
+
+
+@pytest.fixture(scope="module")
+def studio_url(tmp_path_factory, toy_model, trained_adapter):
+    """A studio with the toy base, the colour adapter, and a copy of it named otherwise
+    whose metadata says it was trained at another learning rate."""
+    home = tmp_path_factory.mktemp("eval-page-studio")
+    settings = studio_with_toy(home, toy_model)
+    shutil.copytree(trained_adapter, settings.adapters / trained_adapter.name)
+    twin = settings.adapters / str(uuid.uuid4())
+    shutil.copytree(trained_adapter, twin)
+    meta = AdapterMetadata.read(twin)
+    meta.adapterName, meta.learningRate = "Twin", 0.5
+    meta.write(twin)
+    with lora_studio_server(home) as (_, url, _log):
+        yield url, home, trained_adapter.name, twin.name
+
+
+def test_evaluate_two_models_then_compare_the_adapters(browser, studio_url, tmp_path):
+    url, _, adapter_id, twin_id = studio_url
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    page.get_by_role("tab", name="Evaluate").click()
+    models = "Models (the first is the baseline the others are compared with)"
+    pick(page, models, "toy")
+    pick(page, models, "Colours (LoRA on toy)")
+    data = write_jsonl(tmp_path / "held-out.jsonl", ROWS)
+    page.locator("#ls-eval-data input[type=file]").set_input_files(str(data))
+    expect(page.get_by_text("held-out.jsonl").first).to_be_visible(timeout=20000)
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    status = page.locator("#ls-eval-status")
+    expect(status).to_contain_text("Done: 6 rows", timeout=120000)
+    summary = page.locator("#ls-eval-summary")
+    expect(summary.locator("th", has_text="rouge_l")).to_be_visible()
+    expect(summary.locator("td", has_text=f"lora/{adapter_id}")).to_be_visible()
+    rows = page.locator("#ls-eval-rows")
+    expect(rows).to_contain_text("What colour is the sky number 0?", timeout=20000)
+    expect(rows).to_contain_text("difference")
+    shot(page, "evaluate")
+
+    page.get_by_role("tab", name="Adapters").click()
+    page.get_by_text("Compare adapters (runs side by side)").click()
+    pick(page, "Adapters to compare", f"Colours ({adapter_id[:8]})")
+    pick(page, "Adapters to compare", f"Twin ({twin_id[:8]})")
+    chart = page.locator("#ls-compare-chart polyline")
+    expect(chart).to_have_count(2, timeout=20000)
+    params = page.locator("#ls-compare-params")
+    expect(params.locator("tr.ls-differs")).to_contain_text("learningRate (differs)")
+    expect(params).not_to_contain_text("rank (differs)")
+    scores = page.locator("#ls-compare-scores")
+    expect(scores).to_contain_text("held-out.jsonl")
+    shot(page, "adapters-compare")
+    page.close()
+
+
+def test_the_evaluation_is_the_clis_too(studio_url):
+    """What the page ran is listed by `lora-studio evals` (the same folder)."""
+    _, home, _, _ = studio_url
+    done = lora_studio("evals", "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert any(spec["state"] == "complete" and spec["rows_total"] == 6 for spec in listed)

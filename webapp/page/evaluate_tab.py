@@ -1,0 +1,290 @@
+"""The Evaluate tab: models answer a held-out file; the summary table (a row per model, a
+column per metric, 95% intervals) and the rows side by side, sortable by how much one model
+did worse than another. Past evaluations open again. ``core.eval`` does the work; the CLI
+(``lora-studio eval``) is the same evaluation."""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+
+from core.errors import StudioError
+from core.eval import runner
+from core.eval.generation import Sampling
+from core.eval.metrics import METRICS, REFERENCE_METRICS
+from core.eval.store import EvalSpec, EvalStore
+from webapp.page.background import with_progress
+from webapp.page.concurrency import HEAVY, QUICK
+from webapp.page.studio import Studio, explain
+
+PRIVATE = {"api_visibility": "private"}
+SORT_METRICS = (*REFERENCE_METRICS, "loss", "judge score")
+
+
+@dataclass
+class EvaluateTab:
+    models: gr.Dropdown
+    judge: gr.Dropdown
+
+
+def past_choices(store: EvalStore) -> list[tuple[str, str]]:
+    return [
+        (
+            f"{spec.created_at[:16].replace('T', ' ')} · {spec.data_name} · "
+            f"{len(spec.models)} model(s) · {spec.state} ({spec.rows_done}/{spec.rows_total})",
+            spec.id,
+        )
+        for spec in store.list()
+    ]
+
+
+def summary_html(spec: EvalSpec) -> str:
+    """The result table: a row per model, a column per metric (mean and 95% interval), then
+    the judge's verdicts."""
+    summary = spec.summary or {}
+    scores = summary.get("metrics") or {}
+    names = list(dict.fromkeys(m for found in scores.values() for m in found))
+    if not names:
+        return f"<p>{spec.rows_done} of {spec.rows_total} rows done ({spec.state}).</p>"
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><td>{html.escape(model)}</td>"
+        + "".join(f"<td>{_cell(found.get(n))}</td>" for n in names)
+        + "</tr>"
+        for model, found in scores.items()
+    )
+    table = f"<table class='ls-eval'><tr><th>model</th>{head}</tr>{body}</table>"
+    notes = [
+        f"{summary['rows']} rows, {summary['rows_with_reference']} with a reference "
+        "(reference metrics skip the others). Mean [95% bootstrap interval]."
+    ]
+    judge = summary.get("judge")
+    if judge:
+        for model, counts in judge["pairwise"].items():
+            notes.append(
+                f"Judge ({html.escape(str(judge.get('model')))}), {html.escape(model)} vs "
+                f"{html.escape(counts['against'])}: {counts['win']} win, {counts['tie']} tie, "
+                f"{counts['loss']} loss, {counts['unparseable']} unparseable."
+            )
+        for model, score in judge["scores"].items():
+            notes.append(
+                f"Judge's score of {html.escape(model)}: {_cell(score)} "
+                f"({score['unparseable']} unparseable)."
+            )
+    return table + "".join(f"<p>{note}</p>" for note in notes)
+
+
+def _cell(stat: dict | None) -> str:
+    if not stat or not stat.get("n"):
+        return "-"
+    return f"{stat['mean']:.3g} [{stat['low']:.3g}, {stat['high']:.3g}]"
+
+
+def rows_table(spec: EvalSpec, rows: list[dict], sort_by: str) -> pd.DataFrame:
+    """The rows side by side: the first two models' answers and their ``sort_by`` scores;
+    with two models, the difference (how much better the second did), its worst first."""
+    shown = spec.models[:2]
+    records = []
+    for row in rows:
+        record = {"line": row["line"], "prompt": row["prompt"], "reference": row["reference"]}
+        scores = [_score(row, model, sort_by) for model in shown]
+        for model, score in zip(shown, scores, strict=True):
+            record[f"{model}: answer"] = row["answers"][model]
+            record[f"{model}: {sort_by}"] = score
+        if len(shown) == 2:
+            record["difference"] = _difference(*scores, lower_is_better=sort_by == "loss")
+        records.append(record)
+    table = pd.DataFrame(records)
+    if "difference" in table:
+        table = table.sort_values("difference", na_position="last", kind="stable")
+    return table
+
+
+def _difference(first, second, lower_is_better: bool) -> float | None:
+    if first is None or second is None:
+        return None
+    return first - second if lower_is_better else second - first
+
+
+def _score(row: dict, model: str, metric: str) -> float | None:
+    if metric == "judge score":
+        found = (row.get("judge") or {}).get("scores", {}).get(model) or {}
+        return found.get("score")
+    return row["scores"].get(model, {}).get(metric)
+
+
+class EvaluateActions:
+    """What the tab's buttons do."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+        self.store = EvalStore(studio.settings.evals)
+        self.running: dict[str, runner.Evaluation] = {}  # by id: what Stop stops
+
+    def start(self, models, data, metrics, judge, judge_url, judge_model, max_tokens, batch):
+        """Prepare, then run in the background: progress every half second, the result
+        at the end (or why it stopped, with the rows kept)."""
+        try:
+            evaluation = self._prepare(
+                models, data, metrics, judge, judge_url, judge_model, max_tokens, batch
+            )
+        except StudioError as exc:
+            yield explain(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from self._follow(evaluation)
+
+    def resume(self, eval_id):
+        try:
+            evaluation = runner.resume(self.store, self.studio.engine, eval_id or "")
+        except StudioError as exc:
+            yield explain(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from self._follow(evaluation)
+
+    def _prepare(self, models, data, metrics, judge, judge_url, judge_model, max_tokens, batch):
+        if not data:
+            raise StudioError("add a test file (.jsonl)")
+        if not metrics:
+            raise StudioError("pick one metric at least")
+        config = None
+        if judge_url:
+            if not judge_model:
+                raise StudioError("a judge URL needs the name of the model it serves")
+            config = {"kind": "url", "url": judge_url, "model": judge_model}
+        elif judge:
+            config = {"kind": "studio", "model": judge}
+        sampling = Sampling(max_tokens=int(max_tokens or 256), batch_size=int(batch or 8))
+        if sampling.max_tokens < 1 or sampling.batch_size < 1:
+            raise StudioError("max tokens and batch size must be at least 1")
+        return runner.prepare(
+            self.store,
+            self.studio.engine,
+            list(models or []),
+            str(self.studio.dataset_path(data)),
+            metrics=tuple(metrics),
+            sampling=sampling,
+            judge=config,
+        )
+
+    def _follow(self, evaluation: runner.Evaluation):
+        spec = evaluation.spec
+        self.running[spec.id] = evaluation
+        started, first = time.monotonic(), spec.rows_done
+        try:
+            for _, result, error in with_progress(lambda progress: evaluation.run()):
+                if result is None and error is None:
+                    yield _progress(spec, started, first), gr.skip(), gr.skip(), spec.id, gr.skip()
+                    continue
+                final = result or spec
+                line = explain(error) if error else _ending(final)
+                yield line, summary_html(final), gr.skip(), final.id, self.past_update(final.id)
+        finally:
+            self.running.pop(spec.id, None)
+
+    def stop(self, eval_id):
+        evaluation = self.running.get(eval_id or "")
+        if evaluation is None:
+            return "No evaluation of this page is running."
+        evaluation.stop.set()
+        return "Stopping after the rows under way (the rows done are kept)."
+
+    def open(self, eval_id, sort_by):
+        if not eval_id:
+            return gr.skip(), gr.skip()
+        try:
+            spec = self.store.get(eval_id)
+        except StudioError as exc:
+            return explain(exc), gr.skip()
+        rows = self.store.rows(eval_id)
+        return summary_html(spec), rows_table(spec, rows, sort_by or "rouge_l")
+
+    def past_update(self, selected: str | None = None):
+        return gr.update(choices=past_choices(self.store), value=selected)
+
+
+def _progress(spec: EvalSpec, started: float, first: int) -> str:
+    done, total = spec.rows_done, spec.rows_total
+    rate = (done - first) / max(time.monotonic() - started, 1e-9)
+    eta = f" · ETA {(total - done) / rate:.0f} s" if rate > 0 else " · ETA: measuring"
+    return f"Evaluating {', '.join(spec.models)}: rows {done}/{total}{eta}"
+
+
+def _ending(spec: EvalSpec) -> str:
+    if spec.state == "complete":
+        return f"Done: {spec.rows_done} rows, saved in evaluation `{spec.id}`."
+    why = f": {spec.error}" if spec.error else ""
+    return (
+        f"**Stopped** after {spec.rows_done} of {spec.rows_total} rows{why}. "
+        "Resume it from **Past evaluations**."
+    )
+
+
+def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
+    act = EvaluateActions(studio)
+    with gr.Row():
+        with gr.Column(scale=1):
+            models = gr.Dropdown(
+                studio.chat_choices(),
+                multiselect=True,
+                label="Models (the first is the baseline the others are compared with)",
+                allow_custom_value=True,
+            )
+            data = gr.File(
+                label="Test file (.jsonl)",
+                file_types=[".jsonl"],
+                type="filepath",
+                elem_id="ls-eval-data",
+            )
+            metrics = gr.CheckboxGroup(list(METRICS), value=list(METRICS), label="Metrics")
+            with gr.Accordion("Judge (an LLM comparing the answers)", open=False):
+                judge = gr.Dropdown(
+                    [("no judge", "")] + studio.chat_choices(),
+                    value="",
+                    label="A model of this studio",
+                    allow_custom_value=True,
+                )
+                judge_url = gr.Textbox(label="...or an OpenAI-compatible URL (…/v1)")
+                judge_model = gr.Textbox(label="The judge's model name at that URL")
+            with gr.Row():
+                max_tokens = gr.Number(256, label="Max tokens per answer", precision=0)
+                batch = gr.Number(8, label="Rows generated together", precision=0)
+            with gr.Row():
+                start = gr.Button("Evaluate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=2):
+            status = gr.Markdown(elem_id="ls-eval-status")
+            summary = gr.HTML(elem_id="ls-eval-summary")
+            sort_by = gr.Dropdown(
+                list(SORT_METRICS),
+                value="rouge_l",
+                label="Rows, the second model's worst first, by the difference in",
+            )
+            rows = gr.Dataframe(interactive=False, wrap=True, elem_id="ls-eval-rows")
+            with gr.Row():
+                past = gr.Dropdown(
+                    past_choices(act.store),
+                    label="Past evaluations",
+                    allow_custom_value=True,
+                    scale=3,
+                )
+                resume = gr.Button("Resume", scale=1)
+    shown = gr.State(None)
+    inputs = [models, data, metrics, judge, judge_url, judge_model, max_tokens, batch]
+    outputs = [status, summary, rows, shown, past]
+    start.click(act.start, inputs, outputs, **PRIVATE, **HEAVY).then(
+        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
+    )
+    resume.click(act.resume, past, outputs, **PRIVATE, **HEAVY).then(
+        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
+    )
+    stop.click(act.stop, shown, status, **PRIVATE, **QUICK)
+    past.input(lambda eval_id: eval_id, past, shown, **PRIVATE, **QUICK).then(
+        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
+    )
+    sort_by.input(act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK)
+    page.load(lambda: act.past_update(), None, past, **PRIVATE, **QUICK)
+    return EvaluateTab(models=models, judge=judge)

@@ -1,0 +1,33 @@
+"""A run's samples (the model's answers to a few validation prompts at each validation), as
+the page shows them under the loss chart: the newest step first."""
+
+from __future__ import annotations
+
+import html
+
+from core import protocol
+
+
+def samples_html(events: list) -> str:
+    """Every ``samples`` event of a run, newest first; "" when it has none."""
+    found = [e for e in events if isinstance(e, protocol.Samples)]
+    if not found:
+        return ""
+    blocks = []
+    for event in reversed(found):
+        answers = "".join(
+            f"<tr><td>{html.escape(s.prompt)}</td><td class='ls-sample-answer'>"
+            f"{html.escape(s.answer) or '<i>(nothing)</i>'}</td></tr>"
+            for s in event.samples
+        )
+        blocks.append(
+            f"<details class='ls-samples-step' data-step='{event.step}'"
+            f"{' open' if not blocks else ''}><summary>step {event.step} "
+            f"({event.seconds:.1f} s)</summary><table>{answers}</table></details>"
+        )
+    return (
+        "<div id='ls-samples' style='max-height:320px;overflow-y:auto'>"
+        "<p><b>Samples</b>: greedy answers to validation prompts at each validation</p>"
+        + "".join(blocks)
+        + "</div>"
+    )
