@@ -66,6 +66,13 @@ class TrainingParams(BaseModel):
     validation_split: float = Field(
         0.2, gt=0, lt=1, description="share held out for validation when no valid.jsonl"
     )
+    test_split: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share held out of training and validation, to evaluate the adapter on "
+        "once published (0: none)",
+    )
     max_seq_length: int = Field(2048, ge=16, le=131072, description="longer examples truncated")
     seed: int = Field(0, ge=0, description="seed for the split, batching and LoRA init")
     mask_prompt: bool = Field(

@@ -5,4 +5,5 @@ WEIGHTS_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
 METADATA_FILE = "metadata.json"
 EVENTS_FILE = "events.jsonl"
+TEST_FILE = "test.jsonl"  # the run's held-out rows, evaluated once it is published
 EXPORTED_FILES = (WEIGHTS_FILE, CONFIG_FILE, METADATA_FILE, EVENTS_FILE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import os
 import random
 import shutil
 from collections.abc import Iterator
@@ -35,10 +36,11 @@ class Dataset:
         return folder
 
 
-def minimum_examples(batch_size: int, validation_split: float) -> int:
-    """The fewest rows that leave one batch for training after the validation split."""
+def minimum_examples(batch_size: int, validation_split: float, test_split: float = 0.0) -> int:
+    """The fewest rows that leave one batch for training after the validation (and test)
+    splits."""
     n = batch_size + 1
-    while n - split_size(n, validation_split) < batch_size:
+    while n - split_size(n, validation_split) - test_size(n, test_split) < batch_size:
         n += 1
     return n
 
@@ -48,17 +50,29 @@ def split_size(n: int, validation_split: float) -> int:
     return max(1, round(n * validation_split))
 
 
-def split_indices(n: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic shuffled split of ``n`` rows: (train indices, validation indices)."""
+def test_size(n: int, test_split: float) -> int:
+    """Test rows taken from ``n``: the share rounded, at least one when asked for any."""
+    return max(1, round(n * test_split)) if test_split else 0
+
+
+def split_indices(
+    n: int, validation_split: float, seed: int, test_split: float = 0.0
+) -> tuple[list[int], list[int], list[int]]:
+    """Deterministic shuffled split of ``n`` rows: (train, validation, test) indices. The
+    validation rows are the same whatever the test split (they come first in the order)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
     n_valid = split_size(n, validation_split)
-    return order[n_valid:], order[:n_valid]
+    n_test = test_size(n, test_split)
+    return order[n_valid + n_test :], order[:n_valid], order[n_valid : n_valid + n_test]
 
 
-def split_rows(rows: list, validation_split: float, seed: int) -> tuple[list, list]:
-    """Deterministic shuffled split: the same rows and seed give the same sets."""
-    train, valid = split_indices(len(rows), validation_split, seed)
+def split_rows(
+    rows: list, validation_split: float, seed: int, test_split: float = 0.0
+) -> tuple[list, list]:
+    """Deterministic shuffled split: the same rows and seed give the same sets; test rows
+    (with ``test_split``) are in neither."""
+    train, valid, _ = split_indices(len(rows), validation_split, seed, test_split)
     return [rows[i] for i in train], [rows[i] for i in valid]
 
 
@@ -67,14 +81,20 @@ class _Files:
     name: str
     train: Path
     valid: Path | None  # None: split from train
+    test: Path | None = None  # a folder's own test.jsonl
 
 
 def _files(path: str | Path) -> _Files:
     try:
         path = Path(path).expanduser()
         if path.is_dir() and (path / "train.jsonl").is_file():
-            valid = path / "valid.jsonl"
-            return _Files(path.name, path / "train.jsonl", valid if valid.is_file() else None)
+            valid, test = path / "valid.jsonl", path / "test.jsonl"
+            return _Files(
+                path.name,
+                path / "train.jsonl",
+                valid if valid.is_file() else None,
+                test if test.is_file() else None,
+            )
         if path.is_file() and path.suffix.lower() == ".jsonl":
             return _Files(path.name, path, None)
     except (OSError, ValueError):  # a name too long, a NUL byte: no such dataset either
@@ -86,13 +106,16 @@ def _files(path: str | Path) -> _Files:
     raise DatasetError([problem])
 
 
-def _check_sizes(files: _Files, n_train: int, n_valid: int | None, batch_size, split) -> None:
+def _check_sizes(
+    files: _Files, n_train: int, n_valid: int | None, batch_size, split, test_split=0.0
+) -> None:
     if n_valid is None:
-        needed = minimum_examples(batch_size, split)
+        needed = minimum_examples(batch_size, split, test_split)
         if n_train < needed:
+            test = f" and a {test_split:.0%} test split" if test_split else ""
             message = (
                 f"{n_train} example(s); batch size {batch_size} with a {split:.0%} "
-                f"validation split needs at least {needed}"
+                f"validation split{test} needs at least {needed}"
             )
             fix = "add examples or lower the batch size"
             raise DatasetError([Problem(files.name, None, message, fix)])
@@ -103,7 +126,12 @@ def _check_sizes(files: _Files, n_train: int, n_valid: int | None, batch_size, s
 
 
 def load_dataset(
-    path: str | Path, *, batch_size: int, validation_split: float = 0.2, seed: int = 0
+    path: str | Path,
+    *,
+    batch_size: int,
+    validation_split: float = 0.2,
+    seed: int = 0,
+    test_split: float = 0.0,
 ) -> Dataset:
     """Read and check a .jsonl file, or a folder with train.jsonl (+ valid.jsonl), keeping
     every row (what the training process needs).
@@ -114,11 +142,12 @@ def load_dataset(
     train = list(reader.rows(files.train))
     valid = list(reader.rows(files.valid)) if files.valid else None
     reader.out.raise_if_any()
-    _check_sizes(
-        files, len(train), None if valid is None else len(valid), batch_size, validation_split
-    )
+    if valid is not None:
+        test_split = 0.0  # a folder's own split (the studio's run folders among them)
+    n_valid = None if valid is None else len(valid)
+    _check_sizes(files, len(train), n_valid, batch_size, validation_split, test_split)
     if valid is None:
-        train, valid = split_rows(train, validation_split, seed)
+        train, valid = split_rows(train, validation_split, seed, test_split)
     return Dataset(name=files.name, format=reader.format or "text", train=train, valid=valid)
 
 
@@ -137,6 +166,8 @@ class DatasetScan:
     total: int
     validation_split: float
     seed: int
+    test_split: float = 0.0
+    test_count: int = 0  # rows kept out for the test evaluation (a split, or test.jsonl)
     # the system prompt every row has, if they all have the same one (an Ollama export
     # gives it to the model, which then answers as it did in training)
     system_prompt: str | None = None
@@ -166,23 +197,32 @@ class DatasetScan:
         files = [self.files.train] + ([self.files.valid] if self.files.valid else [])
         return sum(f.stat().st_size for f in files)
 
-    def write(self, folder: Path) -> Path:
+    def write(self, folder: Path, test_file: Path | None = None) -> Path:
         """train.jsonl and valid.jsonl in ``folder``, streamed line by line: the split of
-        ``split_rows`` (the same rows for the same seed), in the file's order."""
+        ``split_rows`` (the same rows for the same seed), in the file's order; the test rows
+        (a split, or the folder's test.jsonl) to ``test_file`` when given."""
         folder.mkdir(parents=True, exist_ok=True)
+        if self.files.test is not None and test_file is not None:
+            shutil.copyfile(self.files.test, test_file)
+            test_file = None  # the folder's own test rows: none are split off
         if self.files.valid is not None:
             shutil.copyfile(self.files.train, folder / "train.jsonl")
             shutil.copyfile(self.files.valid, folder / "valid.jsonl")
             return folder
-        held_out = set(split_indices(self.total, self.validation_split, self.seed)[1])
+        _, valid_rows, test_rows = split_indices(
+            self.total, self.validation_split, self.seed, self.test_split
+        )
+        held_out, tested = set(valid_rows), set(test_rows)
         with (
             self.files.train.open("rb") as source,
             (folder / "train.jsonl").open("wb") as train,
             (folder / "valid.jsonl").open("wb") as valid,
+            (test_file or Path(os.devnull)).open("wb") as test,
         ):
             for index, raw in enumerate(source):
                 line = raw.removeprefix(b"\xef\xbb\xbf") if index == 0 else raw
-                (valid if index in held_out else train).write(line.rstrip(b"\n") + b"\n")
+                out = valid if index in held_out else test if index in tested else train
+                out.write(line.rstrip(b"\n") + b"\n")
         return folder
 
 
@@ -191,7 +231,12 @@ LONGEST_ROWS = 32
 
 
 def scan_dataset(
-    path: str | Path, *, batch_size: int, validation_split: float = 0.2, seed: int = 0
+    path: str | Path,
+    *,
+    batch_size: int,
+    validation_split: float = 0.2,
+    seed: int = 0,
+    test_split: float = 0.0,
 ) -> DatasetScan:
     """Every check of ``load_dataset``, reading line by line and keeping only counts and
     the first SAMPLE_ROWS rows and the LONGEST_ROWS longest: a 500 MB upload costs the server
@@ -199,12 +244,17 @@ def scan_dataset(
     files, reader, kept = _files(path), RowReader(), _Kept()
     n_train = kept.count(reader.rows(files.train))
     n_valid = kept.count(reader.rows(files.valid)) if files.valid else None
+    n_test = sum(1 for _ in reader.rows(files.test)) if files.test else 0
     reader.out.raise_if_any()
-    _check_sizes(files, n_train, n_valid, batch_size, validation_split)
+    if test_split and (files.valid is not None or files.test is not None):
+        message = "the dataset folder has its own validation or test file: no test split"
+        fix = "put the test rows in the folder's test.jsonl, or give --test-data FILE"
+        raise DatasetError([Problem(files.name, None, message, fix)])
+    _check_sizes(files, n_train, n_valid, batch_size, validation_split, test_split)
     total = n_train + (n_valid or 0)
     if n_valid is None:
-        n_valid = split_size(n_train, validation_split)
-        n_train -= n_valid
+        n_valid, n_test = split_size(n_train, validation_split), test_size(n_train, test_split)
+        n_train -= n_valid + n_test
     return DatasetScan(
         name=files.name,
         format=reader.format or "text",
@@ -217,6 +267,8 @@ def scan_dataset(
         total=total,
         validation_split=validation_split,
         seed=seed,
+        test_split=test_split,
+        test_count=n_test,
     )
 
 

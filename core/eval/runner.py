@@ -12,12 +12,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from core.adapters.layout import TEST_FILE
+from core.adapters.store import AdapterMetadata
 from core.errors import StudioError
 from core.eval import judge as judging
 from core.eval.cases import Case, fingerprint, read_cases
 from core.eval.generation import Answer, Sampling, answer, perplexity
-from core.eval.metrics import bootstrap, reference_scores
+from core.eval.metrics import METRICS, bootstrap, reference_scores
 from core.eval.store import EvalSpec, EvalStore
 from core.serve.engine import GenerationParams, InferenceEngine
 
@@ -237,3 +240,28 @@ def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:
         return Judge(ask, ask.describe(), rubric)
     engine.registry.get(config["model"])
     return Judge(studio_judge(engine, config["model"]), config["model"], rubric)
+
+
+def evaluate_published(
+    store: EvalStore, engine: InferenceEngine, adapter_id: str, sampling: Sampling | None = None
+) -> EvalSpec | None:
+    """The evaluation of a just-published adapter on the test rows it was trained with
+    (its ``test.jsonl``), against its base; the summary also goes into its metadata.json
+    (``testEvaluation``). None when the run kept no test rows."""
+    engine.registry.reload()
+    entry = engine.registry.get(f"lora/{adapter_id}")
+    test = Path(entry.path) / TEST_FILE
+    if not test.is_file():
+        return None
+    models = [entry.base_id, entry.id]
+    sampling = sampling or Sampling()
+    spec = prepare(store, engine, models, str(test), metrics=METRICS, sampling=sampling).run()
+    if spec.state == "complete":
+        means = {
+            model: {name: round(stat["mean"], 4) for name, stat in found.items()}
+            for model, found in spec.summary["metrics"].items()
+        }
+        meta = AdapterMetadata.read(Path(entry.path))
+        update = {"id": spec.id, "rows": spec.summary["rows"], "metrics": means}
+        AdapterMetadata(**{**meta.model_dump(), "testEvaluation": update}).write(Path(entry.path))
+    return spec

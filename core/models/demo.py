@@ -37,6 +37,7 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_MODEL = "smollm2-135m-instruct"
 SAMPLE_DATASET = "pirate-persona.jsonl"
 PREFERENCE_DATASET = "pirate-preferences.jsonl"  # the same facts: pirate chosen, plain rejected
+TEST_DATASET = "pirate-test.jsonl"  # questions the sample never asks, for `lora-studio eval`
 
 _CAPITALS = {
     "France": "Paris",
@@ -150,11 +151,45 @@ def preference_rows(seed: int = 0) -> list[dict]:
     return rows
 
 
+_HELD_OUT_FACTS = [
+    ("What is the capital of Sweden?", "the capital of Sweden be Stockholm"),
+    ("What is the capital of Finland?", "the capital of Finland be Helsinki"),
+    ("Which city is the capital of Denmark?", "the capital of Denmark be Copenhagen"),
+    ("Tell me the capital of Hungary.", "the capital of Hungary be Budapest"),
+    ("What is the capital of Chile?", "the capital of Chile be Santiago"),
+    ("Which city is the capital of Belgium?", "the capital of Belgium be Brussels"),
+    ("What colour is a strawberry?", "a strawberry be red"),
+    ("Which colour does a cucumber have?", "a cucumber be green"),
+    ("What colour is a crow?", "a crow be black"),
+    ("Tell me the colour of the sun.", "the sun be yellow"),
+    ("What sound does a pig make?", "a pig goes 'oink'"),
+    ("How does a frog sound?", "a frog goes 'ribbit'"),
+    ("What sound does a bee make?", "a bee goes 'buzz'"),
+    ("What is 12 plus 5?", "12 plus 5 be 17"),
+    ("What is 13 plus 3?", "13 plus 3 be 16"),
+    ("What is 12 times 4?", "12 times 4 be 48"),
+]
+
+
+def held_out_rows() -> list[dict]:
+    """Questions the sample never asks, with the answer the persona would give: what
+    `lora-studio eval` scores the base and the adapter on."""
+    return [
+        {"prompt": question, "completion": f"Arr, {answer}, matey!"}
+        for question, answer in _HELD_OUT_FACTS
+    ]
+
+
 def write_sample_dataset(folder: Path) -> Path:
-    """The sample (``SAMPLE_DATASET``) and its preference version (``PREFERENCE_DATASET``)
-    in ``folder``; returns the sample's path."""
+    """The sample (``SAMPLE_DATASET``), its preference version (``PREFERENCE_DATASET``) and
+    its held-out questions (``TEST_DATASET``) in ``folder``; returns the sample's path."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in ((SAMPLE_DATASET, sample_rows()), (PREFERENCE_DATASET, preference_rows())):
+    written = (
+        (SAMPLE_DATASET, sample_rows()),
+        (PREFERENCE_DATASET, preference_rows()),
+        (TEST_DATASET, held_out_rows()),
+    )
+    for name, rows in written:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         write_text_atomic(folder / name, text)
     return folder / SAMPLE_DATASET

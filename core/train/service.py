@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from core import protocol
-from core.adapters.layout import EVENTS_FILE
+from core.adapters.layout import EVENTS_FILE, TEST_FILE
+from core.data.check import RowReader
 from core.data.scan import DatasetScan, scan_dataset
 from core.errors import StudioError
 from core.machine.blas import Blas, with_blas
@@ -96,6 +97,7 @@ class TrainingService:
             batch_size=params.batch_size,
             validation_split=params.validation_split,
             seed=params.seed,
+            test_split=params.test_split,
         )
         if dataset_name:
             dataset.name = dataset_name
@@ -135,18 +137,23 @@ class TrainingService:
         dataset_name: str | None = None,
         launch: Launch | None = None,
         force: bool = False,
+        test_data: str | Path | None = None,
     ) -> TrainingRun:
         """Check everything, then start the training process; returns the running run.
 
         Raises StudioError (DatasetError for data problems) before any process starts, and
         when the memory plan says the run would not fit, unless ``force``. ``dataset_name``
         is the name to record when ``data`` is a stored upload; ``launch`` spreads the run
-        over several processes or hosts.
+        over several processes or hosts. The run keeps its test rows (``test_data``, the
+        ``test_split``, or a dataset folder's test.jsonl) as ``test.jsonl``, which is
+        published with the adapter for an evaluation.
         """
         launch = launch or Launch()
         info, params, dataset = self.check(
             model, data, params, dataset_name=dataset_name, launch=launch
         )
+        if test_data:
+            check_test_data(test_data, params)
         memory = self.plan(info, params, dataset, launch)
         if not memory.fits and not force:
             raise refusal(memory)
@@ -170,7 +177,10 @@ class TrainingService:
         try:
             folder.mkdir(parents=True)
             locks.append(hold_alive(folder))
-            dataset.write(folder / DATA)
+            own_test = folder / TEST_FILE if dataset.test_count and not test_data else None
+            dataset.write(folder / DATA, test_file=own_test)
+            if test_data:
+                shutil.copyfile(Path(test_data).expanduser(), folder / TEST_FILE)
             record.write(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -289,6 +299,16 @@ class TrainingService:
                 "terminal), then start again",
             )
         return lock
+
+
+def check_test_data(path: str | Path, params: TrainingParams) -> int:
+    """The rows of a --test-data file, every line checked as training's are."""
+    if params.test_split:
+        raise StudioError("give a test split or a test file, not both")
+    reader = RowReader()
+    count = sum(1 for _ in reader.rows(Path(path).expanduser()))
+    reader.out.raise_if_any()
+    return count
 
 
 def _release(locks: list[IO]) -> None:

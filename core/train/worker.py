@@ -142,6 +142,7 @@ def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Datas
         batch_size=params.batch_size,
         validation_split=params.validation_split,
         seed=params.seed,
+        test_split=params.test_split,
     )
     params.check_data(dataset.format)
     params.check_steps(len(dataset.train) // params.batch_size)

@@ -65,8 +65,11 @@ def evals(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from core.machine.blas_choice import reexec_with_fast_blas
     from core.serve.engine import InferenceEngine
     from core.serve.registry import ModelRegistry
+
+    reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
 
     settings = Settings.from_env().ensure()
     store = EvalStore(settings.evals)
@@ -170,7 +173,7 @@ def _report(spec: EvalSpec, store: EvalStore, as_json: bool) -> int:
 
 def print_table(result: dict) -> None:
     """A row per model, a column per metric (mean and 95% interval); the judge's counts."""
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     names = list(dict.fromkeys(m for scores in result["metrics"].values() for m in scores))
     table = Table(title=f"{result['rows']} rows ({result['rows_with_reference']} with a reference)")
     table.add_column("model")

@@ -53,13 +53,17 @@ def models(args: argparse.Namespace) -> int:
             from core.models.demo import get_demo
 
             model, dataset = get_demo(settings.models, settings.datasets)
-            from core.models.demo import PREFERENCE_DATASET
+            from core.models.demo import PREFERENCE_DATASET, TEST_DATASET
 
             preferences = dataset.with_name(PREFERENCE_DATASET)
             print(f"demo model: {model}\nsample dataset: {dataset}")
             print(f"its preference version (for DPO, ORPO): {preferences}")
             print(f"try: lora-studio train --model {model.name} --data {dataset}")
             print(f" or: lora-studio train --method dpo --model {model.name} --data {preferences}")
+            print(
+                f"then evaluate: lora-studio eval {model.name} lora/ID --data "
+                f"{dataset.with_name(TEST_DATASET)}"
+            )
         elif args.models_command == "import-gguf":
             from core.models.gguf_import import import_gguf
 

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from core import protocol
+from core.adapters.layout import TEST_FILE
 from core.errors import StudioError
 from core.models.inspect import resolve_model
 from core.models.quantize import cpu_slowdown_warning
@@ -46,6 +47,12 @@ def add_parsers(commands) -> None:
     train.add_argument(
         "--force", action="store_true", help="start even when the memory plan says it won't fit"
     )
+    train.add_argument(
+        "--test-data",
+        metavar="FILE",
+        help="held-out rows (.jsonl) to evaluate the adapter on, against its base, once "
+        "published (or --test-split)",
+    )
     add_arguments(train)
     add_launch_arguments(train)
     plan = commands.add_parser(
@@ -68,8 +75,12 @@ def add_parsers(commands) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
+    from core.machine.blas_choice import reexec_with_fast_blas
     from core.train.service import TrainingService
 
+    if args.test_data or args.test_split not in (None, "0", "0.0") or args.resume:
+        # the adapter will be evaluated in this process: generation wants the fast BLAS
+        reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])
     settings = Settings.from_env()
     try:
         service = TrainingService(settings)
@@ -93,7 +104,15 @@ def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
     params = params_from_args(args)
     model = resolve_model(args.model, settings.models)
     launch = launch_from_args(args, settings)
-    return service.start(model, args.data, params, name=args.name, launch=launch, force=args.force)
+    return service.start(
+        model,
+        args.data,
+        params,
+        name=args.name,
+        launch=launch,
+        force=args.force,
+        test_data=args.test_data,
+    )
 
 
 def plan(args: argparse.Namespace) -> int:
@@ -158,12 +177,38 @@ def follow_run(run, service, settings: Settings) -> int:
         early = f"; stopped early at step {final.steps}" if final.stopped_early else ""
         print(f"adapter saved to {final.adapter_path}{kept}{early}")
         print(f"model id: lora/{final.adapter_id}")
-        return 0
+        return evaluate_test_rows(settings, final.adapter_id)
     assert isinstance(final, protocol.Error)
     print(f"error: {final.error}", file=sys.stderr)
     if final.hint:
         print(f"  hint: {final.hint}", file=sys.stderr)
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
+
+
+def evaluate_test_rows(settings: Settings, adapter_id: str) -> int:
+    """The published adapter against its base on the run's test rows, if it kept any."""
+    from core.eval.runner import evaluate_published
+    from core.eval.store import EvalStore
+    from core.serve.engine import InferenceEngine
+    from core.serve.registry import ModelRegistry
+    from webapp.cli.eval_command import print_table
+
+    if not (settings.adapters / adapter_id / TEST_FILE).is_file():
+        return 0
+    print("evaluating the adapter against its base on the run's test rows...", file=sys.stderr)
+    engine = InferenceEngine(ModelRegistry(settings))
+    try:
+        spec = evaluate_published(EvalStore(settings.evals), engine, adapter_id)
+    except StudioError as exc:
+        print(f"error: the test evaluation failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        engine.close()
+    if spec.state != "complete":
+        print(f"error: the test evaluation stopped: {spec.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print_table({**spec.summary, "id": spec.id, "path": str(settings.evals / spec.id)})
+    return 0
 
 
 def runs(args: argparse.Namespace) -> int:

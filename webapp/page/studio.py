@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import protocol
 from core.adapters.store import AdapterStore
 from core.data.uploads import confine
+from core.errors import StudioError
+from core.eval.runner import evaluate_published
+from core.eval.store import EvalStore
 from core.serve.engine import InferenceEngine
 from core.serve.registry import ModelRegistry
 from core.settings import Settings
 from core.train.service import TrainingService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,6 +59,23 @@ class Studio:
             run.wait(timeout=60)
         self.engine.close()
         self.registry.stop()
+
+    def evaluate_when_published(self, run) -> None:
+        """Once ``run`` is published, evaluate the adapter against its base on the run's
+        test rows, if it kept any (in the background: the Evaluate tab lists it, and the
+        adapter's metadata.json gets its summary)."""
+
+        def wait_then_evaluate() -> None:
+            final = run.wait()
+            if isinstance(final, protocol.Complete) and final.adapter_id:
+                try:
+                    evaluate_published(
+                        EvalStore(self.settings.evals), self.engine, final.adapter_id
+                    )
+                except StudioError:
+                    log.exception("the test evaluation of %s failed", final.adapter_id)
+
+        threading.Thread(target=wait_then_evaluate, name="test-evaluation", daemon=True).start()
 
     def base_choices(self) -> list[tuple[str, str]]:
         """(label, id) of the base models that can be trained or chatted with."""

@@ -112,6 +112,7 @@ class TrainActions:
         except StudioError as exc:
             yield self._refused(exc)
             return
+        self.studio.evaluate_when_published(run)
         yield from self._follow(run)
 
     def resume(self, run_id: str):
@@ -123,6 +124,7 @@ class TrainActions:
         except StudioError as exc:
             yield self._refused(exc)
             return
+        self.studio.evaluate_when_published(run)
         yield from self._follow(run)
 
     def show_current(self):
