@@ -239,3 +239,59 @@ def test_metrics_on_known_answers():
     assert metrics.token_f1("the cat sat", "a cat sat down") == pytest.approx(0.8)
     stat = metrics.bootstrap([0.0, 1.0] * 50)
     assert stat["mean"] == 0.5 and 0.38 < stat["low"] < 0.5 < stat["high"] < 0.62
+
+
+def test_a_test_split_is_kept_out_of_training_and_validation(tmp_path):
+    from core.data.scan import load_dataset, scan_dataset, split_indices
+
+    rows = [{"prompt": f"question {i}?", "completion": f"answer {i}."} for i in range(50)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    train, valid, test = split_indices(50, 0.2, 3, test_split=0.1)
+    assert (len(train), len(valid), len(test)) == (35, 10, 5)
+    assert split_indices(50, 0.2, 3)[1] == valid  # the validation rows do not move
+    assert not set(test) & (set(train) | set(valid))
+    loaded = load_dataset(path, batch_size=4, seed=3, test_split=0.1)
+    held = {rows[i]["prompt"] for i in test}
+    seen = {r["prompt"] for r in loaded.train + loaded.valid}
+    assert not held & seen and len(seen) == 45
+    scan = scan_dataset(path, batch_size=4, seed=3, test_split=0.1)
+    assert (scan.train_count, scan.valid_count, scan.test_count) == (35, 10, 5)
+    scan.write(tmp_path / "run", test_file=tmp_path / "test.jsonl")
+    lines = (tmp_path / "test.jsonl").read_text().splitlines()
+    written = [json.loads(line)["prompt"] for line in lines]
+    assert set(written) == held
+    folder = tmp_path / "folder"
+    write_jsonl(folder / "train.jsonl", rows[:40])
+    write_jsonl(folder / "valid.jsonl", rows[40:])
+    with pytest.raises(StudioError, match="own validation or test file"):
+        scan_dataset(folder, batch_size=4, test_split=0.1)
+
+
+def test_a_run_with_a_test_split_is_evaluated_against_its_base(tmp_path, toy_model):
+    """`lora-studio train --test-split`: the adapter keeps its test rows and, once published,
+    is evaluated on them against its base; metadata.json gets the summary."""
+    from tests.helpers import colour_rows
+
+    home = tmp_path / "home"
+    studio_with_toy(home, toy_model)
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows(60))
+    done = lora_studio(
+        *("train", "--model", "toy", "--data", str(data), "--test-split", "0.1"),
+        *("--lora-layers", "-1", "--epochs", "1", "--learning-rate", "1e-2"),
+        *("--samples", "0"),
+        home=home,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rouge_l" in done.stdout and "evaluating the adapter" in done.stderr
+    adapter = next((home / "adapters").iterdir())
+    assert len((adapter / "test.jsonl").read_text().splitlines()) == 6
+    meta = json.loads((adapter / "metadata.json").read_text())
+    assert meta["trainExamples"] == 42 and meta["validationExamples"] == 12
+    tested = meta["testEvaluation"]
+    assert tested["rows"] == 6 and set(tested["metrics"]) == {"toy", f"lora/{adapter.name}"}
+    both = lora_studio(
+        *("train", "--model", "toy", "--data", str(data), "--test-split", "0.1"),
+        *("--test-data", str(data)),
+        home=home,
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
