@@ -261,6 +261,7 @@ def test_a_test_split_is_kept_out_of_training_and_validation(tmp_path):
     written = [json.loads(line)["prompt"] for line in lines]
     assert set(written) == held
     folder = tmp_path / "folder"
+    folder.mkdir()
     write_jsonl(folder / "train.jsonl", rows[:40])
     write_jsonl(folder / "valid.jsonl", rows[40:])
     with pytest.raises(StudioError, match="own validation or test file"):
@@ -291,7 +292,7 @@ def test_a_run_with_a_test_split_is_evaluated_against_its_base(tmp_path, toy_mod
     assert tested["rows"] == 6 and set(tested["metrics"]) == {"toy", f"lora/{adapter.name}"}
     both = lora_studio(
         *("train", "--model", "toy", "--data", str(data), "--test-split", "0.1"),
-        *("--test-data", str(data)),
+        *("--test-data", str(data), "--lora-layers", "-1"),
         home=home,
     )
     assert both.returncode == 2 and "not both" in both.stderr

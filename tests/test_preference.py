@@ -237,7 +237,7 @@ def test_the_cli_trains_a_preference_adapter_that_mlx_lm_loads(tmp_path, toy_mod
         home=tmp_path / "home",
     )
     assert done.returncode == 0, done.stderr
-    assert "reward accuracy" in done.stderr
+    assert "reward accuracy" in done.stderr and "samples at step 0" in done.stderr
     adapter = next((tmp_path / "home" / "adapters").iterdir())
     meta = json.loads((adapter / "metadata.json").read_text())
     assert meta["method"] == method and meta["beta"] == 0.1
