@@ -270,3 +270,46 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
         expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=120000)
         expect(answer).not_to_contain_text("⚠️")  # the chat writes errors into the reply
         page.close()
+
+
+def test_an_evaluation_of_the_persona_against_the_base(demo, persona, tmp_path):
+    """The held-out questions the demo writes: batched answers equal mlx-lm's greedy
+    `generate`, and the adapter's answers are nearer the persona's references."""
+    from core.eval import runner
+    from core.eval.generation import Sampling
+    from core.eval.store import EvalStore
+    from core.models.demo import held_out_rows
+    from core.serve.engine import InferenceEngine
+    from core.serve.registry import ModelRegistry
+    from tests.helpers import write_jsonl
+
+    model_path, _ = demo
+    service, run, _ = persona
+    settings = service.settings
+    (settings.models / DEMO_MODEL).symlink_to(model_path, target_is_directory=True)
+    data = write_jsonl(tmp_path / "held-out.jsonl", held_out_rows()[:6])
+    engine = InferenceEngine(ModelRegistry(settings))
+    adapter = f"lora/{run.id}"
+    try:
+        evaluation = runner.prepare(
+            EvalStore(settings.evals),
+            engine,
+            [DEMO_MODEL, adapter],
+            str(data),
+            metrics=("rouge_l", "loss"),
+            sampling=Sampling(max_tokens=24, batch_size=6),
+        )
+        spec = evaluation.run()
+    finally:
+        engine.close()
+    assert spec.state == "complete", spec.error
+    rows = EvalStore(settings.evals).rows(spec.id)
+    base, tokenizer = load(str(model_path))
+    tuned, _ = load(str(model_path), adapter_path=str(run.adapter_path))
+    for row in rows:
+        question = row["prompt"]
+        assert row["answers"][DEMO_MODEL] == greedy(base, tokenizer, question).strip()
+        assert row["answers"][adapter] == greedy(tuned, tokenizer, question).strip()
+    scores = spec.summary["metrics"]
+    assert scores[adapter]["rouge_l"]["mean"] > scores[DEMO_MODEL]["rouge_l"]["mean"]
+    assert scores[adapter]["loss"]["mean"] < scores[DEMO_MODEL]["loss"]["mean"]
