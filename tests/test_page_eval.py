@@ -32,6 +32,7 @@ def studio_url(tmp_path_factory, toy_model, trained_adapter):
     meta = AdapterMetadata.read(twin)
     meta.adapterName, meta.learningRate = "Twin", 0.5
     meta.write(twin)
+    write_jsonl(twin / "test.jsonl", ROWS)  # as a run with a test split publishes it
     with lora_studio_server(home) as (_, url, _log):
         yield url, home, trained_adapter.name, twin.name
 
@@ -80,3 +81,19 @@ def test_the_evaluation_is_the_clis_too(studio_url):
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert any(spec["state"] == "complete" and spec["rows_total"] == 6 for spec in listed)
+
+
+def test_an_adapters_test_rows_pick_it_and_its_base(browser, studio_url):
+    url, _, _, twin_id = studio_url
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    page.get_by_role("tab", name="Evaluate").click()
+    label = "...or an adapter's test rows (picks the adapter and its base)"
+    pick(page, label, f"Twin ({twin_id[:8]})")
+    expect(page.get_by_text("Twin (LoRA on toy)").first).to_be_visible(timeout=20000)
+    page.get_by_role("button", name="Evaluate", exact=True).click()
+    expect(page.locator("#ls-eval-status")).to_contain_text("Done: 6 rows", timeout=120000)
+    summary = page.locator("#ls-eval-summary")
+    expect(summary.locator("td", has_text="toy").first).to_be_visible()
+    expect(summary).to_contain_text(f"lora/{twin_id}")
+    page.close()

@@ -31,9 +31,16 @@ class Answer:
     reference_loss: float | None  # mean NLL per reference token; None without a reference
 
 
-def answer(engine: InferenceEngine, model_id: str, cases: list[Case], sampling: Sampling):
-    """``model_id``'s answer to each case, in order (the cases in one engine call: call it
-    with a batch's worth for progress between calls)."""
+def answer(
+    engine: InferenceEngine,
+    model_id: str,
+    cases: list[Case],
+    sampling: Sampling,
+    with_loss: bool = True,
+) -> list[Answer]:
+    """``model_id``'s answer to each case, in order, and (``with_loss``) the reference's
+    loss under it (the cases in one engine call: call it with a batch's worth for progress
+    between calls)."""
 
     def work(model, tokenizer) -> list[Answer]:
         prompts = [prompt_tokens(tokenizer, case) for case in cases]
@@ -43,7 +50,7 @@ def answer(engine: InferenceEngine, model_id: str, cases: list[Case], sampling: 
             made = _generate(model, tokenizer, chunk, sampling, seed=sampling.seed + start)
             texts += made[0]
             counts += made[1]
-        losses = [reference_loss(model, tokenizer, case) for case in cases]
+        losses = [reference_loss(model, tokenizer, c) if with_loss else None for c in cases]
         return [Answer(t, n, loss) for t, n, loss in zip(texts, counts, losses, strict=True)]
 
     return engine.with_model(model_id, work)

@@ -20,7 +20,7 @@ from core.errors import StudioError
 from core.eval import judge as judging
 from core.eval.cases import Case, fingerprint, read_cases
 from core.eval.generation import Answer, Sampling, answer, perplexity
-from core.eval.metrics import METRICS, bootstrap, reference_scores
+from core.eval.metrics import METRICS, MODEL_METRICS, bootstrap, reference_scores
 from core.eval.store import EvalSpec, EvalStore
 from core.serve.engine import GenerationParams, InferenceEngine
 
@@ -86,7 +86,11 @@ class Evaluation:
         return self.spec
 
     def _rows(self, cases: list[Case], sampling: Sampling) -> list[dict]:
-        answers = {model: answer(self.engine, model, cases, sampling) for model in self.spec.models}
+        with_loss = bool(set(MODEL_METRICS) & set(self.spec.metrics))
+        answers = {
+            model: answer(self.engine, model, cases, sampling, with_loss)
+            for model in self.spec.models
+        }
         rows = []
         for index, case in enumerate(cases):
             mine = {model: answers[model][index] for model in self.spec.models}

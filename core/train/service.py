@@ -177,10 +177,7 @@ class TrainingService:
         try:
             folder.mkdir(parents=True)
             locks.append(hold_alive(folder))
-            own_test = folder / TEST_FILE if dataset.test_count and not test_data else None
-            dataset.write(folder / DATA, test_file=own_test)
-            if test_data:
-                shutil.copyfile(Path(test_data).expanduser(), folder / TEST_FILE)
+            _write_data(folder, dataset, test_data)
             record.write(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -299,6 +296,15 @@ class TrainingService:
                 "terminal), then start again",
             )
         return lock
+
+
+def _write_data(folder: Path, dataset: DatasetScan, test_data: str | Path | None) -> None:
+    """The run's rows: its train and validation split, and its test rows (a file given, a
+    split, or the dataset folder's own) as the run's test.jsonl."""
+    own_test = folder / TEST_FILE if dataset.test_count and not test_data else None
+    dataset.write(folder / DATA, test_file=own_test)
+    if test_data:
+        shutil.copyfile(Path(test_data).expanduser(), folder / TEST_FILE)
 
 
 def check_test_data(path: str | Path, params: TrainingParams) -> int:

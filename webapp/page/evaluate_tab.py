@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import gradio as gr
 import pandas as pd
 
+from core.adapters.layout import TEST_FILE
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
@@ -29,6 +30,15 @@ SORT_METRICS = (*REFERENCE_METRICS, "loss", "judge score")
 class EvaluateTab:
     models: gr.Dropdown
     judge: gr.Dropdown
+
+
+def test_rows_choices(studio: Studio) -> list[tuple[str, str]]:
+    """(label, id) of the adapters published with test rows."""
+    return [
+        (f"{a.name} ({a.id[:8]})", a.id)
+        for a in studio.adapters.list()
+        if (a.path / TEST_FILE).is_file()
+    ]
 
 
 def past_choices(store: EvalStore) -> list[tuple[str, str]]:
@@ -125,13 +135,13 @@ class EvaluateActions:
         self.store = EvalStore(studio.settings.evals)
         self.running: dict[str, runner.Evaluation] = {}  # by id: what Stop stops
 
-    def start(self, models, data, metrics, judge, judge_url, judge_model, max_tokens, batch):
+    def start(self, models, data, tested, *rest):
         """Prepare, then run in the background: progress every half second, the result
-        at the end (or why it stopped, with the rows kept)."""
+        at the end (or why it stopped, with the rows kept). ``rest``: metrics, the judge
+        (a studio model, or a URL and its model), max tokens, rows together."""
         try:
-            evaluation = self._prepare(
-                models, data, metrics, judge, judge_url, judge_model, max_tokens, batch
-            )
+            path = self._test_file(data, tested)
+            evaluation = self._prepare(models, path, *rest)
         except StudioError as exc:
             yield explain(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
@@ -145,9 +155,30 @@ class EvaluateActions:
             return
         yield from self._follow(evaluation)
 
-    def _prepare(self, models, data, metrics, judge, judge_url, judge_model, max_tokens, batch):
-        if not data:
-            raise StudioError("add a test file (.jsonl)")
+    def _test_file(self, data, tested) -> str:
+        """An uploaded file (a path under the dataset roots on an exposed studio), or the
+        test rows an adapter was published with."""
+        if data:
+            return str(self.studio.dataset_path(data))
+        if tested:
+            path = self.studio.adapters.path(tested) / TEST_FILE
+            if path.is_file():
+                return str(path)
+        raise StudioError("add a test file (.jsonl), or pick an adapter's test rows")
+
+    def pick_tested(self, adapter_id):
+        """An adapter's test rows are for it against its base: pick both."""
+        try:
+            entry = self.studio.registry.get(f"lora/{adapter_id}")
+        except StudioError:
+            return gr.skip()
+        return [entry.base_id, entry.id]
+
+    def refreshed(self):
+        """The lists a page opens with, as they are now."""
+        return self.past_update(), gr.update(choices=test_rows_choices(self.studio))
+
+    def _prepare(self, models, path, metrics, judge, judge_url, judge_model, max_tokens, batch):
         if not metrics:
             raise StudioError("pick one metric at least")
         config = None
@@ -164,7 +195,7 @@ class EvaluateActions:
             self.store,
             self.studio.engine,
             list(models or []),
-            str(self.studio.dataset_path(data)),
+            path,
             metrics=tuple(metrics),
             sampling=sampling,
             judge=config,
@@ -223,35 +254,61 @@ def _ending(spec: EvalSpec) -> str:
     )
 
 
+@dataclass
+class _Form:
+    """The left column: what Evaluate takes, in the order ``EvaluateActions.start`` does."""
+
+    models: gr.Dropdown
+    data: gr.File
+    tested: gr.Dropdown
+    metrics: gr.CheckboxGroup
+    judge: gr.Dropdown
+    judge_url: gr.Textbox
+    judge_model: gr.Textbox
+    max_tokens: gr.Number
+    batch: gr.Number
+
+    def inputs(self) -> list:
+        return list(vars(self).values())
+
+
+def _form(studio: Studio) -> _Form:
+    models = gr.Dropdown(
+        studio.chat_choices(),
+        multiselect=True,
+        label="Models (the first is the baseline the others are compared with)",
+        allow_custom_value=True,
+    )
+    data = gr.File(
+        label="Test file (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="ls-eval-data"
+    )
+    tested = gr.Dropdown(
+        test_rows_choices(studio),
+        value=None,
+        label="...or an adapter's test rows (picks the adapter and its base)",
+        allow_custom_value=True,
+    )
+    metrics = gr.CheckboxGroup(list(METRICS), value=list(METRICS), label="Metrics")
+    with gr.Accordion("Judge (an LLM comparing the answers)", open=False):
+        judge = gr.Dropdown(
+            [("no judge", "")] + studio.chat_choices(),
+            value="",
+            label="A model of this studio",
+            allow_custom_value=True,
+        )
+        judge_url = gr.Textbox(label="...or an OpenAI-compatible URL (…/v1)")
+        judge_model = gr.Textbox(label="The judge's model name at that URL")
+    with gr.Row():
+        max_tokens = gr.Number(256, label="Max tokens per answer", precision=0)
+        batch = gr.Number(8, label="Rows generated together", precision=0)
+    return _Form(models, data, tested, metrics, judge, judge_url, judge_model, max_tokens, batch)
+
+
 def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
     act = EvaluateActions(studio)
     with gr.Row():
         with gr.Column(scale=1):
-            models = gr.Dropdown(
-                studio.chat_choices(),
-                multiselect=True,
-                label="Models (the first is the baseline the others are compared with)",
-                allow_custom_value=True,
-            )
-            data = gr.File(
-                label="Test file (.jsonl)",
-                file_types=[".jsonl"],
-                type="filepath",
-                elem_id="ls-eval-data",
-            )
-            metrics = gr.CheckboxGroup(list(METRICS), value=list(METRICS), label="Metrics")
-            with gr.Accordion("Judge (an LLM comparing the answers)", open=False):
-                judge = gr.Dropdown(
-                    [("no judge", "")] + studio.chat_choices(),
-                    value="",
-                    label="A model of this studio",
-                    allow_custom_value=True,
-                )
-                judge_url = gr.Textbox(label="...or an OpenAI-compatible URL (…/v1)")
-                judge_model = gr.Textbox(label="The judge's model name at that URL")
-            with gr.Row():
-                max_tokens = gr.Number(256, label="Max tokens per answer", precision=0)
-                batch = gr.Number(8, label="Rows generated together", precision=0)
+            form = _form(studio)
             with gr.Row():
                 start = gr.Button("Evaluate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -273,18 +330,15 @@ def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
                 )
                 resume = gr.Button("Resume", scale=1)
     shown = gr.State(None)
-    inputs = [models, data, metrics, judge, judge_url, judge_model, max_tokens, batch]
     outputs = [status, summary, rows, shown, past]
-    start.click(act.start, inputs, outputs, **PRIVATE, **HEAVY).then(
-        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
-    )
-    resume.click(act.resume, past, outputs, **PRIVATE, **HEAVY).then(
-        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
-    )
+    show = {"fn": act.open, "inputs": [shown, sort_by], "outputs": [summary, rows]}
+    show |= {**PRIVATE, **QUICK}
+    start.click(act.start, form.inputs(), outputs, **PRIVATE, **HEAVY).then(**show)
+    resume.click(act.resume, past, outputs, **PRIVATE, **HEAVY).then(**show)
     stop.click(act.stop, shown, status, **PRIVATE, **QUICK)
-    past.input(lambda eval_id: eval_id, past, shown, **PRIVATE, **QUICK).then(
-        act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK
-    )
-    sort_by.input(act.open, [shown, sort_by], [summary, rows], **PRIVATE, **QUICK)
-    page.load(lambda: act.past_update(), None, past, **PRIVATE, **QUICK)
-    return EvaluateTab(models=models, judge=judge)
+    past.input(lambda eval_id: eval_id, past, shown, **PRIVATE, **QUICK).then(**show)
+    sort_by.input(**show)
+    form.tested.input(act.pick_tested, form.tested, form.models, **PRIVATE, **QUICK)
+    refreshed = [past, form.tested]
+    page.load(act.refreshed, None, refreshed, **PRIVATE, **QUICK)
+    return EvaluateTab(models=form.models, judge=form.judge)
