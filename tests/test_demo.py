@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,6 +229,7 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
     data = tmp_path / "pirate8.jsonl"
     data.write_text("\n".join(dataset.read_text().splitlines()[:8]) + "\n")
     flags = ("--data", str(data), "--epochs", "1", "--batch-size", "2", "--lora-layers", "2")
+    flags += ("--samples", "0")  # samples are not what this test is about
     trained = lora_studio(
         "train", "--model", base.name, *flags, "--learning-rate", "1e-3", home=home
     )
@@ -273,43 +275,31 @@ def test_a_4bit_demo_trains_from_the_cli_and_the_page_and_chats(demo, browser, t
 
 
 def test_an_evaluation_of_the_persona_against_the_base(demo, persona, tmp_path):
-    """The held-out questions the demo writes: batched answers equal mlx-lm's greedy
-    `generate`, and the adapter's answers are nearer the persona's references."""
-    from core.eval import runner
-    from core.eval.generation import Sampling
-    from core.eval.store import EvalStore
+    """`lora-studio eval` on held-out questions the demo writes: its batched answers equal
+    mlx-lm's greedy `generate`, and the adapter's are nearer the persona's references."""
     from core.models.demo import held_out_rows
-    from core.serve.engine import InferenceEngine
-    from core.serve.registry import ModelRegistry
-    from tests.helpers import write_jsonl
+    from tests.helpers import lora_studio, write_jsonl
 
     model_path, _ = demo
     service, run, _ = persona
     settings = service.settings
     (settings.models / DEMO_MODEL).symlink_to(model_path, target_is_directory=True)
-    data = write_jsonl(tmp_path / "held-out.jsonl", held_out_rows()[:6])
-    engine = InferenceEngine(ModelRegistry(settings))
+    data = write_jsonl(tmp_path / "held-out.jsonl", held_out_rows()[:3])
     adapter = f"lora/{run.id}"
-    try:
-        evaluation = runner.prepare(
-            EvalStore(settings.evals),
-            engine,
-            [DEMO_MODEL, adapter],
-            str(data),
-            metrics=("rouge_l", "loss"),
-            sampling=Sampling(max_tokens=24, batch_size=6),
-        )
-        spec = evaluation.run()
-    finally:
-        engine.close()
-    assert spec.state == "complete", spec.error
-    rows = EvalStore(settings.evals).rows(spec.id)
+    done = lora_studio(
+        *("eval", DEMO_MODEL, adapter, "--data", str(data), "--json"),
+        *("--metrics", "rouge_l,loss", "--max-tokens", "24", "--batch-size", "3"),
+        home=settings.home,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    rows = [json.loads(line) for line in (Path(result["path"]) / "rows.jsonl").open()]
     base, tokenizer = load(str(model_path))
     tuned, _ = load(str(model_path), adapter_path=str(run.adapter_path))
     for row in rows:
         question = row["prompt"]
         assert row["answers"][DEMO_MODEL] == greedy(base, tokenizer, question).strip()
         assert row["answers"][adapter] == greedy(tuned, tokenizer, question).strip()
-    scores = spec.summary["metrics"]
+    scores = result["metrics"]
     assert scores[adapter]["rouge_l"]["mean"] > scores[DEMO_MODEL]["rouge_l"]["mean"]
     assert scores[adapter]["loss"]["mean"] < scores[DEMO_MODEL]["loss"]["mean"]
