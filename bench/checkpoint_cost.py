@@ -16,22 +16,16 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import timed  # noqa: E402
 from core.machine.blas_choice import reexec_with_fast_blas  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 DEMO_STEPS_PER_EPOCH = 56  # 224 training rows of the pirate sample, batch 4
-
-
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def main() -> None:

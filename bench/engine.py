@@ -21,6 +21,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.timing import timed  # noqa: E402
 from core.machine.blas_choice import reexec_with_fast_blas  # noqa: E402
 from core.models.toy import build_toy_llama, tokenizer_corpus  # noqa: E402
 from core.params import TrainingParams  # noqa: E402
@@ -32,12 +33,6 @@ from tests.helpers import colour_rows, write_jsonl  # noqa: E402
 
 ONE_TOKEN = GenerationParams(temperature=0.0, max_tokens=1)
 QUESTION = [{"role": "user", "content": "What colour is the sky?"}]
-
-
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def train_adapters(settings: Settings, base: Path, count: int, tmp: Path) -> list[str]:
