@@ -32,8 +32,6 @@ class Judge:
     ask: Callable[[str], str]
     description: str
     rubric: str = judging.RUBRIC
-    pairwise: bool = True
-    scores: bool = True
 
 
 def studio_judge(engine: InferenceEngine, model_id: str) -> Callable[[str], str]:
@@ -123,18 +121,16 @@ class Evaluation:
     def _judged(self, case: Case, texts: dict[str, str]) -> dict:
         judge, models = self.judge, self.spec.models
         found: dict = {"pairwise": {}, "scores": {}}
-        if judge.pairwise:
-            for model in models[1:]:
-                verdict = judging.pairwise(
-                    judge.ask, case.prompt, case.reference, texts[models[0]], texts[model]
-                )
-                found["pairwise"][model] = asdict(verdict)
-        if judge.scores:
-            for model in models:
-                score, reply = judging.rubric_score(
-                    judge.ask, case.prompt, case.reference, texts[model], judge.rubric
-                )
-                found["scores"][model] = {"score": score, "reply": reply}
+        for model in models[1:]:
+            verdict = judging.pairwise(
+                judge.ask, case.prompt, case.reference, texts[models[0]], texts[model]
+            )
+            found["pairwise"][model] = asdict(verdict)
+        for model in models:
+            score, reply = judging.rubric_score(
+                judge.ask, case.prompt, case.reference, texts[model], judge.rubric
+            )
+            found["scores"][model] = {"score": score, "reply": reply}
         return found
 
 
