@@ -41,6 +41,9 @@ class Start(_Message):
     ranks: int = 1
     # "completion_only" (vocabulary projection at the counted positions only) or "default"
     loss: str = "default"
+    # layers before the first adapted one whose output is computed once per batch and kept
+    # (core.train.frozen): each step runs the others only; 0 when every step runs them all
+    frozen_layers: int = 0
     # seconds from the process's start to this line, and its parts: imports (the
     # interpreter, MLX, mlx-lm), data (reading and checking every row), model (loading it,
     # the LoRA layers, tokenizing the rows), loss (choosing the loss function)

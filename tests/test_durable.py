@@ -42,6 +42,8 @@ from tests.helpers import (
 
 # save every 5 steps of 12-step epochs: checkpoints fall mid-epoch too
 DURABLE = dict(learning_rate=5e-3, epochs=4, lora_layers=-1, batch_size=4, save_every=5, seed=3)
+# half the toy's layers adapted: its steps start from the frozen layers' kept outputs
+RESUMED = DURABLE | dict(lora_layers=2)
 # trained to answer "red" and validated on "blue", the toy model's validation loss first falls
 # (it learns the sentence) and then rises (it learns the colour): the last step is not the best
 OVERFIT = dict(
@@ -100,11 +102,11 @@ def conflicting(tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, toy_model):
-    """The reference: the DURABLE run, never interrupted."""
+    """The reference: the RESUMED run, never interrupted."""
     home = tmp_path_factory.mktemp("straight")
     settings = Settings.from_env(home).ensure()
     data = write_jsonl(home / "colours.jsonl", colour_rows())
-    run = TrainingService(settings).start(toy_model, data, TrainingParams(**DURABLE))
+    run = TrainingService(settings).start(toy_model, data, TrainingParams(**RESUMED))
     assert isinstance(run.wait(timeout=180), protocol.Complete)
     return settings, run.id, data
 
@@ -114,7 +116,7 @@ def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, s
     """SIGKILL the worker at a (seeded) random step, resume: same weights, same validations."""
     reference_studio, reference_id, data = straight
     service = TrainingService(studio)
-    killed = service.start(toy_model, data, TrainingParams(**DURABLE), name="killed")
+    killed = service.start(toy_model, data, TrainingParams(**RESUMED), name="killed")
     kill_at = random.Random(seed).randint(6, 40)
     for event in killed.follow(timeout=180):
         if getattr(event, "step", 0) >= kill_at:

@@ -154,3 +154,13 @@ def test_a_bad_budget_setting_is_named(studio, toy_model, tmp_path, monkeypatch)
     flags = ("--model", str(toy_model), "--data", str(data), "--lora-layers", "2")
     done = lora_studio("plan", *flags, home=studio.home)
     assert done.returncode == 2 and "LORA_STUDIO_MEMORY_GB = 'lots'" in done.stderr
+
+
+def test_a_run_that_leaves_layers_frozen_counts_their_kept_outputs(shapes):
+    model, params, data = shapes
+    every = estimate(model, params, data)
+    half = estimate(model, params.model_copy(update={"lora_layers": 2}), data)
+    kept_gb = data.tokens * model.hidden * model.dtype_bytes / 1e9
+    assert half.data_gb == pytest.approx(every.data_gb + kept_gb)
+    dpo = params.model_copy(update={"lora_layers": 2, "method": "dpo"})
+    assert estimate(model, dpo, data).data_gb == pytest.approx(every.data_gb)  # SFT only

@@ -3,11 +3,12 @@ time so that a run can start at any step.
 
 mlx-lm's ``trainer.train()`` always starts at step 1 with a fresh optimizer and a data order
 drawn from the global NumPy state, so it cannot resume, keep the best checkpoint or stop early.
-This loop uses the same parts (``default_loss``, ``iterate_batches``, ``evaluate``, the compiled
-value-and-grad step with ``average_gradients``) and adds what it lacks:
+This loop uses the same parts (``default_loss``, ``evaluate``, the compiled value-and-grad step
+with ``average_gradients``) and adds what it lacks:
 
 - each epoch's batch order comes from ``seed + epoch``, so the order of any epoch can be drawn
-  again after a restart, and the batches already trained are skipped;
+  again after a restart, and the batches already trained are skipped (``core.train.batches``;
+  with ``core.train.frozen``'s batches a step starts at the first adapted layer);
 - checkpoints hold the optimizer state and the random key as well as the weights;
 - validation every ``eval_every`` steps keeps track of the best step, which is checkpointed so
   it can be published, and of the patience left for early stopping;
@@ -24,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
-from itertools import islice
 from pathlib import Path
 
 import mlx.core as mx
@@ -121,9 +121,13 @@ class TrainingLoop:
         window = _Window()
         while self.state.step < s.total_steps and not self.stopped_early:
             epoch, position = divmod(self.state.step, s.steps_per_epoch)
-            for batch in islice(self._epoch_batches(epoch), position, None):
+            batches = self._epoch_batches(epoch, start=position)
+            while True:
                 self._check_stop()
-                tic = time.perf_counter()
+                tic = time.perf_counter()  # making a batch is a step's work too
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 update = s.updates_at(self.state.step + 1)
                 weighted, weight, sums, accumulated = step_fn(batch, accumulated, update)
                 mx.eval(compiled_state, weighted, weight, sums, accumulated)
@@ -174,13 +178,14 @@ class TrainingLoop:
 
         return step, state
 
-    def _epoch_batches(self, epoch: int) -> Iterator:
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator:
         return self.batches(
             dataset=self.train_set,
             batch_size=self.params.batch_size,
             max_seq_length=self.params.max_seq_length,
             seed=self.params.seed + epoch,
             comm_group=self.group,
+            start=start,
         )
 
     def _advance(self) -> None:

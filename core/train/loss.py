@@ -103,13 +103,15 @@ def head_entropy(head: Callable) -> Callable:
 
 
 def completion_entropy(window: int, body: Callable, entropy: Callable) -> Callable:
-    """``(batch, lengths) -> (cross-entropy, counted)`` at each row's ``window`` positions
-    from its first target: the head and its softmax where the loss counts only."""
+    """``(batch, lengths, *more) -> (cross-entropy, counted)`` at each row's ``window``
+    positions from its first target: the head and its softmax where the loss counts only.
+    ``body(inputs, *more)`` gives the hidden states (``more``: what a batch carries beside
+    its tokens, like ``core.train.frozen``'s kept outputs)."""
 
-    def per_token(batch, lengths):
+    def per_token(batch, lengths, *more):
         inputs, targets = batch[:, :-1], batch[:, 1:]
         width = targets.shape[1]
-        hidden = body(inputs)
+        hidden = body(inputs, *more)
         # target j of a row counts when offset <= j + 1 <= length (default_loss's mask)
         first = mx.maximum(lengths[:, 0:1] - 1, 0)
         positions = first + mx.arange(window)
@@ -149,8 +151,8 @@ def completion_loss(window: int, body: Callable, entropy: Callable) -> Callable:
     """``default_loss`` with the head and cross-entropy at the counted positions only."""
     per_token = completion_entropy(window, body, entropy)
 
-    def loss(model, batch, lengths):
-        ce, counted = per_token(batch, lengths)
+    def loss(model, batch, lengths, *more):
+        ce, counted = per_token(batch, lengths, *more)
         ntoks = counted.sum()
         return (ce * counted).astype(mx.float32).sum() / ntoks, ntoks
 

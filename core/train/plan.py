@@ -21,8 +21,10 @@ from typing import Any
 
 from core.data.scan import DatasetScan
 from core.errors import StudioError
+from core.machine.memory import available_memory_gb
 from core.models.inspect import ModelInfo, weight_files
 from core.params import TrainingParams
+from core.train.frozen import MEMORY_SHARE
 
 GB = 1e9
 # Python, MLX, mlx-lm and the tokenizer in the worker before any weight (peak RSS minus MLX's
@@ -146,7 +148,7 @@ class Estimate:
     trained_gb: float  # LoRA parameters, gradients, Adam moments
     activations_gb: float
     loss_gb: float
-    data_gb: float  # the dataset's rows and tokens in the worker
+    data_gb: float  # the dataset's rows and tokens in the worker, and the frozen outputs kept
     runtime_gb: float = RUNTIME_GB
 
     @property
@@ -172,13 +174,24 @@ def estimate(
     if params.grad_checkpoint:  # each layer keeps its input; one layer is recomputed at a time
         kept = adapted * 2 * tokens * model.hidden + layer
     logits = LOGIT_COPIES * batch * window * model.vocab
+    frozen_gb = _frozen_outputs_gb(model, params, data, adapted)
     return Estimate(
         weights_gb=model.weights_bytes / GB,
         trained_gb=_trained_parameters(model, params, adapted) * TRAINED_BYTES / GB,
         activations_gb=kept * model.dtype_bytes / GB,
         loss_gb=logits * model.dtype_bytes / GB,
-        data_gb=(data.size_bytes + data.tokens * TOKEN_BYTES) / GB,
+        data_gb=(data.size_bytes + data.tokens * TOKEN_BYTES) / GB + frozen_gb,
     )
+
+
+def _frozen_outputs_gb(model: ModelShape, params: TrainingParams, data: DataShape, adapted):
+    """The frozen layers' outputs an SFT run keeps (``core.train.frozen``): a hidden vector
+    per token, when the run leaves layers frozen and they fit its share of the memory."""
+    if params.method != "sft" or adapted >= model.layers:
+        return 0.0
+    kept = data.tokens * model.hidden * model.dtype_bytes / GB
+    free = available_memory_gb()
+    return kept if free is None or kept <= MEMORY_SHARE * free else 0.0
 
 
 def _trained_parameters(model: ModelShape, params: TrainingParams, adapted: int) -> int:

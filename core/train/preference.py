@@ -21,7 +21,6 @@ reports (reward accuracy, margin, ...), which it divides by the pairs.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from core.data.check import DatasetError, Problem
 from core.data.scan import Dataset
 from core.data.tokens import preference_rows
 from core.params import TrainingParams
-from core.train.batches import PAD_TO
+from core.train.batches import batch_order, padded
 from core.train.loop import HEARTBEAT_SECONDS
 from core.train.loss import Loss, target_window, token_entropy
 
@@ -114,16 +113,11 @@ def pack(
     loop's width rounding; (offset, length) per sequence; the reference log-probabilities."""
     rows = [dataset.items[i] for i in indices]
     sequences = [r[0] for r in rows] + [r[1] for r in rows]
-    offsets = [r[2] for r in rows] * 2
-    lengths = [min(len(s), max_seq_length) for s in sequences]
-    width = min(1 + PAD_TO * math.ceil(max(lengths) / PAD_TO), max_seq_length)
-    batch = np.zeros((len(sequences), width), np.int32)
-    for row, (tokens, length) in enumerate(zip(sequences, lengths, strict=True)):
-        batch[row, :length] = tokens[:length]
+    batch, lengths = padded(sequences, [r[2] for r in rows] * 2, max_seq_length)
     reference = dataset.reference[indices] if len(dataset.reference) else np.zeros((len(rows), 2))
     return (
-        mx.array(batch),
-        mx.array(list(zip(offsets, lengths, strict=True))),
+        batch,
+        lengths,
         mx.array(np.concatenate([reference[:, 0], reference[:, 1]]).astype(np.float32)),
     )
 
@@ -134,20 +128,10 @@ def iterate_pairs(
     max_seq_length: int,
     seed: int | None = None,
     comm_group=None,
+    start: int = 0,
 ) -> Iterator[tuple[mx.array, mx.array, mx.array]]:
-    """mlx-lm's ``iterate_batches`` for pairs: rows sorted by length and cut into batches,
-    the batches' order drawn from ``seed`` (none: in order), each rank taking its share of
-    every batch."""
-    order = sorted(range(len(dataset)), key=dataset.length)
-    rank, ranks = (comm_group.rank(), comm_group.size()) if comm_group else (0, 1)
-    batches = [
-        order[start + rank : start + batch_size : ranks]
-        for start in range(0, len(order) - batch_size + 1, batch_size)
-    ]
-    if seed is not None:
-        np.random.seed(seed)
-        batches = [batches[i] for i in np.random.permutation(len(batches))]
-    for indices in batches:
+    """``batches.sft_batches`` for pairs: by the longer answer, from the ``start``-th batch."""
+    for indices in batch_order(len(dataset), dataset.length, batch_size, seed, comm_group)[start:]:
         yield pack(dataset, indices, max_seq_length)
 
 

@@ -54,6 +54,7 @@ from core.models.inspect import ModelInfo, inspect_model
 from core.params import TrainingParams, add_arguments, params_from_args
 from core.train import checkpoints, preference
 from core.train.batches import sft_batches, validation_batch
+from core.train.frozen import frozen_loss
 from core.train.loop import Stopped, TrainingLoop
 from core.train.loss import choose_loss
 from core.train.phases import Phases
@@ -162,7 +163,7 @@ def train(
     clock.mark("model")
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
-    loss, batches = _objective(model, params, (train_set, valid_set), emit, clock)
+    loss, batches, frozen = _objective(model, params, (train_set, valid_set), emit, clock)
     output = Path(args.output)
     loop = TrainingLoop(
         model=model,
@@ -196,6 +197,7 @@ def train(
             resumed_from=loop.state.step or None,
             ranks=loop.group.size(),
             loss=loss.name,
+            frozen_layers=frozen,
             ready_seconds=clock.total(),
             phases=clock.phases,
             method=params.method,
@@ -210,19 +212,25 @@ def train(
 
 
 def _objective(model, params: TrainingParams, sets: tuple, emit, clock: Phases):
-    """The method's loss and batches; for DPO, the reference pass too (before any
-    checkpoint is loaded: the adapter still does nothing)."""
+    """The method's loss and batches, and how many frozen layers the batches carry the
+    output of; for DPO, the reference pass too (before any checkpoint is loaded: the
+    adapter still does nothing)."""
     if params.method == "sft":
+        frozen = frozen_loss(model, *sets, max_seq_length=params.max_seq_length)
+        if frozen is not None:
+            clock.mark("loss")
+            loss, rows = frozen
+            return loss, rows.batches, rows.stack.first
         loss = choose_loss(model, *sets, max_seq_length=params.max_seq_length)
         clock.mark("loss")
-        return loss, sft_batches
+        return loss, sft_batches, 0
     loss, per_token = preference.choose_loss(model, params, *sets)
     clock.mark("loss")
     if params.method == "dpo":
         batch_size = validation_batch(params.batch_size, len(sets[1]), 1)
         preference.add_reference(model, per_token, sets, params, batch_size, emit)
         clock.mark("reference")
-    return loss, preference.iterate_pairs
+    return loss, preference.iterate_pairs, 0
 
 
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
