@@ -4,7 +4,8 @@ times of the demo run with them kept and without, in the worker's own process se
 The demo configuration (SmolLM2-135M-Instruct, LoRA rank 8 on q/k/v/o of the last 8 layers,
 batch 4 of the pirate dataset). For each way, ``--epochs`` epochs of compiled steps as the
 loop runs them (the batch, and its frozen outputs when kept, made inside the timed step),
-then a validation over the whole validation set. Run it under the studio's BLAS::
+then a validation over the whole validation set, its loss compiled as the loop compiles it
+(``--uncompiled``: as before it was). Run it under the studio's BLAS::
 
     lora-studio doctor                     # the BLAS runs use
     LD_PRELOAD=... python bench/frozen_layers.py --model MODEL
@@ -23,7 +24,7 @@ sys.path.insert(0, str(REPO))
 DEMO = Path("~/.local/share/lora-studio/models/smollm2-135m-instruct").expanduser()
 
 
-def measure(model_path: Path, data: Path, epochs: int, kept: bool) -> dict:
+def measure(model_path: Path, data: Path, epochs: int, kept: bool, compiled: bool) -> dict:
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -57,10 +58,12 @@ def measure(model_path: Path, data: Path, epochs: int, kept: bool) -> dict:
         made = batches(dataset=train_set, batch_size=4, max_seq_length=width, seed=epoch)
         return [timed(lambda: mx.eval(step(*next(made)))) for _ in range(len(train_set) // 4)]
 
+    check = mx.compile(partial(loss.fn, model), inputs=[model.state])  # as the loop does
+
     def validate() -> None:
         model.eval()
         for batch in batches(dataset=valid_set, batch_size=4, max_seq_length=width):
-            mx.eval(loss.fn(model, *batch))
+            mx.eval(check(*batch) if compiled else loss.fn(model, *batch))
         model.train()
 
     first_validation = timed(validate)
@@ -73,6 +76,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=DEMO)
     parser.add_argument("--data", type=Path, help=".jsonl (default: the demo's pirate dataset)")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--uncompiled", action="store_true", help="validate uncompiled")
     args = parser.parse_args()
     from core.models.demo import write_sample_dataset
 
@@ -83,7 +87,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for kept in (False, True):
-        found = measure(args.model, data, args.epochs, kept)
+        found = measure(args.model, data, args.epochs, kept, not args.uncompiled)
         first = mean(found["steps"][0][4:])  # after the first compilations
         later = mean(t for epoch in found["steps"][1:] for t in epoch) if args.epochs > 1 else first
         print(

@@ -4,9 +4,10 @@ drawn again from its seed; and the validation batch's size.
 mlx-lm's ``iterate_batches`` means to sort rows by length before cutting them into batches,
 but over its ``CacheDataset`` it sorts by the length of each raw row (a chat row's dict: its
 number of keys), so rows of any length share a batch and the short ones are padded to the
-long. Sorting by tokens, as here, cut the demo set's padding from 14% to 2% (see
-docs/benchmarks.md). The order of the batches is mlx-lm's: a permutation drawn from
-``seed`` (none: in order), and each rank takes every ``ranks``-th row of every batch.
+long. Sorting by tokens, as here, cuts the demo set's batches from 62.1 to 58.1 columns on
+average (padding 14.2% -> 8.3%; docs/benchmarks.md). The order of the batches is mlx-lm's:
+a permutation drawn from ``seed`` (none: in order), and each rank takes every ``ranks``-th
+row of every batch.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ class TrainingLoop:
         self.writes = self.group.rank() == 0  # the other ranks hold the same weights
         self._said_at = time.monotonic()  # when the run last said something
         self._validation_batches = 1  # of the validation under way
+        self._compiled_validation: Callable | None = None
 
     # -- resuming ---------------------------------------------------------------------------
 
@@ -300,15 +301,26 @@ class TrainingLoop:
             max_seq_length=self.params.max_seq_length,
             comm_group=self.group,
         )
+        validation_loss = self._validation_loss()
         for number, batch in enumerate(batches, start=1):
             self._check_stop()
-            loss, weight, *sums = self.loss.fn(self.model, *batch)
+            loss, weight, *sums = validation_loss(*batch)
             window.add(loss * weight, weight, sums[0] if sums else {}, 0.0)
             mx.eval(window.weighted, window.weight, window.sums)
             self._heartbeat("validate", number, self._validation_batches)
         self.model.train()
         loss, _, _, figures = window.take()
         return loss, figures
+
+    def _validation_loss(self) -> Callable:
+        """The loss compiled once for validation (traced in eval mode: no dropout), reading
+        the weights at each call; a validation batch has a training batch's widths, so the
+        shapes compiled are reused from one validation to the next."""
+        if self._compiled_validation is None:
+            self._compiled_validation = mx.compile(
+                partial(self.loss.fn, self.model), inputs=[self.model.state]
+            )
+        return self._compiled_validation
 
     def _track_best(self, loss: float) -> None:
         state = self.state
