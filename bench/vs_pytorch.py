@@ -102,9 +102,17 @@ def run_studio_job(model: Path, data: Path, out: Path, env: dict, epochs: int) -
     command += ["--data", str(data), "--epochs", str(epochs)]
     home = out / f"studio-{time.monotonic_ns()}"
     _, rss, seconds = _run(command, env | {"LORA_STUDIO_HOME": str(home)})
-    events = (next(home.glob("adapters/*/events.jsonl"))).read_text().splitlines()
-    checks = [json.loads(e) for e in events if '"validation"' in e]
-    return {"seconds": seconds, "peak_rss_mb": rss, "losses": [c["loss"] for c in checks]}
+    lines = next(home.glob("adapters/*/events.jsonl")).read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    checks = [e for e in events if e["type"] == "validation"]
+    last = [e for e in events if e["type"] == "progress"][-1]
+    step = last["train_seconds"] / last["step"]  # the mean step, its batches made included
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": rss,
+        "losses": [c["loss"] for c in checks],
+        "final_validation_steps": checks[-1]["seconds"] / step,
+    }
 
 
 def studio_env(env: dict, blas) -> dict:
@@ -263,6 +271,9 @@ def report(studio: list[dict], torch_runs: list[dict], figure: str) -> None:
     for name, runs in rows:
         print(f"{name}: each run {[round(r[figure], 1) for r in runs]}", end="")
         print(f"; validation losses {runs[0].get('losses', [])}")
+    if "final_validation_steps" in studio[0]:
+        costs = [round(r["final_validation_steps"], 1) for r in studio]
+        print(f"the studio's final validation cost {costs} mean training steps")
 
 
 if __name__ == "__main__":

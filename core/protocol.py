@@ -91,6 +91,7 @@ class Validation(_Figures):
     step: int
     epoch: int
     loss: float
+    seconds: float | None = None  # what the validation took (samples after it not counted)
 
 
 class Sample(BaseModel):

@@ -268,6 +268,7 @@ class TrainingLoop:
     def validate(self) -> float:
         """Validation loss over the whole validation set; tracks the best and the patience."""
         state = self.state
+        started = time.perf_counter()
         loss, figures = self.evaluate()
         state.last_eval_step = state.step
         self._say(
@@ -275,6 +276,7 @@ class TrainingLoop:
                 step=state.step,
                 epoch=state.step // self.schedule.steps_per_epoch,
                 loss=loss,
+                seconds=round(time.perf_counter() - started, 3),
                 **figures,
             )
         )

@@ -348,7 +348,8 @@ class ProgressBar:
             self.val_loss = event.loss
             figures = preference_figures(event)
             self._line(
-                f"validation loss {event.loss:.3f}{figures and ', ' + figures} (step {event.step})"
+                f"validation loss {event.loss:.3f}{figures and ', ' + figures} (step {event.step}"
+                + (f", {event.seconds:.1f} s)" if event.seconds is not None else ")")
             )
         elif isinstance(event, protocol.Checkpoint):
             self._line(f"checkpoint at step {event.step}")
