@@ -24,7 +24,9 @@ sys.path.insert(0, str(REPO))
 DEMO = Path("~/.local/share/lora-studio/models/smollm2-135m-instruct").expanduser()
 
 
-def measure(model_path: Path, data: Path, epochs: int, kept: bool, compiled: bool) -> dict:
+def measure(
+    model_path: Path, data: Path, epochs: int, kept: bool, compiled: bool, validation_rows: int
+):
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -62,7 +64,7 @@ def measure(model_path: Path, data: Path, epochs: int, kept: bool, compiled: boo
 
     def validate() -> None:
         model.eval()
-        for batch in batches(dataset=valid_set, batch_size=4, max_seq_length=width):
+        for batch in batches(dataset=valid_set, batch_size=validation_rows, max_seq_length=width):
             mx.eval(check(*batch) if compiled else loss.fn(model, *batch))
         model.train()
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=".jsonl (default: the demo's pirate dataset)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--uncompiled", action="store_true", help="validate uncompiled")
+    parser.add_argument("--validation-batch", type=int, default=4, help="rows per batch")
     args = parser.parse_args()
     from core.models.demo import write_sample_dataset
 
@@ -87,7 +90,9 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for kept in (False, True):
-        found = measure(args.model, data, args.epochs, kept, not args.uncompiled)
+        found = measure(
+            args.model, data, args.epochs, kept, not args.uncompiled, args.validation_batch
+        )
         first = mean(found["steps"][0][4:])  # after the first compilations
         later = mean(t for epoch in found["steps"][1:] for t in epoch) if args.epochs > 1 else first
         print(

@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.base import create_attention_mask
 
 from core.machine.memory import available_memory_gb
-from core.train.batches import sft_batch, sft_order
+from core.train.batches import row, sft_batch, sft_order
 from core.train.loss import COMPLETION, Loss, completion_loss, head_entropy, split, target_window
 
 # the kept outputs may take at most this share of the memory the machine has free
@@ -121,14 +121,11 @@ class FrozenRows:
 
 def kept_bytes(model: nn.Module, datasets: Iterable, max_seq_length: int) -> int:
     """What the kept outputs of ``datasets`` will take (their tokens, padding aside)."""
-    body = model.model
-    width = body.embed_tokens.weight.shape[-1]
-    tokens = sum(min(len(_tokens(d[i])), max_seq_length) for d in datasets for i in range(len(d)))
-    return tokens * width * mx.zeros((), body.norm.weight.dtype).itemsize
-
-
-def _tokens(item) -> list[int]:
-    return item[0] if isinstance(item, tuple) else item
+    norm = model.model.norm.weight  # float even in a quantized model: the hidden width and type
+    tokens = sum(
+        min(len(row(data, i)[0]), max_seq_length) for data in datasets for i in range(len(data))
+    )
+    return tokens * norm.shape[-1] * norm.itemsize
 
 
 def frozen_loss(model: nn.Module, *datasets, max_seq_length: int) -> tuple[Loss, FrozenRows] | None:
