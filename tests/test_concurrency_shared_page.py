@@ -18,6 +18,11 @@ from playwright.sync_api import expect
 from tests.helpers import colour_rows, fill_number, lora_studio_server, write_jsonl
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+# A page waiting behind the run would wait for its whole length (1000 epochs): far longer
+# than this many times what a page takes on the idle machine (during the test, two cores are
+# shared by the run, the chat and three browsers). One waiting behind the chat would see the
+# chat end first: the test checks it went on streaming.
+SLOWER_WHEN_SHARED = 6
 LIMIT_SECONDS = 5.0
 
 
@@ -39,8 +44,11 @@ def timed(what: str, waits: dict, action) -> None:
 def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, tmp_path):
     data = write_jsonl(tmp_path / "shared.jsonl", colour_rows(64))
     a = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    a.goto(shared_url)
-    expect(a.get_by_label("LoRA layers (-1: all)")).to_have_value("4", timeout=20000)
+    waits: dict[str, float] = {}
+    loaded = a.get_by_label("LoRA layers (-1: all)")  # set by a load event
+    timed("A: page loaded alone", waits, lambda: a.goto(shared_url))
+    timed("A: its form shown", waits, lambda: expect(loaded).to_have_value("4", timeout=20000))
+    limit = max(LIMIT_SECONDS, SLOWER_WHEN_SHARED * sum(waits.values()))
     a.locator("input[type=file]").first.set_input_files(str(data))
     fill_number(a, "Epochs", "1000")
     start = a.get_by_role("button", name="Start training")
@@ -52,7 +60,13 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
     a.get_by_text("Sampling and system prompt", exact=True).first.click()
     tokens = a.locator("#ls-max-tokens input[type=number]")
     tokens.fill("4096")
-    tokens.press("Enter")
+    tokens.press("Tab")  # the slider takes a typed value when the field is left
+    expect(a.locator("#ls-max-tokens input[type=range]")).to_have_value("4096")
+    # greedy: the toy model's reply then runs its 4096 tokens (sampled, it may end at once)
+    temperature = a.locator("#ls-temperature input[type=number]")
+    temperature.fill("0")
+    temperature.press("Tab")
+    expect(a.locator("#ls-temperature input[type=range]")).to_have_value("0")
     a.locator("#ls-msg textarea").fill("Tell me a long story about the sky")
     a.get_by_role("button", name="Send").click()
     reply = a.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
@@ -61,7 +75,6 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
     def streamed() -> int:
         return len(reply.inner_text())
 
-    waits: dict[str, float] = {}
     pages = {}
     before = streamed()
     for name in ("B", "C"):
@@ -72,7 +85,7 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
             f"{name}: the run's progress shown",
             waits,
             lambda p=page: expect(p.locator("#ls-progress-text")).to_contain_text(
-                "step", timeout=LIMIT_SECONDS * 1000
+                "step", timeout=limit * 1000
             ),
         )
     # the chat in A went on streaming while B and C loaded and showed the run
@@ -83,19 +96,20 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
             f"{name}: dataset checked",
             waits,
             lambda p=page: expect(p.locator("#ls-dataset-summary")).to_contain_text(
-                "64 examples", timeout=LIMIT_SECONDS * 1000
+                "64 examples", timeout=limit * 1000
             ),
         )
         # the run goes on elsewhere: this page cannot start another, and says why
         expect(page.get_by_role("button", name="Start training")).to_be_disabled()
         expect(page.locator("#ls-why")).to_contain_text("A training is running")
     ARTIFACTS.mkdir(exist_ok=True)
-    figures = {"waits_seconds": waits, "worst_seconds": max(waits.values())}
+    shared = {what: wait for what, wait in waits.items() if not what.startswith("A")}
+    figures = {"waits_seconds": waits, "worst_seconds": max(shared.values()), "limit": limit}
     figures["chat_streamed_while_b_and_c_loaded"] = streaming
     (ARTIFACTS / "shared-page.json").write_text(json.dumps(figures, indent=2))
     print("\nshared page:", json.dumps(figures))
     assert streaming, (before, streamed())
-    assert max(waits.values()) < LIMIT_SECONDS, waits
+    assert max(shared.values()) < limit, waits
 
     a.get_by_role("tab", name="Train").click()
     a.get_by_role("button", name="Stop", exact=True).click()
