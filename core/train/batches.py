@@ -77,6 +77,12 @@ def row(dataset, index: int) -> tuple[list[int], int]:
     return item if isinstance(item, tuple) else (item, 0)
 
 
+def longer_rows(dataset, max_seq_length: int) -> list[int]:
+    """The lengths of the rows training cuts to ``max_seq_length``."""
+    lengths = (len(row(dataset, i)[0]) for i in range(len(dataset)))
+    return [n for n in lengths if n > max_seq_length]
+
+
 def sft_order(dataset, batch_size: int, seed: int | None = None, comm_group=None):
     """``batch_order`` of an mlx-lm dataset's rows by their tokens."""
     return batch_order(

@@ -53,7 +53,7 @@ from core.machine.blas import loaded_blas
 from core.models.inspect import ModelInfo, inspect_model
 from core.params import TrainingParams, add_arguments, params_from_args
 from core.train import checkpoints, preference
-from core.train.batches import row, sft_batches, validation_batch
+from core.train.batches import longer_rows, sft_batches, validation_batch
 from core.train.frozen import frozen_loss
 from core.train.loop import Stopped, TrainingLoop
 from core.train.loss import choose_loss
@@ -270,11 +270,8 @@ def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:
 
 
 def _warn_when_cut(train_set: CacheDataset, max_seq_length: int) -> None:
-    """Say once, in the log, how many rows training cuts to ``max_seq_length`` (mlx-lm
-    warns at each batch; the studio's own batches do not)."""
-    lengths = [len(row(train_set, i)[0]) for i in range(len(train_set))]
-    cut = [n for n in lengths if n > max_seq_length]
-    if cut:
+    """Say once how many rows are cut (mlx-lm warns at each batch; the studio's do not)."""
+    if cut := longer_rows(train_set, max_seq_length):
         log.warning(
             "%d training row(s) are longer than %d tokens (the longest: %d) and are cut to "
             "that; raise --max-seq-length or split them to train on all of it",
