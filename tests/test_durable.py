@@ -259,7 +259,7 @@ def test_a_killed_studio_leaves_an_interrupted_run_that_resumes(tmp_path, toy_mo
     home = tmp_path / "home"
     env = {**os.environ, "LORA_STUDIO_HOME": str(home)}
     command = [sys.executable, "-m", "webapp", "train", "--model", str(toy_model)]
-    command += ["--data", str(data), "--lora-layers", "-1", "--epochs", "60", "--save-every", "5"]
+    command += ["--data", str(data), "--lora-layers", "-1", "--epochs", "20", "--save-every", "5"]
     studio_process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     for line in studio_process.stderr:
         if line.startswith("checkpoint at step"):
@@ -277,7 +277,7 @@ def test_a_killed_studio_leaves_an_interrupted_run_that_resumes(tmp_path, toy_mo
     )
     (run,) = json.loads(listed.stdout)
     assert (run["id"], run["state"]) == (run_id, "interrupted")
-    assert run["checkpoint_step"] >= 5 and run["total_steps"] == 720
+    assert run["checkpoint_step"] >= 5 and run["total_steps"] == 240
 
     resumed = subprocess.run(
         [sys.executable, "-m", "webapp", "train", "--resume", run_id],
@@ -287,7 +287,7 @@ def test_a_killed_studio_leaves_an_interrupted_run_that_resumes(tmp_path, toy_mo
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at step {run['checkpoint_step']}/720" in resumed.stderr
+    assert f"resuming at step {run['checkpoint_step']}/240" in resumed.stderr
     assert (home / "adapters" / run_id / "adapters.safetensors").is_file()
     assert not (home / "runs" / run_id).exists()
 

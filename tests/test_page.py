@@ -235,7 +235,7 @@ def test_stop_reload_resume_completes_with_one_continuous_chart(browser, studio_
     page.goto(studio_url)
     pick(page, "Base model", "toy")
     page.locator("input[type=file]").first.set_input_files(str(data))
-    fill_number(page, "Epochs", "100")
+    fill_number(page, "Epochs", "25")
     start = page.get_by_role("button", name="Start training")
     expect(start).to_be_enabled(timeout=20000)
     start.click()
@@ -253,9 +253,9 @@ def test_stop_reload_resume_completes_with_one_continuous_chart(browser, studio_
     expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
     expect(page.locator("#ls-result")).to_contain_text(run_id)
     expect(page.locator("#ls-runs")).not_to_contain_text("durable.jsonl")
-    # one curve from step 1 to the end: 100 epochs x 12 steps, a report every 6 steps
+    # one curve from step 1 to the end: 25 epochs x 12 steps, a report every 6 steps
     train = page.locator("#ls-loss-chart polyline.ls-train")
-    assert int(train.get_attribute("data-points")) == 200
+    assert int(train.get_attribute("data-points")) == 50
     xs = loss_steps(page, "train")
     assert xs == sorted(xs) and len(set(xs)) == len(xs)
     expect(page.locator("#ls-loss-chart .ls-kept")).to_have_count(1)
