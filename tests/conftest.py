@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# scripts/test preloads the chosen BLAS into this process; the processes the tests start
+# (servers, CLIs, workers) choose theirs as they would for a user
+os.environ.pop("LD_PRELOAD", None)
 
 from core.models.toy import build_toy_llama  # noqa: E402
 from core.settings import Settings  # noqa: E402

@@ -205,7 +205,7 @@ def test_the_completion_only_loss_equals_mlx_lms_on_the_demo_model(demo):
 
     model, tokenizer = lora_model(demo[0], layers=8)
     config = SimpleNamespace(mask_prompt=True)
-    # two rows: a batch with padding, at half the cost (this process runs the stock BLAS)
+    # two rows of different lengths: a batch with padding
     dataset = CacheDataset(create_dataset(sample_rows()[:2], tokenizer, config))
     loss = choose_loss(model, dataset, max_seq_length=2048)
     assert loss.name == COMPLETION  # SmolLM2: tied embeddings, the head is as_linear

@@ -163,3 +163,7 @@ def reexec_with_fast_blas(argv: list[str]) -> None:
 
 if __name__ == "__main__" and sys.argv[1:] == ["--time"]:
     print(f"{_time_here():.2f}")
+elif __name__ == "__main__" and sys.argv[1:] == ["--env"]:
+    # the chosen BLAS's variables, NAME=VALUE per line, for `env $(...) command`: a
+    # benchmark or the test suite computing in its own process as the studio's runs do
+    print("\n".join(f"{key}={value}" for key, value in choose_blas().env.items()))
