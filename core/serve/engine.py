@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 _END = object()
 # KV caches of recent conversations, over all bases in memory (LORA_STUDIO_PROMPT_CACHE_GB)
 DEFAULT_PROMPT_CACHE_BYTES = 2 * 10**9
+# seconds paused after each generated token: a real model's pace with the tiny test model,
+# whose replies stream ten times faster than any real one's (for tests and demos)
+TOKEN_DELAY = float(os.environ.get("LORA_STUDIO_TOKEN_DELAY") or 0)
 
 
 class ModelUnavailable(StudioError):
@@ -282,6 +287,8 @@ class InferenceEngine:
                 job.out.put(Chunk(text, len(prompt), len(generated), finish if done else None))
             if done or job.cancelled.is_set():
                 break
+            if TOKEN_DELAY:
+                time.sleep(TOKEN_DELAY)
         held = (prompt + generated)[: cache[0].offset] if hasattr(cache[0], "offset") else []
         if held:
             base.prompt_caches.insert_cache(cache_key, held, cache)
