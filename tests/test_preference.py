@@ -152,8 +152,12 @@ def test_losses_and_gradients_equal_the_papers_formulas(pairs, method, kind):
     flat, expected_flat = dict(tree_flatten(grad)), dict(tree_flatten(expected_grad))
     assert flat.keys() == expected_flat.keys() and flat
     for name, g in flat.items():
-        assert mx.abs(expected_flat[name]).max().item() > 0, name
-        np.testing.assert_allclose(g, expected_flat[name], rtol=2e-3, atol=1e-5, err_msg=name)
+        scale = mx.abs(expected_flat[name]).max().item()
+        assert scale > 0, name
+        # float32 sums of entries up to ``scale`` (IPO's reach 100): an entry near 0 is exact
+        # to about 1e-6 of the scale, whichever order the BLAS adds in
+        atol = max(1e-5, 1e-6 * scale)
+        np.testing.assert_allclose(g, expected_flat[name], rtol=2e-3, atol=atol, err_msg=name)
     assert set(sums) >= {"tokens", "reward_accuracy", "reward_margin"}
     assert 0 <= sums["reward_accuracy"].item() <= len(dataset)
 
