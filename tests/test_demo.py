@@ -126,7 +126,9 @@ def persona(demo, tmp_path_factory):
 
     settings = Settings.from_env(tmp_path_factory.mktemp("demo-studio"))
     service = TrainingService(settings)
-    run = service.start(model_path, dataset, TrainingParams(epochs=1), name="Pirate")
+    # no samples while training: the tests below ask the adapter themselves
+    params = TrainingParams(epochs=1, samples=0)
+    run = service.start(model_path, dataset, params, name="Pirate")
     return service, run, list(run.follow(timeout=600))
 
 
