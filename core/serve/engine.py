@@ -40,7 +40,7 @@ _END = object()
 # KV caches of recent conversations, over all bases in memory (LORA_STUDIO_PROMPT_CACHE_GB)
 DEFAULT_PROMPT_CACHE_BYTES = 2 * 10**9
 # seconds paused after each generated token: a real model's pace with the tiny test model,
-# whose replies stream ten times faster than any real one's (for tests and demos)
+# whose replies stream at hundreds of tokens a second (for tests and demos)
 TOKEN_DELAY = float(os.environ.get("LORA_STUDIO_TOKEN_DELAY") or 0)
 
 
