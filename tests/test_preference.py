@@ -75,21 +75,22 @@ def dpo_run(tmp_path_factory, toy_model):
 # -- the losses against the papers' formulas -------------------------------------------------
 
 
-def token_logps(model, batch, lengths):
-    """Per-sequence sums and counts of log p(target) over the answer tokens, from the
-    model's full logits (default_loss's mask: target j counts when offset <= j+1 <= length)."""
-    logits = model(batch[:, :-1]).astype(mx.float32)
-    targets = batch[:, 1:]
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    picked = mx.take_along_axis(logp, targets[..., None], axis=-1).squeeze(-1)
-    steps = mx.arange(1, targets.shape[1] + 1)
-    mask = (steps >= lengths[:, 0:1]) & (steps <= lengths[:, 1:])
-    return (picked * mask).sum(axis=-1), mask.sum(axis=-1)
+def answer_logps(model, sequences):
+    """Each answer's summed log p over its own tokens, and its token count, computed row by
+    row without padding or masks: for token t >= offset, log p(tokens[t] | tokens[:t])."""
+    sums, counts = [], []
+    for tokens, offset in sequences:
+        logits = model(mx.array(tokens)[None, :-1]).astype(mx.float32)[0]
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        picked = [logp[t - 1, tokens[t]] for t in range(offset, len(tokens))]
+        sums.append(mx.stack(picked).sum())
+        counts.append(len(picked))
+    return mx.stack(sums), mx.array(counts, mx.float32)
 
 
-def paper_dpo(beta: float, kind: str):
+def paper_dpo(beta: float, kind: str, sequences):
     def loss(model, batch, lengths, reference):
-        logps, _ = token_logps(model, batch, lengths)
+        logps, _ = answer_logps(model, sequences)
         n = logps.shape[0] // 2
         h = (logps[:n] - reference[:n]) - (logps[n:] - reference[n:])
         if kind == "ipo":  # Azar et al. 2023, eq. 17: (h - 1/(2 tau))^2
@@ -99,9 +100,9 @@ def paper_dpo(beta: float, kind: str):
     return loss
 
 
-def paper_orpo(beta: float):
+def paper_orpo(beta: float, sequences):
     def loss(model, batch, lengths, reference):
-        logps, counts = token_logps(model, batch, lengths)
+        logps, counts = answer_logps(model, sequences)
         n = logps.shape[0] // 2
         mean = logps / counts  # log P(y|x) normalized by length (Hong et al. 2024, eq. 1)
         odds = mean - mx.log(1 - mx.exp(mean))  # log odds(y|x)
@@ -143,7 +144,9 @@ def test_losses_and_gradients_equal_the_papers_formulas(pairs, method, kind):
     model, dataset = pairs
     params = TrainingParams(method=method, beta=0.25, dpo_loss=kind)
     ours, _ = preference.choose_loss(model, params, dataset)
-    paper = paper_dpo(0.25, kind) if method == "dpo" else paper_orpo(0.25)
+    # the chosen answers, then the rejected ones: the batch's order
+    sequences = [(c, o) for c, _, o in dataset.items] + [(r, o) for _, r, o in dataset.items]
+    paper = paper_dpo(0.25, kind, sequences) if method == "dpo" else paper_orpo(0.25, sequences)
     batch = preference.pack(dataset, list(range(len(dataset))), 2048)
     (value, weight, sums), grad = nn.value_and_grad(model, ours.fn)(model, *batch)
     expected, expected_grad = nn.value_and_grad(model, paper)(model, *batch)

@@ -137,8 +137,13 @@ def iterate_pairs(
 
 
 def sequence_logps(per_token: Callable, batch: mx.array, lengths: mx.array):
-    """Each sequence's summed log-probability over its counted tokens, and their count."""
-    entropy, counted = per_token(batch, lengths)
+    """Each answer's summed log-probability over its own tokens, and their count.
+
+    The per-token functions keep mlx-lm's SFT mask (``default_loss``: target j counts when
+    ``offset <= j + 1 <= length``), whose last target is the one after the row's last token:
+    padding, p(pad | answer + EOS). The papers sum over the answer's own tokens, so the
+    length is taken one shorter here (docs/formats.md, "What the losses count")."""
+    entropy, counted = per_token(batch, lengths - mx.array([0, 1]))
     counted = counted.astype(mx.float32)
     return -(entropy.astype(mx.float32) * counted).sum(axis=-1), counted.sum(axis=-1)
 
