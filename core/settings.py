@@ -15,6 +15,10 @@ from pathlib import Path
 
 import platformdirs
 
+from core.access import Access, hosts_from_env
+
+URL_USERS = ("judge", "teacher")  # what the server calls by a URL a page user gives
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -52,6 +56,13 @@ class Settings:
         (separated by the OS path separator)."""
         extra = os.environ.get("LORA_STUDIO_DATA_ROOTS", "")
         return [self.datasets, *(Path(p) for p in extra.split(os.pathsep) if p)]
+
+    def access(self, shared: bool) -> Access:
+        """The gate for what page users name (``core.access``): on a shared studio, files
+        under ``dataset_roots`` and URLs to loopback or the hosts in
+        ``LORA_STUDIO_JUDGE_HOSTS`` (a judge) and ``LORA_STUDIO_TEACHER_HOSTS`` (a teacher)."""
+        hosts = {what: hosts_from_env(f"LORA_STUDIO_{what.upper()}_HOSTS") for what in URL_USERS}
+        return Access(shared, tuple(self.dataset_roots()), hosts)
 
     def ensure(self) -> Settings:
         """Create the folders; the runs and adapters folders must share a file system so

@@ -231,7 +231,11 @@ def test_share_needs_credentials_fails_fast_offline_and_the_local_link_works(tmp
             assert "Share link unavailable" in browser.get("/config").text
 
 
-def test_a_studio_open_to_the_network_reads_datasets_only_under_its_roots(tmp_path, toy_model):
+def test_a_studio_open_to_the_network_reads_datasets_only_under_its_roots(
+    tmp_path, toy_model, monkeypatch
+):
+    """Through the API of the real server (tests/test_access.py tries every input in-process):
+    absolute, symlinked, ``..`` and ``~`` paths to a file outside the roots."""
     home = tmp_path / "home"
     shutil.copytree(toy_model, home / "models" / "toy")
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
@@ -240,6 +244,7 @@ def test_a_studio_open_to_the_network_reads_datasets_only_under_its_roots(tmp_pa
     write_jsonl(allowed / "ok.jsonl", colour_rows(20))
     secret = write_jsonl(outside / "secret.jsonl", colour_rows(20))
     (allowed / "link.jsonl").symlink_to(secret)
+    monkeypatch.setenv("HOME", str(outside))  # the server's ~ holds the secret
     os.environ["LORA_STUDIO_DATA_ROOTS"] = str(allowed)
     try:
         server = lora_studio_server(home, "--host", "0.0.0.0", "--auth", "ann:secret")
@@ -255,7 +260,8 @@ def test_a_studio_open_to_the_network_reads_datasets_only_under_its_roots(tmp_pa
                     api_name="/check_dataset",
                 )
 
-            for hostile in (secret, allowed / "link.jsonl", allowed / ".." / "outside" / "x"):
+            hostile_paths = (secret, allowed / "link.jsonl", allowed / ".." / "outside" / "x")
+            for hostile in (*hostile_paths, Path("~/secret.jsonl")):
                 summary, _, _, why = check(hostile)
                 assert "outside the folders datasets may be read from" in why, hostile
                 assert str(allowed) in why and "sky" not in summary

@@ -14,19 +14,18 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.access import HUB_NAME, is_hub_name
 from core.errors import StudioError
 
 FORMATS = ("auto", "csv", "tsv", "parquet", "arrow", "json", "jsonl", "hf")
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".arrow": "arrow"}
 SUFFIXES |= {".json": "json", ".jsonl": "jsonl"}
 BATCH_ROWS = 1024  # Parquet and Arrow rows read at once
-HF_SPEC = re.compile(r"(?P<name>[\w.-]+/[\w.-]+)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-]+))?")
 csv.field_size_limit(1 << 30)  # a long answer is one field: 1 GB, not csv's 128 kB
 
 
@@ -50,7 +49,7 @@ def detect_format(source: str) -> str:
         return "hf"
     if path.suffix.lower() in SUFFIXES:
         return SUFFIXES[path.suffix.lower()]
-    if not path.exists() and HF_SPEC.fullmatch(source):
+    if is_hub_name(source):
         return "hf"
     raise StudioError(
         f"cannot tell what {source} is from its name",
@@ -223,8 +222,13 @@ def _load_hf(spec: str):
 
     datasets.disable_progress_bars()
     path = Path(spec).expanduser()
-    match = HF_SPEC.fullmatch(spec)
-    split = match.group("split") if match and not path.exists() else None
+    match = HUB_NAME.fullmatch(spec) if is_hub_name(spec) else None
+    split = match.group("split") if match else None
+    if not match and not path.is_dir():
+        raise StudioError(
+            f"{spec} is neither a dataset folder nor a Hugging Face dataset name",
+            hint="a hub dataset is named owner/name, optionally :config and @split",
+        )
     try:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))

@@ -11,6 +11,7 @@ and every reply is kept.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -32,6 +33,7 @@ RUBRIC = (
     "{reference}Explain briefly, then give a rating from 1 to 10 strictly in this format: "
     '"Rating: [[5]]".\n\n[Question]\n{question}\n\n[Answer]\n{answer}'
 )
+log = logging.getLogger(__name__)
 _VERDICT = re.compile(r"\[\[([ABC])\]\]")
 _RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
 
@@ -140,8 +142,15 @@ class EndpointJudge:
         except httpx.HTTPError as exc:
             raise StudioError(f"the judge at {self.url} cannot be reached: {exc}") from None
         if reply.status_code != 200:
+            # the body goes to the server's log, never into the message: on a shared studio
+            # the message reaches whoever typed the URL, and the URL may be anyone's server
+            log.warning(
+                "the judge at %s answered %s: %.300s", self.url, reply.status_code, reply.text
+            )
             raise StudioError(
-                f"the judge at {self.url} answered HTTP {reply.status_code}: {reply.text[:200]}"
+                f"the judge at {self.url} answered HTTP {reply.status_code} "
+                f"{reply.reason_phrase}".rstrip(),
+                hint="the studio's log has the reply's text",
             )
         try:
             return reply.json()["choices"][0]["message"]["content"] or ""

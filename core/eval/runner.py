@@ -191,9 +191,11 @@ def prepare(
     metrics: tuple[str, ...],
     sampling: Sampling,
     judge: dict | None = None,
+    data_name: str | None = None,
 ) -> Evaluation:
     """A new evaluation, checked before anything runs: every model known and usable, every
-    row of the test file readable, the judge reachable in principle (its key set)."""
+    row of the test file readable, the judge reachable in principle (its key set).
+    ``data_name``: the test file's name for people (an upload is stored by its hash)."""
     if not models:
         raise StudioError("name at least one model to evaluate")
     if len(set(models)) != len(models):
@@ -205,7 +207,7 @@ def prepare(
     spec = store.create(
         models=models,
         data=str(data),
-        data_name=str(data).rsplit("/", 1)[-1],
+        data_name=data_name or Path(data).name,
         fingerprint=fingerprint(data),
         metrics=list(metrics),
         sampling=asdict(sampling),

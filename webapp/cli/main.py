@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 
+from core.access import is_loopback_host
 from core.settings import Settings
 from webapp.cli import (
     adapters_command,
@@ -112,16 +112,6 @@ def _mlx_has_a_backend() -> bool:
     return True
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only reaches this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
 def launch(args: argparse.Namespace) -> int:
     """Start the page (and the API on the same port).
 
@@ -135,7 +125,7 @@ def launch(args: argparse.Namespace) -> int:
             return EXIT_REFUSED
         auth = (user, password)
     host = args.host or ("0.0.0.0" if args.lan else "127.0.0.1")
-    exposed = args.share or not is_loopback(host)
+    exposed = args.share or not is_loopback_host(host)
     if exposed and auth is None and not args.no_auth:
         door = "--share opens a public link" if args.share else f"binding {host} serves the studio"
         print(
@@ -198,7 +188,7 @@ def share_notice(port: int) -> str:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve the OpenAI-compatible API alone (beyond loopback, only with a key)."""
-    if not is_loopback(args.host) and not args.api_key and not args.no_auth:
+    if not is_loopback_host(args.host) and not args.api_key and not args.no_auth:
         print(
             f"error: binding {args.host} serves the API beyond this machine; give --api-key KEY "
             "(or LORA_STUDIO_API_KEY), or --no-auth if you really mean it",

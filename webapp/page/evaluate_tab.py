@@ -8,11 +8,13 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from core.adapters.layout import TEST_FILE
+from core.data.uploads import store_upload
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
@@ -135,13 +137,13 @@ class EvaluateActions:
         self.store = EvalStore(studio.settings.evals)
         self.running: dict[str, runner.Evaluation] = {}  # by id: what Stop stops
 
-    def start(self, models, data, tested, *rest):
+    def start(self, models, data, data_path, tested, *rest):
         """Prepare, then run in the background: progress every half second, the result
         at the end (or why it stopped, with the rows kept). ``rest``: metrics, the judge
         (a studio model, or a URL and its model), max tokens, rows together."""
         try:
-            path = self._test_file(data, tested)
-            evaluation = self._prepare(models, path, *rest)
+            path, name = self._test_file(data, data_path, tested)
+            evaluation = self._prepare(models, path, name, *rest)
         except StudioError as exc:
             yield explain(exc), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
@@ -155,15 +157,20 @@ class EvaluateActions:
             return
         yield from self._follow(evaluation)
 
-    def _test_file(self, data, tested) -> str:
-        """An uploaded file (a path under the dataset roots on an exposed studio), or the
-        test rows an adapter was published with."""
+    def _test_file(self, data, data_path, tested) -> tuple[str, str]:
+        """(path, name) of the test rows: an upload (stored in the datasets folder as the
+        Train tab stores one, so a shared studio reads it there), a file on the server (held
+        to the dataset roots on a shared studio), or the rows an adapter was published with."""
         if data:
-            return str(self.studio.dataset_path(data))
+            stored = store_upload(Path(data), self.studio.settings.datasets)
+            return str(self.studio.dataset_path(stored)), Path(data).name
+        if (data_path or "").strip():
+            path = self.studio.dataset_path(data_path)
+            return str(path), path.name
         if tested:
             path = self.studio.adapters.path(tested) / TEST_FILE
             if path.is_file():
-                return str(path)
+                return str(path), f"{TEST_FILE} of {tested[:8]}"
         raise StudioError("add a test file (.jsonl), or pick an adapter's test rows")
 
     def pick_tested(self, adapter_id):
@@ -178,14 +185,17 @@ class EvaluateActions:
         """The lists a page opens with, as they are now."""
         return self.past_update(), gr.update(choices=test_rows_choices(self.studio))
 
-    def _prepare(self, models, path, metrics, judge, judge_url, judge_model, max_tokens, batch):
+    def _prepare(
+        self, models, path, name, metrics, judge, judge_url, judge_model, max_tokens, batch
+    ):
         if not metrics:
             raise StudioError("pick one metric at least")
         config = None
         if judge_url:
             if not judge_model:
                 raise StudioError("a judge URL needs the name of the model it serves")
-            config = {"kind": "url", "url": judge_url, "model": judge_model}
+            url = self.studio.access.url(judge_url, "judge")
+            config = {"kind": "url", "url": url, "model": judge_model}
         elif judge:
             config = {"kind": "studio", "model": judge}
         sampling = Sampling(max_tokens=int(max_tokens or 256), batch_size=int(batch or 8))
@@ -199,6 +209,7 @@ class EvaluateActions:
             metrics=tuple(metrics),
             sampling=sampling,
             judge=config,
+            data_name=name,
         )
 
     def _follow(self, evaluation: runner.Evaluation):
@@ -260,6 +271,7 @@ class _Form:
 
     models: gr.Dropdown
     data: gr.File
+    data_path: gr.Textbox
     tested: gr.Dropdown
     metrics: gr.CheckboxGroup
     judge: gr.Dropdown
@@ -282,6 +294,9 @@ def _form(studio: Studio) -> _Form:
     data = gr.File(
         label="Test file (.jsonl)", file_types=[".jsonl"], type="filepath", elem_id="ls-eval-data"
     )
+    data_path = gr.Textbox(
+        label="...or a test file on the server (its path)", elem_id="ls-eval-data-path"
+    )
     tested = gr.Dropdown(
         test_rows_choices(studio),
         value=None,
@@ -301,7 +316,9 @@ def _form(studio: Studio) -> _Form:
     with gr.Row():
         max_tokens = gr.Number(256, label="Max tokens per answer", precision=0)
         batch = gr.Number(8, label="Rows generated together", precision=0)
-    return _Form(models, data, tested, metrics, judge, judge_url, judge_model, max_tokens, batch)
+    return _Form(
+        models, data, data_path, tested, metrics, judge, judge_url, judge_model, max_tokens, batch
+    )
 
 
 def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:

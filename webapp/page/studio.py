@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import protocol
+from core.access import Access
 from core.adapters.store import AdapterStore
-from core.data.uploads import confine
 from core.errors import StudioError
 from core.eval.runner import evaluate_published
 from core.eval.store import EvalStore
@@ -85,12 +85,15 @@ class Studio:
             if e.kind == "base" and e.available
         ]
 
+    @property
+    def access(self) -> Access:
+        """The gate every path and URL from a page user goes through (``core.access``)."""
+        return self.settings.access(shared=self.exposed)
+
     def dataset_path(self, text: str) -> Path:
         """A dataset path from the page or its API: anything on a loopback-only studio,
         only under the dataset roots on one that other machines reach."""
-        if self.exposed:
-            return confine(text, self.settings.dataset_roots())
-        return Path(text).expanduser()
+        return self.access.path(text)
 
     def preferred_base(self) -> str | None:
         """The base model a new training starts with: the only one, else the one used last

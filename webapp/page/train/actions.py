@@ -76,12 +76,14 @@ class TrainActions:
     def take_path(self, text):
         """The same for a path on the server, or a Hugging Face dataset's name."""
         text = (text or "").strip()
-        if not text or mapping.is_studio_dataset(text):
-            return text, Path(text).name, *NO_FORM
+        if not text:
+            return "", "", *NO_FORM
         try:
-            source = str(self.studio.dataset_path(text)) if Path(text).exists() else text
+            source = self.studio.access.source(text)  # expanded, resolved, then confined
         except StudioError as exc:
             raise gr.Error(str(exc)) from None
+        if mapping.is_studio_dataset(source):
+            return source, Path(source).name, *NO_FORM
         return mapping.arrive(self.studio, source)
 
     def preview_import(self, source, *mapped):
