@@ -197,9 +197,76 @@ def test_a_refusing_judge_fails_within_seconds_keeping_the_rows_done(
         finished = again.run()
         assert finished.state == "complete" and len(store.rows(finished.id)) == 6
         assert [row["line"] for row in store.rows(finished.id)] == [1, 2, 3, 4, 5, 6]
-        assert finished.summary["judge"] is None  # the spec named no judge: not summarized
+        judged = finished.summary["judge"]  # every row was judged: two judges, one summary
+        adapter = f"lora/{trained_adapter.name}"
+        assert judged["pairwise"][adapter] == {
+            "win": 0,
+            "tie": 6,
+            "loss": 0,
+            "unparseable": 0,
+            "against": "toy",
+        }
+        for model in ("toy", adapter):  # 2 rows scored 5 before the stop, 4 scored 6 after
+            assert judged["scores"][model]["n"] == 6
+            assert judged["scores"][model]["mean"] == pytest.approx((2 * 5 + 4 * 6) / 6)
     finally:
         engine.close()
+
+
+def test_each_pair_is_judged_in_both_orders_and_every_outcome_is_counted(
+    home, test_file, trained_adapter, monkeypatch
+):
+    """A judge that answers by the row's question: "tie" rows get a judge biased to the
+    first answer, "win" rows prefer the adapter's answer, "loss" rows the base's. Every
+    pair's two prompts hold the two answers in swapped places."""
+    monkeypatch.setenv("LORA_STUDIO_HOME", str(home))
+    from core.settings import Settings
+
+    settings = Settings.from_env(home)
+    adapter = f"lora/{trained_adapter.name}"
+    store, engine = EvalStore(settings.evals), InferenceEngine(ModelRegistry(settings))
+    plan = ["win", "loss", "tie", "win", "win", "tie"]  # by the test file's line
+    asked: list[tuple[str, str]] = []
+
+    def judge(prompt: str) -> str:
+        if "[Assistant A]" not in prompt:
+            return "Rating: [[5]]"
+        question = prompt.split("[Question]\n")[1].split("\n\n[Assistant A]")[0]
+        a = prompt.split("[Assistant A]\n")[1].split("\n\n[Assistant B]")[0]
+        b = prompt.split("[Assistant B]\n")[1]
+        asked.append((question, a, b))
+        first = len([q for q, _, _ in asked if q == question]) == 1
+        wanted = plan[[c.prompt for c in cases].index(question)]
+        if wanted == "tie":
+            return "[[A]]"  # whatever stands first: the other order cancels it
+        adapter_is_b = first  # the baseline is A in the first order, B in the second
+        return "[[B]]" if (wanted == "win") == adapter_is_b else "[[A]]"
+
+    try:
+        evaluation = runner.prepare(
+            store,
+            engine,
+            ["toy", adapter],
+            str(test_file),
+            metrics=("exact_match",),
+            sampling=Sampling(max_tokens=8, batch_size=3),
+            judge={"kind": "studio", "model": "toy"},
+        )
+        cases = evaluation.cases
+        evaluation.judge = runner.Judge(judge, "by the plan")
+        done = evaluation.run()
+    finally:
+        engine.close()
+    assert done.state == "complete"
+    counts = done.summary["judge"]["pairwise"][adapter]
+    assert (counts["win"], counts["loss"], counts["tie"], counts["unparseable"]) == (3, 1, 2, 0)
+    rows = store.rows(done.id)
+    assert len(asked) == 2 * len(rows)
+    for row in rows:
+        (q1, a1, b1), (q2, a2, b2) = [x for x in asked if x[0] == row["prompt"]]
+        assert (a1, b1) == (row["answers"]["toy"], row["answers"][adapter])
+        assert (a2, b2) == (row["answers"][adapter], row["answers"]["toy"])
+    assert any(r["answers"]["toy"] != r["answers"][adapter] for r in rows)
 
 
 def test_an_unreachable_judge_url_is_a_clear_error_within_seconds(home, test_file):

@@ -52,8 +52,8 @@ def pairwise(
 ) -> Verdict:
     """``other`` against ``baseline``, asked in both orders."""
     hint = _reference_hint(reference)
-    first = ask(PAIRWISE.format(reference=hint, question=question, a=baseline, b=other))
-    second = ask(PAIRWISE.format(reference=hint, question=question, a=other, b=baseline))
+    first = ask(fill(PAIRWISE, reference=hint, question=question, a=baseline, b=other))
+    second = ask(fill(PAIRWISE, reference=hint, question=question, a=other, b=baseline))
     verdicts = _last(_VERDICT, first), _last(_VERDICT, second)
     if None in verdicts:
         return Verdict("unparseable", (first, second))
@@ -73,7 +73,7 @@ def rubric_score(
 ) -> tuple[float | None, str]:
     """(score from 1 to 10, or None when the reply gives none, and the reply)."""
     reply = ask(
-        rubric.format(reference=_reference_hint(reference), question=question, answer=answer)
+        fill(rubric, reference=_reference_hint(reference), question=question, answer=answer)
     )
     found = _last(_RATING, reply)
     score = float(found) if found is not None else None
@@ -96,6 +96,14 @@ def read_rubric(path: str | None) -> str:
             hint="write the prompt with {question} and {answer} where they go",
         )
     return text
+
+
+def fill(template: str, **fields: str) -> str:
+    """``template`` with each ``{name}`` of ``fields`` replaced, in one pass: every other
+    brace stays as written (a rubric may show JSON like ``{"score": 5}``), and a field's
+    text is never searched for more fields (an answer may say ``{question}``)."""
+    names = "|".join(re.escape(name) for name in fields)
+    return re.sub(rf"\{{({names})\}}", lambda found: fields[found.group(1)], template)
 
 
 def _reference_hint(reference: str | None) -> str:

@@ -9,6 +9,7 @@ first row not saved.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ from core.eval.generation import Answer, Sampling, answer, perplexity
 from core.eval.metrics import METRICS, MODEL_METRICS, bootstrap, reference_scores
 from core.eval.store import EvalSpec, EvalStore
 from core.serve.engine import GenerationParams, InferenceEngine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,22 +61,36 @@ class Evaluation:
 
     def run(self) -> EvalSpec:
         """Answer, score and judge the rows not saved yet; then summarize. A StudioError
-        (a judge that refuses, a model that fails) stops it with the rows done kept."""
+        (a judge that refuses, a model that fails) stops it, any other error fails it, with
+        the rows done kept either way. Refused (a StudioError) while another process runs
+        the same evaluation."""
+        with self.store.running(self.spec.id):
+            try:
+                return self._run()
+            except StudioError as exc:
+                return self._end("stopped", exc.message)
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the rows done stay
+                log.exception("evaluation %s failed", self.spec.id)
+                return self._end("failed", f"{type(exc).__name__}: {exc}")
+
+    def stopping(self) -> bool:
+        """Stop asked here (``stop``) or from another process (the store's stop file)."""
+        return self.stop.is_set() or self.store.stop_requested(self.spec.id)
+
+    def _run(self) -> EvalSpec:
         spec, sampling = self.spec, Sampling(**self.spec.sampling)
         done = len(self.store.rows(spec.id))
         chunk = max(1, sampling.batch_size)
         spec.state, spec.error = "running", None
-        try:
-            for start in range(done, len(self.cases), chunk):
-                if self.stop.is_set():
-                    return self._end("stopped", None)
-                cases = self.cases[start : start + chunk]
-                self.store.append(spec.id, self._rows(cases, sampling))
-                spec.rows_done = start + len(cases)
-                self.store.save(spec)
-                self.progress(spec.rows_done, len(self.cases))
-        except StudioError as exc:
-            return self._end("stopped", exc.message)
+        self.store.save(spec)
+        for start in range(done, len(self.cases), chunk):
+            if self.stopping():
+                return self._end("stopped", None)
+            cases = self.cases[start : start + chunk]
+            self.store.append(spec.id, self._rows(cases, sampling))
+            spec.rows_done = start + len(cases)
+            self.store.save(spec)
+            self.progress(spec.rows_done, len(self.cases))
         spec.summary = summarize(spec, self.store.rows(spec.id))
         return self._end("complete", None)
 
@@ -100,8 +117,8 @@ class Evaluation:
         scores = {}
         for model, made in answers.items():
             found = reference_scores(made.text, case.reference, metrics) if case.reference else {}
-            if made.reference_loss is not None and "loss" in metrics:
-                found["loss"] = made.reference_loss
+            if made.reference_loss is not None and {"loss", "perplexity"} & set(metrics):
+                found["loss"] = made.reference_loss  # perplexity's interval is the loss's
             if made.reference_loss is not None and "perplexity" in metrics:
                 found["perplexity"] = perplexity(made.reference_loss)
             scores[model] = found
@@ -145,7 +162,7 @@ def summarize(spec: EvalSpec, rows: list[dict]) -> dict:
         "rows": len(rows),
         "rows_with_reference": sum(row["reference"] is not None for row in rows),
         "metrics": metrics,
-        "judge": _judge_summary(spec, rows) if spec.judge else None,
+        "judge": _judge_summary(spec, rows) if any("judge" in row for row in rows) else None,
     }
     return summary
 
@@ -158,12 +175,11 @@ def _model_metrics(spec: EvalSpec, scores: list[dict]) -> dict:
         values = [s[name] for s in scores if s.get(name) is not None]
         if values:
             found[name] = bootstrap(values)
-    if "perplexity" in spec.metrics and "loss" in found:
-        loss = found["loss"]
+    losses = [s["loss"] for s in scores if s.get("loss") is not None]
+    if "perplexity" in spec.metrics and losses:
+        loss = found.get("loss") or bootstrap(losses)  # asked for perplexity alone too
         found["perplexity"] = {k: perplexity(loss[k]) for k in ("mean", "low", "high")}
         found["perplexity"]["n"] = loss["n"]
-        if "loss" not in spec.metrics:
-            del found["loss"]
     return found
 
 
@@ -223,6 +239,11 @@ def resume(store: EvalStore, engine: InferenceEngine, eval_id: str) -> Evaluatio
     spec = store.get(eval_id)
     if spec.state == "complete":
         raise StudioError(f"evaluation {eval_id} is complete", hint="start a new one")
+    if store.is_running(eval_id):
+        raise StudioError(
+            f"evaluation {eval_id} is running already",
+            hint="wait for it, or stop it first (the page's Stop, lora-studio eval --stop ID)",
+        )
     if fingerprint(spec.data) != spec.fingerprint:
         raise StudioError(
             f"{spec.data} has changed since evaluation {eval_id} started",

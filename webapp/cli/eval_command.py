@@ -44,21 +44,26 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--judge-key-env", metavar="VAR", help="env variable with its key")
     evaluate.add_argument("--rubric", metavar="FILE", help="the judge's scoring prompt")
     evaluate.add_argument("--resume", metavar="ID", help="continue a stopped evaluation")
+    evaluate.add_argument(
+        "--stop", metavar="ID", help="stop a running evaluation (from any process) after its rows"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     listed = commands.add_parser("evals", help="list the evaluations kept")
     listed.add_argument("--json", action="store_true", help="print a JSON list")
 
 
 def evals(args: argparse.Namespace) -> int:
-    specs = EvalStore(Settings.from_env().ensure().evals).list()
-    if args.json:
-        print(json.dumps([spec.model_dump(mode="json") for spec in specs], indent=2))
+    store = EvalStore(Settings.from_env().ensure().evals)
+    specs = store.list()
+    if args.json:  # "state" as a person is told it: "interrupted" for a run that died
+        listed = [spec.model_dump(mode="json") | {"state": store.state(spec)} for spec in specs]
+        print(json.dumps(listed, indent=2))
         return 0
     if not specs:
         print("no evaluations yet: lora-studio eval MODEL ... --data FILE")
     for spec in specs:
         print(
-            f"{spec.id}  {spec.created_at[:16]}  {spec.state:<8} {spec.rows_done}/"
+            f"{spec.id}  {spec.created_at[:16]}  {store.state(spec):<11} {spec.rows_done}/"
             f"{spec.rows_total} rows of {spec.data_name}  {', '.join(spec.models)}"
         )
     return 0
@@ -73,17 +78,31 @@ def evaluate(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env().ensure()
     store = EvalStore(settings.evals)
+    if args.stop:
+        return _stop(store, args.stop)
     engine = InferenceEngine(ModelRegistry(settings))
     try:
         try:
-            evaluation = _evaluation(args, store, engine)
+            spec = _run(_evaluation(args, store, engine))
         except StudioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
-        spec = _run(evaluation)
     finally:
         engine.close()
     return _report(spec, store, args.json)
+
+
+def _stop(store: EvalStore, eval_id: str) -> int:
+    try:
+        asked = store.request_stop(eval_id)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not asked:
+        print(f"evaluation {eval_id} is not running", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"evaluation {eval_id} stops after the rows under way")
+    return 0
 
 
 def _evaluation(args, store: EvalStore, engine) -> runner.Evaluation:

@@ -44,10 +44,13 @@ def test_rows_choices(studio: Studio) -> list[tuple[str, str]]:
 
 
 def past_choices(store: EvalStore) -> list[tuple[str, str]]:
+    """Every evaluation, newest first, with its state: a running one (this page's, another
+    page's or the CLI's) can be picked and stopped."""
     return [
         (
             f"{spec.created_at[:16].replace('T', ' ')} · {spec.data_name} · "
-            f"{len(spec.models)} model(s) · {spec.state} ({spec.rows_done}/{spec.rows_total})",
+            f"{len(spec.models)} model(s) · {store.state(spec)} "
+            f"({spec.rows_done}/{spec.rows_total})",
             spec.id,
         )
         for spec in store.list()
@@ -135,7 +138,6 @@ class EvaluateActions:
     def __init__(self, studio: Studio):
         self.studio = studio
         self.store = EvalStore(studio.settings.evals)
-        self.running: dict[str, runner.Evaluation] = {}  # by id: what Stop stops
 
     def start(self, models, data, data_path, tested, *rest):
         """Prepare, then run in the background: progress every half second, the result
@@ -213,26 +215,31 @@ class EvaluateActions:
         )
 
     def _follow(self, evaluation: runner.Evaluation):
+        """Progress every half second; the evaluation goes on if the page closes (Past
+        evaluations lists it as running, with Stop)."""
         spec = evaluation.spec
-        self.running[spec.id] = evaluation
         started, first = time.monotonic(), spec.rows_done
-        try:
-            for _, result, error in with_progress(lambda progress: evaluation.run()):
-                if result is None and error is None:
-                    yield _progress(spec, started, first), gr.skip(), gr.skip(), spec.id, gr.skip()
-                    continue
-                final = result or spec
-                line = explain(error) if error else _ending(final)
-                yield line, summary_html(final), gr.skip(), final.id, self.past_update(final.id)
-        finally:
-            self.running.pop(spec.id, None)
+        listed = False
+        for _, result, error in with_progress(lambda progress: evaluation.run()):
+            if result is None and error is None:
+                past = gr.skip() if listed else self.past_update(spec.id)
+                listed = True
+                yield _progress(spec, started, first), gr.skip(), gr.skip(), spec.id, past
+                continue
+            final = result or spec
+            line = explain(error) if error else _ending(final)
+            yield line, summary_html(final), gr.skip(), final.id, self.past_update(final.id)
 
-    def stop(self, eval_id):
-        evaluation = self.running.get(eval_id or "")
-        if evaluation is None:
-            return "No evaluation of this page is running."
-        evaluation.stop.set()
-        return "Stopping after the rows under way (the rows done are kept)."
+    def stop(self, shown, picked):
+        """Stop this page's evaluation, else the one picked in Past evaluations (whichever
+        process runs it: another page, a closed tab's, the CLI's)."""
+        for eval_id in (shown, picked):
+            try:
+                if eval_id and self.store.request_stop(eval_id):
+                    return "Stopping after the rows under way (the rows done are kept)."
+            except StudioError:
+                continue
+        return "No evaluation is running: pick a running one in **Past evaluations** to stop it."
 
     def open(self, eval_id, sort_by):
         if not eval_id:
@@ -259,8 +266,9 @@ def _ending(spec: EvalSpec) -> str:
     if spec.state == "complete":
         return f"Done: {spec.rows_done} rows, saved in evaluation `{spec.id}`."
     why = f": {spec.error}" if spec.error else ""
+    ended = "Failed" if spec.state == "failed" else "Stopped"
     return (
-        f"**Stopped** after {spec.rows_done} of {spec.rows_total} rows{why}. "
+        f"**{ended}** after {spec.rows_done} of {spec.rows_total} rows{why}. "
         "Resume it from **Past evaluations**."
     )
 
@@ -352,7 +360,7 @@ def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
     show |= {**PRIVATE, **QUICK}
     start.click(act.start, form.inputs(), outputs, **PRIVATE, **HEAVY).then(**show)
     resume.click(act.resume, past, outputs, **PRIVATE, **HEAVY).then(**show)
-    stop.click(act.stop, shown, status, **PRIVATE, **QUICK)
+    stop.click(act.stop, [shown, past], status, **PRIVATE, **QUICK)
     past.input(lambda eval_id: eval_id, past, shown, **PRIVATE, **QUICK).then(**show)
     sort_by.input(**show)
     form.tested.input(act.pick_tested, form.tested, form.models, **PRIVATE, **QUICK)
