@@ -104,6 +104,29 @@ def test_auto_takes_the_fastest_by_measurement_and_measures_again_when_things_ch
     assert blas_choice.measure_choice(found, cache, timer({})).cached
 
 
+def test_a_blas_that_fails_its_measurement_is_never_chosen_nor_kept(tmp_path, monkeypatch):
+    """Every candidate at 0 GFLOP/s (a crashing library, a machine too loaded to finish):
+    the stock BLAS, with the reason, and no cache; a single candidate is measured too."""
+    from core.machine import blas_choice
+
+    library = tmp_path / "libmkl_rt.so.3"
+    library.write_bytes(b"crashes")
+    broken = Blas("mkl", {"LD_PRELOAD": str(library)})
+    cache = tmp_path / "cache" / "blas-choice.json"
+    failed = blas_choice.measure_choice([broken], cache, lambda blas: 0.0)
+    assert failed.chosen.name == "stock" and "measures again" in failed.chosen.hint
+    assert not cache.exists()
+    monkeypatch.setattr(blas_choice, "mkl", lambda: broken)
+    monkeypatch.setattr(blas_choice, "openblas", lambda: None)
+    monkeypatch.setattr(blas_choice, "gpu_backend", lambda: None)
+    monkeypatch.delenv("LORA_STUDIO_BLAS", raising=False)
+    timed = []
+    chosen = blas_choice.choose_blas(cache=cache, timer=lambda b: timed.append(b) or 0.0)
+    assert chosen.name == "stock" and timed == [broken] and not cache.exists()
+    working = blas_choice.choose_blas(cache=cache, timer=lambda b: 50.0)
+    assert working == broken and cache.exists()  # once it runs, it is chosen and kept
+
+
 def test_a_real_measurement_runs_the_blas_in_a_subprocess():
     from core.machine.blas_choice import time_blas
 

@@ -39,6 +39,11 @@ STOCK_HINT = (
     "training uses MLX's slow reference BLAS: `pip install mkl` (x86_64) or "
     "`apt-get install libopenblas0-pthread` makes it many times faster"
 )
+FAILED_HINT = (
+    "no fast BLAS ran here (each one measured 0 GFLOP/s: it crashed, or did not finish in "
+    "time on a loaded machine), so runs use MLX's stock BLAS; nothing was kept, and the next "
+    "start (or `lora-studio doctor`) measures again"
+)
 
 
 @dataclass(frozen=True)
@@ -69,14 +74,14 @@ def choose_blas(
         found = [blas for blas in found if blas.name == choice]
     if not found:
         return Blas("stock", hint=STOCK_HINT)
-    if len(found) == 1:
-        return found[0]
+    # even a single library is measured (once): one that crashes here must not be chosen
     return measure_choice(found, cache or cache_file(), timer or time_blas).chosen
 
 
 def measure_choice(candidates: list[Blas], cache: Path, timer: Callable[[Blas], float]) -> Measured:
     """The fastest of ``candidates`` by ``timer`` (GFLOP/s), from ``cache`` when it was
-    measured for this CPU, this MLX and these very library files."""
+    measured for this CPU, this MLX and these very library files; the stock BLAS, cached
+    nowhere, when none of them ran."""
     key = _key(candidates)
     try:
         stored = json.loads(cache.read_text(encoding="utf-8"))
@@ -87,7 +92,10 @@ def measure_choice(candidates: list[Blas], cache: Path, timer: Callable[[Blas], 
         if chosen is not None:
             return Measured(chosen, stored.get("gflops", {}), cached=True)
     gflops = {blas.name: round(timer(blas), 1) for blas in candidates}
-    chosen = max(candidates, key=lambda blas: gflops[blas.name])
+    working = [blas for blas in candidates if gflops[blas.name] > 0]
+    if not working:  # the stock BLAS, and no record: a passing failure is not kept
+        return Measured(Blas("stock", hint=FAILED_HINT), gflops, cached=False)
+    chosen = max(working, key=lambda blas: gflops[blas.name])
     cache.parent.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "chosen": chosen.name, "gflops": gflops, "cpu": cpu_name()}
     write_json_atomic(cache, record | {"measured_at": datetime.now(UTC).isoformat()})

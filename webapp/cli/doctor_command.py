@@ -48,11 +48,14 @@ def examine() -> dict:
     chosen = blas_choice.choose_blas()
     asked = os.environ.get("LORA_STUDIO_BLAS", "auto")
     if asked != "auto":
-        why = f"LORA_STUDIO_BLAS={asked}"
-    elif len(found) > 1:
-        why = f"auto: the fastest here, measured once and kept in {blas_choice.cache_file()}"
+        why = f"LORA_STUDIO_BLAS={asked}" + (f"; {chosen.hint}" if chosen.hint else "")
+    elif found and chosen.name == "stock":
+        why = chosen.hint  # every fast one failed its measurement
+    elif found:
+        kept = blas_choice.cache_file()
+        why = f"auto: the fastest here that ran, measured once and kept in {kept}"
     else:
-        why = "auto: the only fast BLAS installed" if found else (chosen.hint or "no other")
+        why = chosen.hint or "no other"
     settings = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "MKL_"))}
     return {
         "cpu": jit.cpu_name(),
