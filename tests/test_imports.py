@@ -164,12 +164,12 @@ def test_bad_sources_are_refused_by_row_or_column_and_leave_nothing(tmp_path):
     assert "starts on line 3" in said and "unterminated quote" in said
     nested = tmp_path / "nested.parquet"
     pq.write_table(pa.table({"q": ["a", "b"], "meta": [{"x": 1}, {"x": 2}]}), nested)
-    assert "'meta' holds dict values, not text" in refused(
+    assert "'meta' holds a dict, not text" in refused(
         home, nested, "--map", "prompt=q", "--map", "completion=meta"
     )
     numbers = tmp_path / "numbers.json"
     numbers.write_text(json.dumps([{"q": "a", "n": 4}, {"q": "b", "n": 5}]))
-    assert "column 'n' holds numbers (4), not text" in refused(
+    assert "'n' holds a number (4), not text" in refused(
         home, numbers, "--map", "prompt=q", "--map", "completion=n"
     )
     wrapped = tmp_path / "wrapped.json"
@@ -207,3 +207,39 @@ def test_a_name_never_leaves_the_datasets_folder(tmp_path, name):
     source.write_text('{"text": "hello"}\n')
     done = lora_studio("data", "import", str(source), "--name", name, home=tmp_path / "home")
     assert done.returncode == 2 and "cannot name a dataset" in done.stderr
+
+
+def test_trl_conversational_pairs_with_a_prompt_list_import_every_row(tmp_path):
+    """TRL's conversational form with its prompt apart: {"prompt": [user], "chosen":
+    [assistant], "rejected": [assistant]} (0 rows before: the prompt was dropped)."""
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Sky {i}?"}],
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "Red."}],
+        }
+        for i in range(6)
+    ]
+    source = tmp_path / "trl.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = imported(tmp_path / "home", source, "trl", "--shape", "preference")
+    assert report["rows_written"] == 6 and not report["skips"]
+    assert rows_of(report)[0]["prompt"] == rows[0]["prompt"]
+    dataset = checked(report)
+    assert dataset.format == "preference" and dataset.total == 6
+
+
+def test_one_number_among_text_cells_skips_its_row_only(tmp_path):
+    """A numeric cell in a text column (a JSON or Parquet file's mixed types) is its row's
+    problem: the import goes on with the other rows and names the skipped one."""
+    rows = [{"q": f"question {i}", "a": f"answer {i}"} for i in range(5)]
+    rows[2]["a"] = 42
+    source = tmp_path / "mixed.json"
+    source.write_text(json.dumps(rows))
+    report = imported(
+        tmp_path / "home", source, "mixed", "--map", "prompt=q", "--map", "completion=a"
+    )
+    assert report["rows_written"] == 4
+    assert report["skips"] == [
+        {"where": "row 3", "reason": "'a' holds a number (42), not text: map a text column"}
+    ]

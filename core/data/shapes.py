@@ -116,19 +116,18 @@ def _shape_of(fields: dict[str, str], shape: str) -> str:
 
 
 def _text(values: dict, column: str) -> str:
-    """A column's value as text: numbers and lists are refused, empty text is a problem."""
+    """A column's value as text. A cell that is empty, a number or a nested value is its
+    row's problem (the row is skipped with the reason, the import goes on); a column of
+    them leaves no row, and the import's refusal quotes the first reason."""
     value = values.get(column)
-    if isinstance(value, int | float):  # bool is an int too
-        raise StudioError(
-            f"column {column!r} holds numbers ({value!r}), not text",
-            hint="map a text column to it",
-        )
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem(f"{column!r} is empty")
+    if isinstance(value, int | float):  # bool is an int too
+        raise RowProblem(f"{column!r} holds a number ({value!r}), not text: map a text column")
     if not isinstance(value, str):
-        raise StudioError(
-            f"column {column!r} holds {type(value).__name__} values, not text",
-            hint="map a text column to it (nested columns map to nothing)",
+        raise RowProblem(
+            f"{column!r} holds a {type(value).__name__}, not text: map a text column "
+            "(nested columns map to nothing)"
         )
     return value
 
@@ -179,8 +178,13 @@ def _alpaca(mapping: Mapping, values: dict) -> dict:
 
 
 def _trl(mapping: Mapping, values: dict) -> dict:
-    if isinstance(values.get("chosen"), list):  # conversational: the shared turns are the prompt
-        return {"chosen": values["chosen"], "rejected": values.get("rejected")}
+    """TRL's preference rows: standard (three texts), or conversational (message lists:
+    the prompt as the turns both answers share, or a "prompt" list of its own)."""
+    if isinstance(values.get("chosen"), list):
+        row = {"chosen": values["chosen"], "rejected": values.get("rejected")}
+        if isinstance(values.get("prompt"), list):
+            row = {"prompt": values["prompt"], **row}
+        return row
     return {k: _text(values, k) for k in ("prompt", "chosen", "rejected")}
 
 
