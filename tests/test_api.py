@@ -229,3 +229,60 @@ def test_messages_the_chat_template_refuses_get_a_400(server):
     assert "roles must alternate" in refused.json()["error"]["message"]
     body["messages"] = twice[:1]
     assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers).status_code == 200
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    "messages, param, said",
+    [
+        ([{"role": "user"}], "messages.[0].content", "Missing required parameter"),
+        ([{"role": "system", "content": None}], "messages.[0].content", "'messages[0].content'"),
+        ([{"role": "developer"}], "messages.[0].content", "Missing required parameter"),
+        (
+            [{"role": "user", "content": "x"}, {"role": "assistant"}],
+            "messages.[1].content",
+            "needs content or tool_calls",
+        ),
+        (
+            [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}],
+            "messages.[1].tool_call_id",
+            "Missing required parameter: 'messages[1].tool_call_id'",
+        ),
+        (
+            [
+                {"role": "user", "content": "x"},
+                {"role": "tool", "content": "42", "tool_call_id": "call_9"},
+            ],
+            "messages.[1].tool_call_id",
+            "must be a response to a preceding message with 'tool_calls'",
+        ),
+        (
+            [{"role": "user", "content": "x", "tool_call_id": "call_1"}],
+            "messages.[0].tool_call_id",
+            "Unrecognized parameter",
+        ),
+    ],
+)
+def test_each_roles_required_fields_are_checked_as_openai_does(server, messages, param, said):
+    """OpenAI's API reference: system, developer, user and tool messages need content; an
+    assistant's needs content or tool_calls; a tool message needs the tool_call_id of a call
+    made before it. A 400 names the field, as OpenAI's does (its param and message)."""
+    url, *_ = server
+    response = post(url, chat_body(messages=messages))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and said in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_a_tool_call_and_its_answer_are_accepted(server):
+    url, *_ = server
+    messages = [
+        {"role": "user", "content": "What is 6 x 7?"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "content": "42", "tool_call_id": "call_1"},
+    ]
+    response = post(url, chat_body(messages=messages))
+    assert response.status_code == 200, response.text

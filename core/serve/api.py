@@ -72,16 +72,85 @@ class TextPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Text
+    arguments: Text  # JSON, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    id: Text
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
+    name: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's
+    tool_call_id: Text | None = None  # a tool's: the call it answers
 
     def as_dict(self) -> dict:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        found = {"role": role, "content": content or ""}
+        if self.tool_calls:
+            found["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id:
+            found["tool_call_id"] = self.tool_call_id
+        return found
+
+
+def check_messages(messages: list[Message]) -> None:
+    """Each role's required fields, as OpenAI's API reference defines them (and answers
+    with 400 naming the field): content for system, developer, user and tool messages;
+    content or tool_calls for an assistant's; a tool message answers a call made before."""
+    calls: set[str] = set()
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if message.role != "assistant" and message.content is None:
+            _missing(f"{where}.content", index, "content")
+        if message.role == "assistant":
+            if message.content is None and not message.tool_calls:
+                raise APIError(
+                    400,
+                    f"Invalid value for '{where}.content': an assistant message needs "
+                    "content or tool_calls.",
+                    "invalid_request_error",
+                    f"messages.[{index}].content",
+                )
+            calls |= {call.id for call in message.tool_calls or []}
+        if message.role == "tool":
+            if not message.tool_call_id:
+                _missing(f"{where}.tool_call_id", index, "tool_call_id")
+            if message.tool_call_id not in calls:
+                raise APIError(
+                    400,
+                    f"Invalid parameter: '{where}': messages with role 'tool' must be a "
+                    "response to a preceding message with 'tool_calls'.",
+                    "invalid_request_error",
+                    f"messages.[{index}].tool_call_id",
+                )
+        elif message.tool_call_id or (message.tool_calls and message.role != "assistant"):
+            field = "tool_call_id" if message.tool_call_id else "tool_calls"
+            raise APIError(
+                400,
+                f"Unrecognized parameter '{where}.{field}' for a message with role "
+                f"'{message.role}'.",
+                "invalid_request_error",
+                f"messages.[{index}].{field}",
+            )
+
+
+def _missing(name: str, index: int, field: str) -> None:
+    raise APIError(
+        400,
+        f"Missing required parameter: '{name}'.",
+        "invalid_request_error",
+        f"messages.[{index}].{field}",
+    )
 
 
 class StreamOptions(BaseModel):
@@ -250,12 +319,14 @@ def parse_request(body: bytes) -> ChatRequest:
             400, f"the body is not valid JSON: {reason}", "invalid_request_error"
         ) from None
     try:
-        return ChatRequest.model_validate(data)
+        chat = ChatRequest.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         param = ".".join(str(p) for p in error["loc"])
         message = f"{param}: {error['msg']}" if param else error["msg"]
         raise APIError(400, message, "invalid_request_error", param or None) from None
+    check_messages(chat.messages)
+    return chat
 
 
 def completion(completion_id: str, chat: ChatRequest, parts: list[Chunk]) -> dict:
