@@ -157,3 +157,53 @@ def test_models_list_names_each_base_with_its_size_and_source(tmp_path, toy_mode
     assert row["quantization"] is None and row["architecture"] == "llama"
     text = lora_studio("models", "list", home=home)
     assert text.returncode == 0 and text.stdout.startswith("toy ") and "available" in text.stdout
+
+
+def test_an_adapter_is_named_as_the_page_shows_it(adapter_home):
+    """The page shows an adapter's first 8 characters and its name: both name it here too;
+    a start shared by two adapters is refused naming both."""
+    home, adapter_id = adapter_home
+    for given in (adapter_id[:8], "Colours", "colours", f"lora/{adapter_id}"):
+        shown = lora_studio("adapters", "show", given, home=home)
+        assert shown.returncode == 0, (given, shown.stderr)
+        assert json.loads(shown.stdout)["adapterName"] == "Colours"
+    twin = str(uuid.UUID(adapter_id[:8] + str(uuid.uuid4())[8:]))
+    shutil.copytree(home / "adapters" / adapter_id, home / "adapters" / twin)
+    both = lora_studio("adapters", "show", adapter_id[:8], home=home)
+    assert both.returncode == 2 and "names 2 adapters" in both.stderr
+    assert adapter_id[:8] in both.stderr and "Traceback" not in both.stderr
+    unknown = lora_studio("adapters", "show", "nothing-like-it", home=home)
+    assert unknown.returncode == 2 and "no adapter is named" in unknown.stderr
+
+
+def test_train_takes_the_dataset_name_data_import_printed(tmp_path, toy_model):
+    """`data import` prints a name; `train --data NAME` finds it; `--replace` replaces it
+    (refused without it); a name that is nothing says so instead of "fix the lines above"."""
+    home = tmp_path / "home"
+    source = tmp_path / "qa.csv"
+    rows = "".join(f"What colour is the sky {i}?,The sky is blue.\n" for i in range(40))
+    source.write_text("q,a\n" + rows)
+    mapped = ("--map", "prompt=q", "--map", "completion=a")
+    done = lora_studio("data", "import", str(source), "--name", "qa-csv", *mapped, home=home)
+    assert done.returncode == 0 and "--data qa-csv" in done.stdout, done.stderr
+    trained = train_quickly(toy_model, "qa-csv", home=home)
+    assert trained.returncode == 0, trained.stderr
+    again = lora_studio("data", "import", str(source), "--name", "qa-csv", *mapped, home=home)
+    assert again.returncode == 2 and "--replace" in again.stderr
+    source.write_text("q,a\n" + rows[: len(rows) // 2])
+    replaced = lora_studio(
+        "data",
+        "import",
+        str(source),
+        "--name",
+        "qa-csv",
+        *mapped,
+        "--replace",
+        "--json",
+        home=home,
+    )
+    assert replaced.returncode == 0 and json.loads(replaced.stdout)["rows_written"] == 20
+    assert len((home / "datasets" / "qa-csv.jsonl").read_text().splitlines()) == 20
+    missing = train_quickly(toy_model, "no-such-set", home=home)
+    assert missing.returncode == 2 and "no dataset named no-such-set" in missing.stderr
+    assert "fix the lines above" not in missing.stderr

@@ -227,6 +227,31 @@ class AdapterStore:
             raise StudioError(f"adapter {adapter_id} does not exist")
         return path
 
+    def find(self, text: str) -> str:
+        """The id of the adapter a person names: ``lora/<uuid>``, ``<uuid>``, a unique
+        start of one (the page shows the first 8 characters), or its name (case aside).
+        Refused, naming the candidates, when more than one matches."""
+        given = str(text).strip().removeprefix("lora/")
+        if _UUID.fullmatch(given):
+            self.path(given)
+            return given
+        adapters = self.list()
+        by_prefix = [a for a in adapters if len(given) >= 4 and a.id.startswith(given.lower())]
+        by_name = [a for a in adapters if a.name.casefold() == given.casefold()]
+        found = by_prefix or by_name
+        if len(found) == 1:
+            return found[0].id
+        if not found:
+            raise StudioError(
+                f"no adapter is named or starts with {given[:80]!r}",
+                hint="lora-studio adapters list shows their ids and names",
+            )
+        listed = ", ".join(f"{a.id[:8]} ({a.name})" for a in found[:6])
+        raise StudioError(
+            f"{given[:80]!r} names {len(found)} adapters: {listed}",
+            hint="give more of the id",
+        )
+
     def list(self) -> list[Adapter]:
         """Every adapter folder that has a metadata.json, newest first. Folders without one
         are being written by someone (or are not adapters) and are skipped."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,7 @@ class Options:
     system: str | None = None
     dedupe: bool = False
     encoding: str | None = None
+    replace: bool = False  # a dataset of the same name is replaced (once the new one is whole)
 
 
 def columns_of(source: str, options: Options) -> tuple[list[str], list[dict]]:
@@ -93,8 +95,11 @@ def import_dataset(source: str, name: str, folder: Path, options: Options) -> Im
     """Import ``source`` as ``folder/NAME.jsonl`` (see the module's docstring)."""
     name = check_name(name)
     target = folder / f"{name}.jsonl"
-    if target.exists():
-        raise StudioError(f"a dataset named {name} exists already", hint="choose another --name")
+    if target.exists() and not options.replace:
+        raise StudioError(
+            f"a dataset named {name} exists already",
+            hint="choose another --name, or give --replace to replace it",
+        )
     folder.mkdir(parents=True, exist_ok=True)
     columns, _ = columns_of(source, options)
     mapping = mapping_for(columns, list(options.pairs), options.shape, options.system)
@@ -111,6 +116,21 @@ def import_dataset(source: str, name: str, folder: Path, options: Options) -> Im
             )
     write_json_atomic(folder / f"{name}.source.json", asdict(report))
     return report
+
+
+def dataset_file(text: str | os.PathLike, folder: Path) -> Path:
+    """A dataset a person names on the command line: a file or folder, else a name of the
+    studio's datasets (what ``data import`` printed): ``folder/<name>.jsonl``."""
+    path = Path(text).expanduser()
+    if path.exists() or not NAME.fullmatch(str(text)):
+        return path
+    named = folder / f"{text}.jsonl"
+    if named.is_file():
+        return named
+    raise StudioError(
+        f"no file {text} here, and no dataset named {text} in {folder}",
+        hint="give the .jsonl file's path, or the name data import printed",
+    )
 
 
 def check_name(name: str) -> str:

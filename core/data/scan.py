@@ -100,10 +100,12 @@ def _files(path: str | Path) -> _Files:
     except (OSError, ValueError):  # a name too long, a NUL byte: no such dataset either
         pass
     name = Path(str(path)[:200].replace("\x00", "")).name
-    problem = Problem(
-        name, None, "not a .jsonl file or a folder with train.jsonl", "pick a .jsonl dataset"
-    )
-    raise DatasetError([problem])
+    try:
+        missing = not Path(path).exists()
+    except (OSError, ValueError):
+        missing = True
+    what = "no such file or folder" if missing else "not a .jsonl file or a folder with train.jsonl"
+    raise DatasetError([Problem(name, None, what, "pick a .jsonl dataset")])
 
 
 def _check_sizes(

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from core.adapters.store import AdapterStore, check_adapter_id
+from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.settings import Settings
 from webapp.cli.train_command import EXIT_FAILED, EXIT_REFUSED
@@ -60,7 +60,7 @@ def export(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
     store = AdapterStore(settings.adapters)
     try:
-        adapter_id = check_adapter_id(args.id)
+        adapter_id = store.find(args.id)
         base = ModelRegistry(settings).adapter_base(adapter_id)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -108,7 +108,7 @@ def adapters(args: argparse.Namespace) -> int:
     store = AdapterStore(settings.adapters)
     try:
         if args.adapters_command != "list":
-            args.id = check_adapter_id(args.id)  # "lora/<uuid>" or "<uuid>"
+            args.id = store.find(args.id)  # an id, its first characters, or the name
         adapter = None if args.adapters_command == "list" else store.read(args.id)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)

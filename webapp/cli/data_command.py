@@ -40,6 +40,11 @@ def add_parser(commands) -> None:
     imported.add_argument("--system", help="a system prompt for every row")
     imported.add_argument("--dedupe", action="store_true", help="drop exact duplicate rows")
     imported.add_argument("--encoding", help="a CSV's text encoding (default: detected)")
+    imported.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the dataset of that name (the old one stays until the new one is whole)",
+    )
     imported.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -52,6 +57,7 @@ def data(args: argparse.Namespace) -> int:
         system=args.system,
         dedupe=args.dedupe,
         encoding=args.encoding,
+        replace=args.replace,
     )
     try:
         report = import_dataset(args.source, args.name, settings.datasets, options)
@@ -71,5 +77,5 @@ def data(args: argparse.Namespace) -> int:
         print(f"skipped {skip['where']}: {skip['reason']}")
     if report.skipped > 10:
         print(f"... {report.skipped - 10} more skipped (all in {report.name}.source.json)")
-    print(f"train on it: lora-studio train --model MODEL --data {report.path}")
+    print(f"train on it: lora-studio train --model MODEL --data {report.name}")
     return 0

@@ -23,6 +23,7 @@ from rich.progress import (
 
 from core import protocol
 from core.adapters.layout import TEST_FILE
+from core.data.imports import dataset_file
 from core.errors import StudioError
 from core.models.inspect import resolve_model
 from core.models.quantize import cpu_slowdown_warning
@@ -106,7 +107,7 @@ def _start_or_resume(service, args: argparse.Namespace, settings: Settings):
     launch = launch_from_args(args, settings)
     return service.start(
         model,
-        args.data,
+        dataset_file(args.data, settings.datasets),
         params,
         name=args.name,
         launch=launch,
@@ -124,9 +125,8 @@ def plan(args: argparse.Namespace) -> int:
         service = TrainingService(settings)
         launch = launch_from_args(args, settings)
         model = resolve_model(args.model, settings.models)
-        info, params, dataset = service.check(
-            model, args.data, params_from_args(args), launch=launch
-        )
+        data = dataset_file(args.data, settings.datasets)
+        info, params, dataset = service.check(model, data, params_from_args(args), launch=launch)
         memory = service.plan(info, params, dataset, launch)
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -59,11 +59,23 @@ def _stream_into(studio: Studio, model_id: str, system: str, history: list, para
     yield
 
 
+# Send while a reply streams: off, with Stop beside it (a message typed meanwhile stays in
+# the box, and the page ignores Enter until the reply ends); and back
+REPLYING = (gr.update(interactive=False), gr.update(visible=True))
+READY = (gr.update(interactive=True), gr.update(visible=False))
+
+
 def _respond(studio: Studio, text, history, base_history, model_id, compare_on, system, *sampling):
-    """The chat event: the reply streamed into the history, then the base's when comparing."""
+    """The chat event: the reply streamed into the history, then the base's when comparing;
+    Send and Stop follow it (``REPLYING``, then ``READY``)."""
     history, base_history = list(history or []), list(base_history or [])
-    if not model_id or not (text or "").strip():
-        yield history, base_history, text
+    if not model_id:
+        gr.Warning("Pick a model to chat with first.")
+        yield history, base_history, text, *READY
+        return
+    if not (text or "").strip():
+        gr.Warning("Type a message first.")
+        yield history, base_history, text, *READY
         return
     studio.last_chat = model_id
     t, p, n, r = sampling
@@ -71,12 +83,13 @@ def _respond(studio: Studio, text, history, base_history, model_id, compare_on, 
     params = GenerationParams(temperature=t, top_p=p, max_tokens=int(n), repetition_penalty=penalty)
     history.append({"role": "user", "content": text})
     for _ in _stream_into(studio, model_id, system, history, params):
-        yield history, base_history, ""
+        yield history, base_history, "", *REPLYING
     entry = studio.registry.get(model_id)
     if compare_on and entry.kind == "adapter" and entry.base_id:
         base_history.append({"role": "user", "content": text})
         for _ in _stream_into(studio, entry.base_id, system, base_history, params):
-            yield history, base_history, ""
+            yield history, base_history, "", *REPLYING
+    yield history, base_history, "", *READY
 
 
 def build(studio: Studio, page: gr.Blocks) -> ChatTab:
@@ -97,7 +110,8 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
         )
     with gr.Row():
         message = gr.Textbox(placeholder="Message", show_label=False, scale=5, elem_id="ls-msg")
-        send = gr.Button("Send", variant="primary", scale=1)
+        send = gr.Button("Send", variant="primary", scale=1, elem_id="ls-send")
+        stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="ls-chat-stop")
         clear = gr.Button("Clear", scale=1)
     with gr.Accordion("Sampling and system prompt", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
@@ -116,15 +130,55 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     def respond(
         text, history, base, model_id, compare_on, system, temperature, top_p, tokens, penalty
     ):
-        """Chat with ``model_id``: the reply streamed into the history (the API's /chat)."""
+        """The page's chat: the reply streamed into the history, Send and Stop with it."""
         sampling = (temperature, top_p, tokens, penalty)
         yield from _respond(studio, text, history, base, model_id, compare_on, system, *sampling)
 
+    def chat_api(
+        message: str,
+        history: list,
+        base_history: list,
+        model_id: str,
+        compare: bool = False,
+        system: str = "",
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        repetition_penalty: float = 1.0,
+    ) -> tuple[list, list, str]:
+        """Chat with ``model_id``: (history, the base's history when comparing, the message
+        box), streamed as the page's Send does."""
+        sampling = (temperature, top_p, max_tokens, repetition_penalty)
+        replies = _respond(
+            studio, message, history, base_history, model_id, compare, system, *sampling
+        )
+        for history, base_history, box, *_buttons in replies:
+            yield history, base_history, box
+
     inputs = [message, chat, base_chat, model, compare, system, *settings]
     private = {"api_visibility": "private"}
-    send.click(respond, inputs, [chat, base_chat, message], api_name="chat", **CHAT)
-    message.submit(respond, inputs, [chat, base_chat, message], **private, **CHAT)
-    clear.click(lambda: ([], []), None, [chat, base_chat], **private, **QUICK)
+    # one listener for Send and Enter: "once" ignores both while its reply streams
+    replying = gr.on(
+        [send.click, message.submit],
+        respond,
+        inputs,
+        [chat, base_chat, message, send, stop],
+        trigger_mode="once",
+        **private,
+        **CHAT,
+    )
+    gr.api(chat_api, api_name="chat", **CHAT)  # the same chat for gradio_client, no buttons
+    # Stop ends the reply where it is (closing the stream stops the engine at the next
+    # token); Clear stops it too, then empties both panes
+    stop.click(lambda: READY, None, [send, stop], cancels=[replying], **private, **QUICK)
+    clear.click(
+        lambda: ([], [], *READY),
+        None,
+        [chat, base_chat, send, stop],
+        cancels=[replying],
+        **private,
+        **QUICK,
+    )
     compare.change(lambda on: gr.update(visible=on), compare, base_chat, **private, **QUICK)
     picked = [chat, base_chat, *settings, defaults]
     model.change(lambda m: _picked(studio, m), model, picked, **private, **QUICK)

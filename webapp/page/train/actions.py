@@ -55,42 +55,53 @@ class TrainActions:
         return gr.update(choices=self.studio.base_choices(), value=model_id)
 
     def pick_model(self, model_id, current_layers, follows, current_alpha):
-        info = inspect_model(self.studio.registry.get(model_id).path)
+        """Rank, alpha and layers fitted to the picked base (nothing picked: as they are;
+        a studio with no model yet opens on that)."""
+        if not model_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            info = inspect_model(self.studio.registry.get(model_id).path)
+        except StudioError:
+            return gr.skip(), gr.skip(), gr.skip()  # gone meanwhile: the check says why
         new_rank = default_rank(info.parameter_count)
         new_layers = min(int(current_layers or 8), info.num_layers)
         return new_rank, (2 * new_rank if follows else current_alpha), new_layers
 
     def take_upload(self, path):
-        """(dataset path, name, *the import form): a .jsonl is stored as it is; any other
-        file is imported (``mapping.arrive``)."""
+        """(dataset path, name, *the import form, the upload box, the path box): a .jsonl is
+        stored as it is, any other file imported (``mapping.arrive``). One dataset is in
+        play at a time: an upload empties the path box; a refused upload empties its own
+        box, says why, and leaves the dataset that was there."""
         if not path:
-            return "", "", *NO_FORM
-        if not mapping.is_studio_dataset(path):
-            return mapping.arrive(self.studio, path)
+            return "", "", *NO_FORM, gr.skip(), gr.skip()
         try:
+            if not mapping.is_studio_dataset(path):
+                return *mapping.arrive(self.studio, path), gr.skip(), ""
             stored = store_upload(Path(path), self.studio.settings.datasets)
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None  # the page shows it; nothing else changes
-        return str(stored), Path(path).name, *NO_FORM
+        except (StudioError, gr.Error) as exc:
+            gr.Warning(f"{Path(path).name} was not taken: {getattr(exc, 'message', exc)}")
+            return (gr.skip(),) * (2 + len(NO_FORM)) + (None, gr.skip())
+        return str(stored), Path(path).name, *NO_FORM, gr.skip(), ""
 
     def take_path(self, text):
-        """The same for a path on the server, or a Hugging Face dataset's name."""
+        """The same for a path on the server, or a Hugging Face dataset's name (it empties
+        the upload box)."""
         text = (text or "").strip()
         if not text:
-            return "", "", *NO_FORM
+            return "", "", *NO_FORM, gr.skip(), gr.skip()
         try:
             source = self.studio.access.source(text)  # expanded, resolved, then confined
         except StudioError as exc:
             raise gr.Error(str(exc)) from None
         if mapping.is_studio_dataset(source):
-            return source, Path(source).name, *NO_FORM
-        return mapping.arrive(self.studio, source)
+            return source, Path(source).name, *NO_FORM, None, gr.skip()
+        return *mapping.arrive(self.studio, source), None, gr.skip()
 
     def preview_import(self, source, *mapped):
         return mapping.show(source, *mapped)
 
-    def save_import(self, source, name, *mapped):
-        return mapping.save(self.studio, source, name, *mapped)
+    def save_import(self, source, name, replace, *mapped):
+        return mapping.save(self.studio, source, name, replace, *mapped)
 
     def train(
         self, base_model: str, dataset_path: str, dataset_name: str, adapter_name: str, **form
@@ -172,9 +183,10 @@ class TrainActions:
         """The run's view at each event, the runs table and picker with it (one source: the
         run's record, which the service writes as the events come). A page that joins a run
         gets its history in one view, not one view per past event."""
-        history = len(run.events)
+        history, first = len(run.events), True
         if history:
             yield render(run) + runs_panel.view(self.studio)
+            first = False
         for index, _ in enumerate(run.follow()):
             if index < history:
                 continue
@@ -182,8 +194,9 @@ class TrainActions:
                 # "Done" on the page means chat and /v1 know the adapter already; the
                 # folder watcher would see it a moment later
                 self.studio.registry.reload()
-            yield render(run) + runs_panel.view(self.studio)
-        yield render(run) + runs_panel.view(self.studio)
+            yield render(run, first) + runs_panel.view(self.studio)
+            first = False
+        yield render(run, first=False) + runs_panel.view(self.studio)
 
     def _refused(self, exc: StudioError) -> tuple:
         """A start that did not happen: the message, and the view left as it was (a run

@@ -27,6 +27,7 @@ class MappingPanel:
     note: gr.Markdown
     fields: dict[str, gr.Dropdown]
     name: gr.Textbox
+    replace: gr.Checkbox
     preview: gr.HTML
     save: gr.Button
 
@@ -47,10 +48,14 @@ def build() -> MappingPanel:
                 )
                 for target in TARGETS
             }
-        name = gr.Textbox(label="Dataset name", elem_id="ls-mapping-name")
+        with gr.Row():
+            name = gr.Textbox(label="Dataset name", elem_id="ls-mapping-name", scale=3)
+            replace = gr.Checkbox(
+                False, label="Replace the dataset of this name, if there is one", scale=2
+            )
         shown = gr.HTML(elem_id="ls-mapping-preview")
         save = gr.Button("Save as dataset", variant="primary")
-    return MappingPanel(box, gr.State(None), note, fields, name, shown, save)
+    return MappingPanel(box, gr.State(None), note, fields, name, replace, shown, save)
 
 
 def arrive(studio: Studio, source: str) -> tuple:
@@ -85,19 +90,20 @@ def show(source: str | None, *mapped: str) -> str:
         return ""
     try:
         _, rows = preview(source, Options(pairs=_pairs(mapped)))
-    except StudioError as exc:
-        return explain(exc)
+    except StudioError as exc:  # the preview is HTML: the message as HTML, not Markdown
+        hint = f"<br><i>Hint:</i> {html.escape(exc.hint)}" if exc.hint else ""
+        return f"<p class='ls-error'><b>Error:</b> {html.escape(exc.message)}{hint}</p>"
     return "".join(_row_html(row) for row in rows) or "No row could be made from these columns."
 
 
-def save(studio: Studio, source: str | None, name: str, *mapped: str) -> tuple:
-    """Import with the form's mapping: (dataset path, its name, the panel, the note)."""
+def save(studio: Studio, source: str | None, name: str, replace: bool, *mapped: str) -> tuple:
+    """Import with the form's mapping: (dataset path, its name, the panel, the note). A
+    dataset of the same name is replaced only when the box says so."""
     try:
         if not source:
             raise StudioError("drop a file first")
-        report = import_dataset(
-            source, name, studio.settings.datasets, Options(pairs=_pairs(mapped))
-        )
+        options = Options(pairs=_pairs(mapped), replace=bool(replace))
+        report = import_dataset(source, name, studio.settings.datasets, options)
     except StudioError as exc:
         return gr.skip(), gr.skip(), gr.skip(), explain(exc)
     done = f"Saved **{report.name}**: {report.rows_written} rows ({report.skipped} skipped)."

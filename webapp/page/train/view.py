@@ -245,9 +245,11 @@ def _adapter_name(folder: Path, fallback: str) -> str:
 RUNNING = "**A training is running:** Start is disabled until it ends (the Stop button ends it)."
 
 
-def render(run) -> tuple:
+def render(run, first: bool = True) -> tuple:
     """The progress view of a run, from its events so far: the bar, the chart, the status,
-    the result, "Chat with it", the new adapter, Start, Stop, and why Start is disabled."""
+    the result, "Chat with it", the new adapter, Start, Stop, and why Start is disabled
+    (said in the ``first`` view only: an edit of the form meanwhile shows its own message
+    there, a bad value included, and the next event must not cover it)."""
     events = list(run.events)
     percent, detail = _progress_line(run, events)
     last = events[-1] if events else None
@@ -270,5 +272,5 @@ def render(run) -> tuple:
         new_adapter,
         gr.update(interactive=not running),
         gr.update(interactive=running),
-        RUNNING if running else gr.skip(),
+        RUNNING if running and first else gr.skip(),
     )

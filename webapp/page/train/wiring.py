@@ -62,7 +62,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
     pick |= {"outputs": [rank, alpha, layers], **SMALL}
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
-    arrived = [ui.data_path, ui.data_name, *ui.mapping.form]
+    arrived = [ui.data_path, ui.data_name, *ui.mapping.form, ui.upload, ui.server_path]
     ui.upload.upload(act.take_upload, ui.upload, arrived, **PRIVATE, **CHECK).success(
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
@@ -100,7 +100,7 @@ def _wire_import(ui, act: TrainActions, check: dict) -> None:
     saved = [ui.data_path, ui.data_name, panel.box, panel.note]
     panel.save.click(
         act.save_import,
-        [panel.source, panel.name, *panel.fields.values()],
+        [panel.source, panel.name, panel.replace, *panel.fields.values()],
         saved,
         **PRIVATE,
         **HEAVY,
