@@ -30,7 +30,7 @@ from core.settings import Settings
 from core.train import diagnosis
 from core.train.plan import MemoryPlan
 from core.train.publish import publish
-from core.train.runs import RunRecord, RunState, latest_checkpoint_step
+from core.train.runs import STOP_REQUEST, RunRecord, RunState, latest_checkpoint_step
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,18 @@ class TrainingRun:
             self._record("interrupted", error)
             raise StudioError(error.error) from exc
         threading.Thread(target=self._read, name=f"training-{self.id[:8]}", daemon=True).start()
+        (self.folder / STOP_REQUEST).unlink(missing_ok=True)  # one left by an earlier session
+        threading.Thread(target=self._honour_stop_requests, daemon=True).start()
+
+    def _honour_stop_requests(self) -> None:
+        """A Stop pressed in a page of another process (``core.train.watch``) is a file in
+        the run folder: it stops the run as this process's own Stop would."""
+        request = self.folder / STOP_REQUEST
+        while not self._done:
+            if request.exists():
+                request.unlink(missing_ok=True)
+                self.stop()
+            time.sleep(0.5)
 
     def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None

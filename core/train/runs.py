@@ -34,6 +34,7 @@ CHECKPOINTS = "checkpoints"
 DATA = "data"
 LOCK_FILE = ".training.lock"
 ALIVE_FILE = ".alive"  # locked by whoever runs the run, for as long as it runs
+STOP_REQUEST = "stop"  # "stop this run", from a process that does not own it (core.train.watch)
 
 RunState = Literal["running", "stopped", "interrupted", "failed"]
 RESUMABLE: tuple[RunState, ...] = ("stopped", "interrupted")

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -43,8 +44,10 @@ from core.train.runs import (
     latest_checkpoint_step,
     take_runs_lock,
 )
+from core.train.watch import WatchedRun, watched_run
 
 log = logging.getLogger(__name__)
+LOOK_SECONDS = 1.0  # how often pages' questions look for a run of another process
 
 
 class TrainingService:
@@ -54,8 +57,25 @@ class TrainingService:
         self.settings = settings.ensure()
         self.blas = blas or choose_blas()
         self.runs = RunStore(self.settings.runs)
-        self.current: TrainingRun | None = None
+        self.current: TrainingRun | None = None  # the last run this service started
+        self._watched: dict[str, WatchedRun] = {}
+        self._looked = (0.0, None)  # when another process's run was looked for, and found
         self.mark_interrupted()
+
+    def active(self) -> TrainingRun | WatchedRun | None:
+        """The run going on in this studio's folders: this service's own, else one that
+        another process trains (a `lora-studio train` in a terminal), looked for at most
+        once a second; else the last run this service started, finished."""
+        own = self.current
+        if own is not None and not own.done:
+            return own
+        when, found = self._looked
+        if time.monotonic() - when >= LOOK_SECONDS:
+            found = watched_run(self.settings.runs, self.settings.adapters, self._watched)
+            self._looked = (time.monotonic(), found)
+        if found is not None and not found.done:
+            return found
+        return own
 
     def mark_interrupted(self) -> None:
         """Runs left ``running`` by a process that died are ``interrupted`` (with their last

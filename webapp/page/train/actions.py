@@ -142,7 +142,7 @@ class TrainActions:
 
     def show_current(self):
         """A page opened (or reloaded) during a run shows it: the service owns the run."""
-        run = self.studio.training.current
+        run = self.studio.training.active()
         if run is None:
             yield (gr.skip(),) * 9 + runs_panel.view(self.studio)
         elif run.done:  # its last view; Start and why are the form check's to set
@@ -153,22 +153,23 @@ class TrainActions:
 
     def shown_at_load(self) -> str | None:
         """The run a page shows from its load on (see ``watch``)."""
-        run = self.studio.training.current
+        run = self.studio.training.active()
         return run.id if run is not None and not run.done else None
 
     def watch(self, shown: str | None):
         """(shown, join): a run started elsewhere (another page, the API, the CLI) after this
         page loaded gets ``join`` set, which makes the page follow it; a run this page is
         starting itself (``shown`` is STARTING) is only noted, its Start already follows it."""
-        run = self.studio.training.current
+        run = self.studio.training.active()
         if run is None or run.done or run.id == shown:
             return gr.skip(), gr.skip()
         return run.id, (gr.skip() if shown == STARTING else run.id)
 
     def stop(self):
         """Stop the current run after a checkpoint; it stays resumable."""
-        if self.studio.training.current is not None:
-            self.studio.training.current.stop()
+        run = self.studio.training.active()
+        if run is not None:
+            run.stop()  # this studio's run, or a request to the process that trains it
 
     def discard(self, run_id, confirmed):
         try:
@@ -201,7 +202,8 @@ class TrainActions:
     def _refused(self, exc: StudioError) -> tuple:
         """A start that did not happen: the message, and the view left as it was (a run
         that goes on keeps its bar, its chart and its Stop button)."""
-        running = self.studio.training.current is not None and not self.studio.training.current.done
+        run = self.studio.training.active()
+        running = run is not None and not run.done
         return (
             gr.skip(),
             gr.skip(),

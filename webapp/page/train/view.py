@@ -4,7 +4,6 @@ the memory plan, whether Start is ready) and a run's progress view, from its eve
 from __future__ import annotations
 
 import html
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -18,6 +17,7 @@ from core.errors import StudioError
 from core.models.inspect import tokenizer as model_tokenizer
 from core.models.quantize import cpu_slowdown_warning
 from core.params import MethodError, TrainingParams
+from core.train.eta import remaining_seconds
 from core.train.plan import MemoryPlan
 from webapp.page import charts, hosts_panel
 from webapp.page.samples import samples_html
@@ -74,7 +74,8 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     tokens = data.sample_tokens(tokenizer, params.mask_prompt)
     stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
     ready = _ready(params, launch, info) + "  \n" + _memory(memory)
-    running = studio.training.current is not None and not studio.training.current.done
+    run = studio.training.active()
+    running = run is not None and not run.done
     return (
         _tokens_text(name, data, stats, params),
         charts.histogram(stats.lengths),
@@ -191,7 +192,7 @@ def _progress_line(run, events: list) -> tuple[float, str]:
             parts.append(f"reward accuracy {report.reward_accuracy:.2f}")
         parts += _speed_and_memory(report, start.ranks)
     if not run.done:
-        parts.append(_eta(run, now.step, now.total_steps, start.resumed_from or 0))
+        parts.append(_eta(events, run.params))
     return 100.0 * now.step / max(now.total_steps, 1), " · ".join(parts)
 
 
@@ -209,13 +210,14 @@ def _speed_and_memory(report: protocol.Progress, ranks: int) -> list[str]:
     return [speed, memory]
 
 
-def _eta(run, step: int, total: int, resumed_at: int) -> str:
-    """Time left at this session's pace so far (unknown until a step of it is done)."""
-    done_here = step - resumed_at
-    if done_here <= 0:
+def _eta(events: list, params) -> str:
+    """Time left: the steps at their recent pace, and the validations and samples to come
+    (``core.train.eta``); unknown until the first training report."""
+    seconds = remaining_seconds(events, params)
+    if seconds is None:
         return "ETA: measuring"
-    seconds = (time.time() - run.started) / done_here * (total - step)
-    return f"ETA {seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"ETA {minutes} min {rest:02d} s" if minutes else f"ETA {rest} s"
 
 
 def _status(run, last) -> tuple[str, str, bool, str | None]:
