@@ -18,6 +18,7 @@ from core.errors import StudioError
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_PROBLEMS = 50
+BINARY_PROBE = 1 << 16  # bytes looked at for a zero byte: text has none
 FORMAT_FIX = (
     'each line needs {"text": ...}, {"prompt": ..., "completion": ...}, '
     '{"messages": [{"role": ..., "content": ...}, ...]} '
@@ -151,6 +152,14 @@ class RowReader:
                 first = f.readline()
                 if not first.strip() and not f.peek(1):
                     self.out.add(name, None, "the file is empty", "add one JSON object per line")
+                    return
+                if b"\x00" in first + f.peek(BINARY_PROBE):  # one problem, not one per line
+                    self.out.add(
+                        name,
+                        None,
+                        "a binary file (it holds zero bytes), not JSON lines",
+                        "pick the .jsonl dataset itself, or import the file in its real format",
+                    )
                     return
                 lines = itertools.chain([first.removeprefix(b"\xef\xbb\xbf")], f)
                 for number, raw in enumerate(lines, start=1):

@@ -221,6 +221,7 @@ class TrainingRun:
         elif isinstance(event, protocol.Validation) and event.step > 0:
             best = self.record.best_validation_loss
             self.record.best_validation_loss = event.loss if best is None else min(best, event.loss)
+            self._write_record()  # the runs table shows it during the run
         with self._changed:
             self.events.append(event)
             self._changed.notify_all()

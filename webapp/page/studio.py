@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from core.serve.engine import InferenceEngine
 from core.serve.registry import ModelRegistry
 from core.settings import Settings
 from core.train.service import TrainingService
+from webapp.page.train.form import CHOICES, LABELS
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,24 @@ class Studio:
 
 
 def explain(exc: Exception) -> str:
-    """A StudioError (or anything) as Markdown for the page: the message and the hint."""
-    message = getattr(exc, "message", str(exc))
+    """A StudioError (or anything) as Markdown for the page: the message and the hint, the
+    command line's flags named as the page's fields (``in_page_words``)."""
+    message = in_page_words(getattr(exc, "message", str(exc)))
     hint = getattr(exc, "hint", None)
     text = "**Error:** " + message.replace("\n", "  \n")
-    return text + (f"  \n*Hint:* {hint}" if hint else "")
+    return text + (f"  \n*Hint:* {in_page_words(hint)}" if hint else "")
+
+
+def in_page_words(text: str) -> str:
+    """Core's messages name settings as the command line does (``--max-seq-length``, ``--method
+    dpo``); the page names them by their fields' labels."""
+    def field(found: re.Match) -> str:
+        name, value = found.group(1).replace("-", "_"), found.group(2)
+        if name not in LABELS:
+            return found.group(0)
+        label = f"**{LABELS[name]}**"
+        if value and value in CHOICES.get(name, {}):
+            return f"{label} = {CHOICES[name][value]}"
+        return label + (f" {value}" if value else "")
+
+    return re.sub(r"--([a-z][a-z-]*)(?: ([\w.]+))?", field, text)

@@ -22,6 +22,15 @@ from webapp.page.train.view import render, summary
 # the import form left as it is, hidden: a studio .jsonl needs no mapping
 NO_FORM = (gr.update(visible=False), None, "", *([gr.skip()] * len(mapping.TARGETS)), gr.skip(), "")
 STARTING = "starting"  # a page's ``shown`` while its own Start or Resume launches a run
+# the progress view from the click until the run's first view: the bar says what happens,
+# Start is off (a second click would be refused anyway)
+STARTING_VIEW = (
+    "<div class='ls-bar'><div style='width:0%'></div></div>"
+    "<p id='ls-progress-text'>starting: checking the dataset, the model and the memory...</p>",
+    *(gr.skip(),) * 5,
+    gr.update(interactive=False),
+    *(gr.skip(),) * 4,
+)
 
 
 class TrainActions:
@@ -53,6 +62,10 @@ class TrainActions:
         if not model_id:
             return gr.skip()
         return gr.update(choices=self.studio.base_choices(), value=model_id)
+
+    def demo_offer(self):
+        """The demo model's box: for a studio with no base model only."""
+        return gr.update(visible=not self.studio.base_choices())
 
     def pick_model(self, model_id, current_layers, follows, current_alpha):
         """Rank, alpha and layers fitted to the picked base (nothing picked: as they are;
@@ -111,6 +124,7 @@ class TrainActions:
         base_model is a base model's id; dataset_path a .jsonl file on the server (what
         /check_dataset accepted); the form's fields (rank, alpha, learning_rate, epochs, ...)
         are named parameters, any left out keeps its default."""
+        yield STARTING_VIEW  # the checks before the process starts take seconds: say so
         try:
             if not base_model or not dataset_path:
                 raise StudioError("pick a base model and add a dataset first")
@@ -130,6 +144,7 @@ class TrainActions:
 
     def resume(self, run_id: str):
         """Resume a stopped or interrupted run and stream its progress until it ends."""
+        yield STARTING_VIEW
         try:
             if not run_id:
                 raise StudioError("pick a run to resume")
@@ -205,7 +220,7 @@ class TrainActions:
         run = self.studio.training.active()
         running = run is not None and not run.done
         return (
-            gr.skip(),
+            gr.skip() if running else "",  # the "starting" bar goes: nothing started
             gr.skip(),
             explain(exc),
             gr.skip(),

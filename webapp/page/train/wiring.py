@@ -89,6 +89,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         act.quantize, [ui.model, q.bits, q.group_size], [q.status, ui.model], **PRIVATE, **HEAVY
     ).then(**pick).then(**check)
     page.load(act.preselect, None, ui.model, **WAITING).then(**pick).then(**check)
+    page.load(act.demo_offer, None, ui.demo_box, **WAITING)
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
