@@ -18,6 +18,7 @@ from core.eval.generation import Sampling
 from core.eval.judge import read_rubric
 from core.eval.metrics import METRICS, parse_metrics
 from core.eval.store import EvalSpec, EvalStore
+from core.eval.verdicts import sentences, verdicts
 from core.settings import Settings
 from webapp.cli.train_command import EXIT_REFUSED
 
@@ -202,6 +203,8 @@ def print_table(result: dict) -> None:
         cells = [_cell(scores.get(name)) for name in names]
         table.add_row(model, *cells)
     console.print(table)
+    for sentence in sentences(verdicts(result["models"], result["metrics"]), {}):
+        console.print(sentence, markup=False)
     judge = result.get("judge")
     if judge:
         for model, counts in judge["pairwise"].items():

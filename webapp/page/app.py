@@ -19,6 +19,8 @@ CSS = """
 .ls-preview { white-space: pre-wrap; font-size: 12px; }
 .ls-masked { color: #9ca3af; }
 .ls-eval td, .ls-eval th, .ls-compare td, .ls-compare th { padding: 2px 8px; font-size: 13px; }
+.ls-verdict { margin: 4px 0; }
+#ls-eval-rows td, #ls-eval-rows th { font-size: 13px; vertical-align: top; }
 """
 REFRESH_SECONDS = 1.0
 
@@ -47,11 +49,13 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
 
         seen = gr.State(-1)
 
-        def refresh(last_version: int):
-            """Refresh the pickers when the registry changed; skip everything otherwise."""
+        def refresh(last_version: int, shown: str | None):
+            """The page's one timer: a run started elsewhere joined (``train.watch``); the
+            pickers refreshed when the registry changed; everything else skipped."""
+            runs = train.watch(shown)
             version = studio.registry.version
             if version == last_version:
-                return (gr.skip(),) * 9
+                return (gr.skip(),) * 9 + runs
             bases, models = studio.base_choices(), studio.chat_choices()
             adapters_picked = gr.update(choices=adapters_tab.picker_choices(studio))
             return (
@@ -64,12 +68,15 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
                 adapters_picked,
                 gr.update(choices=models),
                 gr.update(choices=[("no judge", ""), *models]),
+                *runs,
             )
 
+        # one timer for the whole page: each tick is a round trip through Gradio's queue,
+        # which an idle page pays for (docs/benchmarks.md, "An idle page")
         timer = gr.Timer(REFRESH_SECONDS)
         timer.tick(
             refresh,
-            seen,
+            [seen, train.shown],
             [
                 seen,
                 train.model,
@@ -80,6 +87,8 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
                 adapters.compared,
                 evaluate.models,
                 evaluate.judge,
+                train.shown,
+                train.join,
             ],
             api_name="refresh",
             api_visibility="undocumented",

@@ -20,6 +20,7 @@ from core.eval import runner
 from core.eval.generation import Sampling
 from core.eval.metrics import METRICS, REFERENCE_METRICS
 from core.eval.store import EvalSpec, EvalStore
+from core.eval.verdicts import LOWER_IS_BETTER, sentences, verdicts
 from webapp.page.background import with_progress
 from webapp.page.concurrency import HEAVY, QUICK
 from webapp.page.studio import Studio, explain
@@ -57,18 +58,36 @@ def past_choices(store: EvalStore) -> list[tuple[str, str]]:
     ]
 
 
-def summary_html(spec: EvalSpec) -> str:
-    """The result table: a row per model, a column per metric (mean and 95% interval), then
-    the judge's verdicts."""
+def model_names(studio: Studio, models: list[str]) -> dict[str, str]:
+    """A model id's name for people: an adapter's own name (and its id's start), a base's
+    id; an id no longer known stays as it is."""
+    names = {}
+    for model in models:
+        try:
+            entry = studio.registry.get(model)
+        except StudioError:
+            names[model] = model
+            continue
+        short = f" ({model.removeprefix('lora/')[:8]})" if entry.kind == "adapter" else ""
+        names[model] = f"{entry.display_name}{short}"
+    return names
+
+
+def summary_html(spec: EvalSpec, names: dict[str, str] | None = None) -> str:
+    """The result in words first (which model did better on which metric, or that they are
+    not distinguishable), then the table: a row per model, a column per metric (mean and 95%
+    interval), then the judge's verdicts. Models by ``names``."""
+    names = names or {}
     summary = spec.summary or {}
     scores = summary.get("metrics") or {}
-    names = list(dict.fromkeys(m for found in scores.values() for m in found))
-    if not names:
+    metrics = list(dict.fromkeys(m for found in scores.values() for m in found))
+    if not metrics:
         return f"<p>{spec.rows_done} of {spec.rows_total} rows done ({spec.state}).</p>"
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    said = sentences(verdicts(spec.models, scores), names)
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in metrics)
     body = "".join(
-        f"<tr><td>{html.escape(model)}</td>"
-        + "".join(f"<td>{_cell(found.get(n))}</td>" for n in names)
+        f"<tr><td>{html.escape(names.get(model, model))}</td>"
+        + "".join(f"<td>{_cell(found.get(n))}</td>" for n in metrics)
         + "</tr>"
         for model, found in scores.items()
     )
@@ -77,20 +96,29 @@ def summary_html(spec: EvalSpec) -> str:
         f"{summary['rows']} rows, {summary['rows_with_reference']} with a reference "
         "(reference metrics skip the others). Mean [95% bootstrap interval]."
     ]
-    judge = summary.get("judge")
-    if judge:
-        for model, counts in judge["pairwise"].items():
-            notes.append(
-                f"Judge ({html.escape(str(judge.get('model')))}), {html.escape(model)} vs "
-                f"{html.escape(counts['against'])}: {counts['win']} win, {counts['tie']} tie, "
-                f"{counts['loss']} loss, {counts['unparseable']} unparseable."
-            )
-        for model, score in judge["scores"].items():
-            notes.append(
-                f"Judge's score of {html.escape(model)}: {_cell(score)} "
-                f"({score['unparseable']} unparseable)."
-            )
-    return table + "".join(f"<p>{note}</p>" for note in notes)
+    notes += _judge_notes(summary.get("judge"), names)
+    verdict = "".join(f"<p class='ls-verdict'><b>{html.escape(s)}</b></p>" for s in said)
+    return verdict + table + "".join(f"<p>{note}</p>" for note in notes)
+
+
+def _judge_notes(judge: dict | None, names: dict[str, str]) -> list[str]:
+    if not judge:
+        return []
+    notes = []
+    for model, counts in judge["pairwise"].items():
+        against = names.get(counts["against"], counts["against"])
+        notes.append(
+            f"Judge ({html.escape(str(judge.get('model')))}), "
+            f"{html.escape(names.get(model, model))} vs {html.escape(against)}: "
+            f"{counts['win']} win, {counts['tie']} tie, {counts['loss']} loss, "
+            f"{counts['unparseable']} unparseable."
+        )
+    for model, score in judge["scores"].items():
+        notes.append(
+            f"Judge's score of {html.escape(names.get(model, model))}: {_cell(score)} "
+            f"({score['unparseable']} unparseable)."
+        )
+    return notes
 
 
 def _cell(stat: dict | None) -> str:
@@ -99,24 +127,33 @@ def _cell(stat: dict | None) -> str:
     return f"{stat['mean']:.3g} [{stat['low']:.3g}, {stat['high']:.3g}]"
 
 
-def rows_table(spec: EvalSpec, rows: list[dict], sort_by: str) -> pd.DataFrame:
-    """The rows side by side: the first two models' answers and their ``sort_by`` scores;
-    with two models, the difference (how much better the second did), its worst first."""
+def rows_table(
+    spec: EvalSpec, rows: list[dict], sort_by: str, names: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """The rows side by side: the first two models' answers and their ``sort_by`` scores
+    (3 decimals); with two models, the difference (how much better the second did), its
+    worst first. Columns by the models' ``names``."""
+    names = names or {}
     shown = spec.models[:2]
+    lower_is_better = sort_by in LOWER_IS_BETTER
     records = []
     for row in rows:
         record = {"line": row["line"], "prompt": row["prompt"], "reference": row["reference"]}
-        scores = [_score(row, model, sort_by) for model in shown]
+        scores = [_rounded(_score(row, model, sort_by)) for model in shown]
         for model, score in zip(shown, scores, strict=True):
-            record[f"{model}: answer"] = row["answers"][model]
-            record[f"{model}: {sort_by}"] = score
+            record[f"{names.get(model, model)}: answer"] = row["answers"][model]
+            record[f"{names.get(model, model)}: {sort_by}"] = score
         if len(shown) == 2:
-            record["difference"] = _difference(*scores, lower_is_better=sort_by == "loss")
+            record["difference"] = _rounded(_difference(*scores, lower_is_better))
         records.append(record)
     table = pd.DataFrame(records)
     if "difference" in table:
         table = table.sort_values("difference", na_position="last", kind="stable")
     return table
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _difference(first, second, lower_is_better: bool) -> float | None:
@@ -228,7 +265,9 @@ class EvaluateActions:
                 continue
             final = result or spec
             line = explain(error) if error else _ending(final)
-            yield line, summary_html(final), gr.skip(), final.id, self.past_update(final.id)
+            names = model_names(self.studio, final.models)
+            summary = summary_html(final, names)
+            yield line, summary, gr.skip(), final.id, self.past_update(final.id)
 
     def stop(self, shown, picked):
         """Stop this page's evaluation, else the one picked in Past evaluations (whichever
@@ -249,7 +288,8 @@ class EvaluateActions:
         except StudioError as exc:
             return explain(exc), gr.skip()
         rows = self.store.rows(eval_id)
-        return summary_html(spec), rows_table(spec, rows, sort_by or "rouge_l")
+        names = model_names(self.studio, spec.models)
+        return summary_html(spec, names), rows_table(spec, rows, sort_by or "rouge_l", names)
 
     def past_update(self, selected: str | None = None):
         return gr.update(choices=past_choices(self.store), value=selected)

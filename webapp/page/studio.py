@@ -143,6 +143,7 @@ def explain(exc: Exception) -> str:
 def in_page_words(text: str) -> str:
     """Core's messages name settings as the command line does (``--max-seq-length``, ``--method
     dpo``); the page names them by their fields' labels."""
+
     def field(found: re.Match) -> str:
         name, value = found.group(1).replace("-", "_"), found.group(2)
         if name not in LABELS:

@@ -3,6 +3,7 @@ what may run at once."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -19,27 +20,31 @@ class TrainTab:
     model: gr.Dropdown
     chat_with: gr.Button
     new_adapter: gr.State
+    # for the page's one timer: the run this page shows, and ``watch(shown) -> (shown,
+    # join)``, which makes the page follow a run started elsewhere
+    shown: gr.State
+    join: gr.State
+    watch: Callable
 
 
 PRIVATE = {"api_visibility": "private"}  # page wiring, not the API
 # page wiring by what it costs (webapp/page/concurrency.py)
 SMALL = {**PRIVATE, **QUICK}
 WAITING = {**PRIVATE, **WATCH}
-WATCH_SECONDS = 1.0
 
 
 def _join_runs_started_elsewhere(act: TrainActions, page, buttons, progress_outputs):
-    """A page follows a run started after it loaded, wherever it was started. Returns the
-    run it shows (which the page's own Start and Resume clear when they end) and the event
-    that follows a joined run."""
+    """A page follows a run started after it loaded, wherever it was started (the page's
+    timer calls ``act.watch``, which sets ``join``). Returns the run it shows (which the
+    page's own Start and Resume clear when they end), ``join``, and the event that follows
+    a joined run."""
     hidden = {"show_progress": "hidden"}
     shown, join = gr.State(None), gr.State(None)
     page.load(act.shown_at_load, None, shown, **WAITING, **hidden)
     for button in buttons:
         button.click(lambda: STARTING, None, shown, **SMALL, **hidden)
-    gr.Timer(WATCH_SECONDS).tick(act.watch, shown, [shown, join], **WAITING, **hidden)
     joined = join.change(act.show_current, None, progress_outputs, **WAITING, **hidden)
-    return shown, joined
+    return shown, join, joined
 
 
 def build(studio: Studio, page: gr.Blocks) -> TrainTab:
@@ -51,8 +56,8 @@ def build(studio: Studio, page: gr.Blocks) -> TrainTab:
     check |= {"outputs": [ui.summary, ui.histogram, ui.examples, ui.why, ui.start]}
     check |= {**PRIVATE, **CHECK}
     _wire_form(ui, act, page, form, check)
-    _wire_runs(ui, act, page, form, dataset, check)
-    return TrainTab(model=ui.model, chat_with=ui.chat_with, new_adapter=ui.new_adapter)
+    shown, join = _wire_runs(ui, act, page, form, dataset, check)
+    return TrainTab(ui.model, ui.chat_with, ui.new_adapter, shown, join, act.watch)
 
 
 def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
@@ -134,7 +139,7 @@ def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list, check: di
     resuming = ui.runs.resume.click(
         act.resume, ui.runs.picker, progress_outputs, api_name="resume", **WATCH
     )
-    shown, joined = _join_runs_started_elsewhere(
+    shown, join, joined = _join_runs_started_elsewhere(
         act, page, [ui.start, ui.runs.resume], progress_outputs
     )
     for started in (training, resuming):  # a refused Start must not leave the page "starting"
@@ -146,3 +151,4 @@ def _wire_runs(ui, act: TrainActions, page, form: dict, dataset: list, check: di
     )
     # a page opened during a run follows it to its end; then the form says what Start does
     page.load(act.show_current, None, progress_outputs, **WAITING).then(**check)
+    return shown, join
