@@ -31,6 +31,20 @@ class AdaptersTab:
     compared: gr.Dropdown
 
 
+def table_update(studio: Studio) -> dict:
+    """The table as it is now, its label saying what to do when it is empty."""
+    rows = table(studio)
+    label = LABEL if len(rows) else EMPTY_LABEL
+    return gr.update(value=rows, label=label)
+
+
+LABEL = "Adapters (click a row to pick it)"
+EMPTY_LABEL = (
+    "No adapters yet: train one in the Train tab (it appears here when it is done), or import "
+    "one below"
+)
+
+
 def table(studio: Studio) -> pd.DataFrame:
     rows = []
     entries = {e.id: e for e in studio.registry.entries()}
@@ -102,7 +116,7 @@ class AdapterActions:
             except StudioError as exc:
                 return explain(exc), gr.skip(), gr.skip()
             studio.registry.reload()
-            return done, table(studio), gr.update(choices=picker_choices(studio))
+            return done, table_update(studio), gr.update(choices=picker_choices(studio))
 
         return handler
 
@@ -134,7 +148,7 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
     grid = gr.Dataframe(
         table(studio),
         interactive=False,
-        label="Adapters (click a row to pick it)",
+        label=LABEL if studio.adapters.list() else EMPTY_LABEL,
         elem_id="ls-adapters",
         wrap=True,
         column_widths=WIDTHS,

@@ -62,7 +62,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
                 version,
                 gr.update(choices=bases),
                 gr.update(choices=models),
-                adapters_tab.table(studio),
+                adapters_tab.table_update(studio),
                 adapters_picked,
                 gr.update(choices=bases),
                 adapters_picked,

@@ -35,7 +35,8 @@ def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
 
 
 def preference_charts(rows: list[dict], kept_step: int | None = None) -> str:
-    """A preference run's reward accuracy and reward margin against the step, side by side
+    """A preference run's reward accuracy and reward margin against the step, each as wide
+    as the loss chart above them (side by side, their text shrank to half: unreadable)
     (``rows`` hold step, series and the protocol's figures); "" for a run without them."""
     if not any(r.get("reward_accuracy") is not None for r in rows):
         return ""
@@ -43,8 +44,7 @@ def preference_charts(rows: list[dict], kept_step: int | None = None) -> str:
         line_chart(rows, name, kept_step=kept_step, low=low, high=high)
         for name, low, high in (("reward_accuracy", 0.0, 1.0), ("reward_margin", None, None))
     ]
-    cells = "".join(f"<div style='flex:1;min-width:0'>{chart}</div>" for chart in charts)
-    return f"<div class='ls-preference-charts' style='display:flex;gap:8px'>{cells}</div>"
+    return f"<div class='ls-preference-charts'>{''.join(charts)}</div>"
 
 
 def line_chart(
