@@ -202,3 +202,15 @@ def test_a_scan_keeps_a_bounded_sample(tmp_path):
     path.write_text("".join(json.dumps({"text": f"r{i}"}) + "\n" for i in range(3000)))
     scanned = scan_dataset(path, batch_size=4)
     assert scanned.total == 3000 and len(scanned.sample) == SAMPLE_ROWS
+
+
+def test_a_binary_file_named_jsonl_is_one_problem_not_one_per_line(tmp_path):
+    from core.data.check import DatasetError
+    from core.data.scan import scan_dataset
+
+    binary = tmp_path / "photo.jsonl"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\n\xff\x00" * 400)
+    with pytest.raises(DatasetError) as refused:
+        scan_dataset(binary, batch_size=4)
+    (problem,) = refused.value.problems
+    assert "a binary file" in problem.message and problem.line is None

@@ -47,54 +47,7 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             with gr.Tab("Evaluate", id="evaluate"):
                 evaluate = evaluate_tab.build(studio, page)
 
-        seen = gr.State(-1)
-
-        def refresh(last_version: int, shown: str | None):
-            """The page's one timer: a run started elsewhere joined (``train.watch``); the
-            pickers refreshed when the registry changed; everything else skipped."""
-            runs = train.watch(shown)
-            version = studio.registry.version
-            if version == last_version:
-                return (gr.skip(),) * 9 + runs
-            bases, models = studio.base_choices(), studio.chat_choices()
-            adapters_picked = gr.update(choices=adapters_tab.picker_choices(studio))
-            return (
-                version,
-                gr.update(choices=bases),
-                gr.update(choices=models),
-                adapters_tab.table_update(studio),
-                adapters_picked,
-                gr.update(choices=bases),
-                adapters_picked,
-                gr.update(choices=models),
-                gr.update(choices=[("no judge", ""), *models]),
-                *runs,
-            )
-
-        # one timer for the whole page: each tick is a round trip through Gradio's queue,
-        # which an idle page pays for (docs/benchmarks.md, "An idle page")
-        timer = gr.Timer(REFRESH_SECONDS)
-        timer.tick(
-            refresh,
-            [seen, train.shown],
-            [
-                seen,
-                train.model,
-                chat.model,
-                adapters.table,
-                adapters.picker,
-                adapters.import_base,
-                adapters.compared,
-                evaluate.models,
-                evaluate.judge,
-                train.shown,
-                train.join,
-            ],
-            api_name="refresh",
-            api_visibility="undocumented",
-            show_progress="hidden",
-            **WATCH,
-        )
+        _refresh_every_second(studio, train, adapters, chat, evaluate)
         train.chat_with.click(
             lambda model_id: (
                 gr.Tabs(selected="chat"),
@@ -106,6 +59,46 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
             **QUICK,
         )
     return page
+
+
+def _refresh_every_second(studio: Studio, train, adapters, chat, evaluate) -> None:
+    """The page's one timer: each tick is a round trip through Gradio's queue, which an idle
+    page pays for (docs/benchmarks.md, "An idle page"), so one tick does all the polling: a
+    run started elsewhere is joined (``train.watch``) and the pickers follow the registry;
+    everything else is skipped."""
+    seen = gr.State(-1)
+
+    def refresh(last_version: int, shown: str | None):
+        runs = train.watch(shown)
+        version = studio.registry.version
+        if version == last_version:
+            return (gr.skip(),) * 9 + runs
+        bases, models = studio.base_choices(), studio.chat_choices()
+        adapters_picked = gr.update(choices=adapters_tab.picker_choices(studio))
+        return (
+            version,
+            gr.update(choices=bases),
+            gr.update(choices=models),
+            adapters_tab.table_update(studio),
+            adapters_picked,
+            gr.update(choices=bases),
+            adapters_picked,
+            gr.update(choices=models),
+            gr.update(choices=[("no judge", ""), *models]),
+            *runs,
+        )
+
+    outputs = [seen, train.model, chat.model, adapters.table, adapters.picker]
+    outputs += [adapters.import_base, adapters.compared, evaluate.models, evaluate.judge]
+    gr.Timer(REFRESH_SECONDS).tick(
+        refresh,
+        [seen, train.shown],
+        [*outputs, train.shown, train.join],
+        api_name="refresh",
+        api_visibility="undocumented",
+        show_progress="hidden",
+        **WATCH,
+    )
 
 
 def create_server(

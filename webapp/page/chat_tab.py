@@ -92,7 +92,22 @@ def _respond(studio: Studio, text, history, base_history, model_id, compare_on, 
     yield history, base_history, "", *READY
 
 
-def build(studio: Studio, page: gr.Blocks) -> ChatTab:
+@dataclass
+class _Components:
+    model: gr.Dropdown
+    compare: gr.Checkbox
+    chat: gr.Chatbot
+    base_chat: gr.Chatbot
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    clear: gr.Button
+    system: gr.Textbox
+    settings: list  # temperature, top p, max tokens, repetition penalty
+    defaults: gr.Markdown
+
+
+def layout(studio: Studio) -> _Components:
     with gr.Row():
         # models come and go while a page is open: the engine checks the id
         model = gr.Dropdown(
@@ -126,6 +141,13 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
             penalty = gr.Slider(1.0, 2.0, 1.0, step=0.01, label="Repetition penalty (1: off)")
         defaults = gr.Markdown(elem_id="ls-sampling-defaults")
     settings = [temperature, top_p, max_tokens, penalty]
+    return _Components(
+        model, compare, chat, base_chat, message, send, stop, clear, system, settings, defaults
+    )
+
+
+def _handlers(studio: Studio):
+    """(the page's chat, the API's /chat): one conversation, with and without the buttons."""
 
     def respond(
         text, history, base, model_id, compare_on, system, temperature, top_p, tokens, penalty
@@ -155,14 +177,20 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
         for history, base_history, box, *_buttons in replies:
             yield history, base_history, box
 
-    inputs = [message, chat, base_chat, model, compare, system, *settings]
+    return respond, chat_api
+
+
+def build(studio: Studio, page: gr.Blocks) -> ChatTab:
+    ui = layout(studio)
+    respond, chat_api = _handlers(studio)
+    inputs = [ui.message, ui.chat, ui.base_chat, ui.model, ui.compare, ui.system, *ui.settings]
     private = {"api_visibility": "private"}
     # one listener for Send and Enter: "once" ignores both while its reply streams
     replying = gr.on(
-        [send.click, message.submit],
+        [ui.send.click, ui.message.submit],
         respond,
         inputs,
-        [chat, base_chat, message, send, stop],
+        [ui.chat, ui.base_chat, ui.message, ui.send, ui.stop],
         trigger_mode="once",
         **private,
         **CHAT,
@@ -170,24 +198,27 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     gr.api(chat_api, api_name="chat", **CHAT)  # the same chat for gradio_client, no buttons
     # Stop ends the reply where it is (closing the stream stops the engine at the next
     # token); Clear stops it too, then empties both panes
-    stop.click(lambda: READY, None, [send, stop], cancels=[replying], **private, **QUICK)
-    clear.click(
+    buttons = [ui.send, ui.stop]
+    ui.stop.click(lambda: READY, None, buttons, cancels=[replying], **private, **QUICK)
+    ui.clear.click(
         lambda: ([], [], *READY),
         None,
-        [chat, base_chat, send, stop],
+        [ui.chat, ui.base_chat, *buttons],
         cancels=[replying],
         **private,
         **QUICK,
     )
-    compare.change(lambda on: gr.update(visible=on), compare, base_chat, **private, **QUICK)
-    picked = [chat, base_chat, *settings, defaults]
-    model.change(lambda m: _picked(studio, m), model, picked, **private, **QUICK)
+    ui.compare.change(
+        lambda on: gr.update(visible=on), ui.compare, ui.base_chat, **private, **QUICK
+    )
+    picked = [ui.chat, ui.base_chat, *ui.settings, ui.defaults]
+    ui.model.change(lambda m: _picked(studio, m), ui.model, picked, **private, **QUICK)
 
     def opening():  # the page may be older than the models: their list as it is now
         return gr.update(choices=studio.chat_choices(), value=studio.preferred_chat_model())
 
-    page.load(opening, None, model, **private, **QUICK)
-    return ChatTab(model=model)
+    page.load(opening, None, ui.model, **private, **QUICK)
+    return ChatTab(model=ui.model)
 
 
 # the sampling settings' fields, in the order of generation_config.json's names
