@@ -71,6 +71,7 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
     expect(a.locator("#ls-temperature input[type=range]")).to_have_value("0")
     a.locator("#ls-msg textarea").fill("Tell me a long story about the sky")
     a.get_by_role("button", name="Send").click()
+    expect(a.locator("#ls-send")).to_be_disabled(timeout=30000)  # the reply streams
     reply = a.locator("#ls-chat .message.bot, #ls-chat [data-testid=bot]").last
     expect(reply).not_to_be_empty(timeout=30000)
 
@@ -104,13 +105,18 @@ def test_other_browsers_never_wait_behind_a_run_and_a_chat(browser, shared_url, 
         # the run goes on elsewhere: this page cannot start another, and says why
         expect(page.get_by_role("button", name="Start training")).to_be_disabled()
         expect(page.locator("#ls-why")).to_contain_text("A training is running")
+    # everything B and C did happened while A's reply was still streaming (Send is off until
+    # it ends): a page that had waited behind the chat would have been served after it
+    chat_going = a.locator("#ls-send").is_disabled()
     ARTIFACTS.mkdir(exist_ok=True)
     shared = {what: wait for what, wait in waits.items() if not what.startswith("A")}
     figures = {"waits_seconds": waits, "worst_seconds": max(shared.values()), "limit": limit}
     figures["chat_streamed_while_b_and_c_loaded"] = streaming
+    figures["chat_still_streaming_after_b_and_c"] = chat_going
     (ARTIFACTS / "shared-page.json").write_text(json.dumps(figures, indent=2))
     print("\nshared page:", json.dumps(figures))
     assert streaming, (before, streamed())
+    assert chat_going, "A's reply had ended: B and C may have waited behind it"
     assert max(shared.values()) < limit, waits
 
     a.get_by_role("tab", name="Train").click()

@@ -20,7 +20,7 @@ from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 
 from core.train.batches import sft_batches, sft_order
-from core.train.frozen import FrozenRows, cut, frozen_loss
+from core.train.frozen import MEMORY_SHARE, FrozenRows, cut, frozen_loss, kept_bytes
 from core.train.loss import choose_loss
 from tests.helpers import colour_rows, write_jsonl
 from tests.test_loss import lora_model
@@ -91,12 +91,20 @@ def test_no_kept_outputs_when_every_layer_trains_or_the_model_does_not_cut(toy_m
 
 
 def test_kept_outputs_that_would_crowd_the_memory_are_not_kept(toy_model, monkeypatch):
+    """The outputs are kept only within MEMORY_SHARE of the memory free: just below the
+    line they are not, just above they are; their size is every row's tokens times the
+    hidden width in float32, counted here from the tokens themselves."""
     model, tokenizer = lora_model(toy_model, layers=2)
     dataset = dataset_for(tokenizer)
-    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", "0.0001")  # 25 kB for the 24 rows' 150 kB
+    tokens = sum(len(dataset[i][0]) for i in range(len(dataset)))
+    needed = tokens * model.args.hidden_size * 4
+    assert kept_bytes(model, [dataset], 2048) == needed
+    line_gb = needed / MEMORY_SHARE / 1e9
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", f"{line_gb * 0.98:.12f}")
     assert frozen_loss(model, dataset, max_seq_length=2048) is None
-    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", "1")
-    assert frozen_loss(model, dataset, max_seq_length=2048) is not None
+    monkeypatch.setenv("LORA_STUDIO_MEMORY_GB", f"{line_gb * 1.02:.12f}")
+    loss, rows = frozen_loss(model, dataset, max_seq_length=2048)
+    assert loss.name == "completion_only" and rows.stack.first == 2
 
 
 def test_batches_group_rows_of_similar_length(toy_model):
