@@ -504,7 +504,8 @@ def test_a_dpo_run_from_the_preference_demo_set_charts_its_reward_accuracy(page,
     page.locator("input[type=file]").first.set_input_files(str(data))
     summary = page.locator("#ls-dataset-summary")
     expect(summary).to_contain_text("preference format, 140 examples", timeout=20000)
-    expect(page.locator("#ls-why")).to_contain_text("--method dpo or --method orpo")
+    # the way out in the page's words: the Method field's choices, not the CLI's flags
+    expect(page.locator("#ls-why")).to_contain_text("Method = DPO: prefer the chosen answer")
     expect(page.get_by_role("button", name="Start training")).to_be_disabled()
     beta = page.get_by_label("β (DPO: how far from the base; ORPO: weight of the odds ratio)")
     expect(beta).to_be_hidden()
@@ -526,4 +527,8 @@ def test_a_dpo_run_from_the_preference_demo_set_charts_its_reward_accuracy(page,
     expect(accuracy.locator("polyline.ls-validation")).to_have_attribute("data-points", "2")
     margin = page.locator("#ls-loss-chart svg[aria-label='reward margin chart']")
     expect(margin.locator("polyline.ls-train")).to_be_visible()
+    # each as wide as the loss chart, so its text reads at the loss chart's size
+    loss_width = page.locator("#ls-loss-chart svg[aria-label='loss chart']").bounding_box()["width"]
+    for chart in (accuracy, margin):
+        assert chart.bounding_box()["width"] > 0.95 * loss_width
     shot(page, "train-dpo-done")

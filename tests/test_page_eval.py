@@ -53,7 +53,11 @@ def test_evaluate_two_models_then_compare_the_adapters(browser, studio_url, tmp_
     expect(status).to_contain_text("Done: 6 rows", timeout=120000)
     summary = page.locator("#ls-eval-summary")
     expect(summary.locator("th", has_text="rouge_l")).to_be_visible()
-    expect(summary.locator("td", has_text=f"lora/{adapter_id}")).to_be_visible()
+    # models by their names, and the result in words before the table
+    expect(
+        summary.locator("td", has_text=f"Colours (LoRA on toy) ({adapter_id[:8]})")
+    ).to_be_visible()
+    expect(summary.locator(".ls-verdict").first).to_contain_text("Colours (LoRA on toy)")
     rows = page.locator("#ls-eval-rows")
     expect(rows).to_contain_text("What colour is the sky number 0?", timeout=20000)
     expect(rows).to_contain_text("difference")
