@@ -7,6 +7,7 @@ the page, so a rule is written once and every entry point reports it the same wa
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, Literal, Protocol, get_args, get_origin
 
 import annotated_types
@@ -16,7 +17,8 @@ from core.errors import StudioError
 
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP_KEYS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-TARGET_KEYS = ATTENTION_KEYS + MLP_KEYS
+TARGET_KEYS = ATTENTION_KEYS + MLP_KEYS  # llama's names: the page's choices before a model
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_0-9]\w*)*")
 
 
 class ModelFacts(Protocol):
@@ -28,6 +30,10 @@ class ModelFacts(Protocol):
     parameter_count: int
 
     def has_module(self, key: str) -> bool: ...
+
+    def layer_modules(self) -> list[str]: ...
+
+    def attention_keys(self) -> list[str]: ...
 
 
 class MethodError(StudioError):
@@ -59,9 +65,11 @@ class TrainingParams(BaseModel):
     epochs: int = Field(3, ge=1, le=1000, description="passes over the training set")
     batch_size: int = Field(4, ge=1, le=1024, description="examples per step")
     lora_layers: int = Field(8, ge=-1, description="last N transformer layers to adapt (-1: all)")
-    keys: list[str] = Field(
-        default_factory=lambda: list(ATTENTION_KEYS),
-        description="modules to adapt, comma-separated: " + ",".join(TARGET_KEYS),
+    keys: list[str] | None = Field(
+        None,
+        description="modules to adapt in each layer, comma-separated, e.g. "
+        + ",".join(TARGET_KEYS)
+        + " (default: the model's own attention projections)",
     )
     validation_split: float = Field(
         0.2, gt=0, lt=1, description="share held out for validation when no valid.jsonl"
@@ -139,10 +147,14 @@ class TrainingParams(BaseModel):
 
     @field_validator("keys")
     @classmethod
-    def _known_keys(cls, value: list[str]) -> list[str]:
-        unknown = [k for k in value if k not in TARGET_KEYS]
-        if unknown or not value:
-            raise ValueError(f"unknown or no target modules {unknown}")
+    def _module_names(cls, value: list[str] | None) -> list[str] | None:
+        """Module names only (``self_attn.q_proj``): which exist is the model's to say
+        (``for_model``)."""
+        if value is None:
+            return None
+        bad = [k for k in value if not _MODULE_NAME.fullmatch(k)]
+        if bad or not value:
+            raise ValueError(f"not module names: {bad}" if bad else "no target modules")
         return value
 
     def optimizer_steps(self, steps_per_epoch: int) -> int:
@@ -201,15 +213,19 @@ class TrainingParams(BaseModel):
                 f"lora_layers = {self.lora_layers}: {model.id} has {model.num_layers} layers",
                 hint=f"choose 1 to {model.num_layers}, or -1 for all",
             )
-        missing = [key for key in self.keys if not model.has_module(key)]
-        if missing:
+        # by default the attention projections the model has, by its own names (q, k, v and
+        # o in most families; Phi-3's fused qkv_proj and o_proj)
+        keys = self.keys or model.attention_keys()
+        missing = [key for key in keys if not model.has_module(key)]
+        if missing or not keys:
+            what = ", ".join(missing) if missing else "attention projection"
             raise StudioError(
-                f"keys: {model.id} has no {', '.join(missing)} modules to adapt",
-                hint="choose other target modules",
+                f"keys: {model.id} has no {what} modules to adapt",
+                hint=f"choose among its modules: {', '.join(model.layer_modules())}",
             )
         rank = self.rank if self.rank is not None else default_rank(model.parameter_count)
         alpha = self.alpha if self.alpha is not None else 2.0 * rank
-        return self.model_copy(update={"rank": rank, "alpha": alpha})
+        return self.model_copy(update={"rank": rank, "alpha": alpha, "keys": keys})
 
     def to_argv(self) -> list[str]:
         """The flags that reproduce these parameters (see ``add_arguments``)."""

@@ -99,5 +99,5 @@ def test_an_adapters_test_rows_pick_it_and_its_base(browser, studio_url):
     expect(page.locator("#ls-eval-status")).to_contain_text("Done: 6 rows", timeout=120000)
     summary = page.locator("#ls-eval-summary")
     expect(summary.locator("td", has_text="toy").first).to_be_visible()
-    expect(summary).to_contain_text(f"lora/{twin_id}")
+    expect(summary).to_contain_text(f"Twin (LoRA on toy) ({twin_id[:8]})")
     page.close()

@@ -20,6 +20,7 @@ from tests.helpers import (
     colour_rows,
     fill_number,
     lora_studio_server,
+    pick,
     studio_with_toy,
     write_jsonl,
 )
@@ -92,7 +93,7 @@ def test_a_message_typed_while_a_reply_streams_is_kept_and_stop_ends_the_reply(p
     send.click()  # the kept message goes now
     expect(chat).to_contain_text("And the sea?", timeout=20000)
     expect(send).to_be_disabled(timeout=20000)
-    page.get_by_role("button", name="Clear").click()  # stops the reply too
+    page.locator("#ls-chat-clear").click()  # stops the reply too
     expect(send).to_be_enabled(timeout=20000)
     expect(chat).not_to_contain_text("And the sea?")
 
@@ -185,8 +186,7 @@ def test_an_import_preview_error_reads_as_text_not_markdown(page, tmp_path):
     path_box.fill(str(source))
     path_box.press("Enter")
     expect(page.locator("#ls-mapping-note")).to_contain_text("question", timeout=20000)
-    page.locator("#ls-map-prompt").click()
-    page.get_by_role("option", name="question").first.click()
+    pick(page, "prompt from", "question")
     preview = page.locator("#ls-mapping-preview")
     expect(preview).to_contain_text("Error:", timeout=20000)
     expect(preview).not_to_contain_text("**Error:**")
@@ -199,6 +199,7 @@ def test_a_studio_with_a_model_hides_the_demo_offer(page):
 
 def test_a_studio_with_no_model_greets_without_an_error(browser, tmp_path):
     home = tmp_path / "empty"
+    home.mkdir()
     with lora_studio_server(home) as (_, url, log):
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.goto(url)

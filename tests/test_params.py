@@ -17,7 +17,7 @@ from core.params import (
 def test_defaults_follow_the_brief():
     p = TrainingParams()
     assert (p.learning_rate, p.epochs, p.batch_size, p.lora_layers) == (1e-4, 3, 4, 8)
-    assert p.keys == list(ATTENTION_KEYS)
+    assert p.keys is None  # the model's own attention projections, once it is known
     assert p.validation_split == 0.2
 
 
@@ -53,8 +53,9 @@ def test_every_failure_is_reported_at_once():
 def test_lora_layers_zero_and_unknown_keys_are_refused():
     with pytest.raises(StudioError, match="lora_layers = 0"):
         validate_params({"lora_layers": 0})
-    with pytest.raises(StudioError, match="keys"):
-        validate_params({"keys": ["self_attn.nonsense"]})
+    for bad in (["../x"], ["a b"], []):  # not a module's name: refused before any model
+        with pytest.raises(StudioError, match="keys"):
+            validate_params({"keys": bad})
 
 
 def test_model_dependent_rules(toy_model):
@@ -66,6 +67,10 @@ def test_model_dependent_rules(toy_model):
     assert (resolved.rank, resolved.alpha, resolved.scale) == (8, 16.0, 2.0)
     assert TrainingParams(rank=4, lora_layers=2).for_model(info).alpha == 8.0
     assert TrainingParams(rank=4, alpha=4, lora_layers=2).for_model(info).scale == 1.0
+    assert set(resolved.keys) == set(ATTENTION_KEYS) == set(info.attention_keys())
+    with pytest.raises(StudioError, match="no self_attn.nonsense modules") as caught:
+        TrainingParams(keys=["self_attn.nonsense"], lora_layers=2).for_model(info)
+    assert "mlp.down_proj" in caught.value.hint and "self_attn.q_proj" in caught.value.hint
 
 
 def test_rank_rule_by_model_size():

@@ -20,6 +20,7 @@ from core.files import write_json_atomic
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 _SHARD = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
+_LAYER_WEIGHT = re.compile(r".*\.layers\.\d+\.(.+)\.weight")
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,23 @@ class ModelInfo:
 
     def has_module(self, key: str) -> bool:
         """Whether some transformer layer has the linear ``key`` (e.g. ``self_attn.q_proj``)."""
-        suffix = f".{key}.weight"
-        return any(name.endswith(suffix) and ".layers." in name for name in self.tensors)
+        return key in self.layer_modules()
+
+    def layer_modules(self) -> list[str]:
+        """The linear modules of the transformer layers, by their name in a layer
+        (``self_attn.q_proj``, ``mlp.switch_mlp.up_proj``: a mixture of experts' stacked
+        experts): what LoRA can adapt. Norms (1-D weights) are not."""
+        found = {
+            match.group(1)
+            for name, shape in self.tensors.items()
+            if len(shape) >= 2 and (match := _LAYER_WEIGHT.fullmatch(name))
+        }
+        return sorted(found)
+
+    def attention_keys(self) -> list[str]:
+        """The attention's linear modules, the studio's default target: q, k, v and o in
+        most families, Phi-3's fused ``qkv_proj`` and ``o_proj``."""
+        return [key for key in self.layer_modules() if key.startswith("self_attn.")]
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -309,7 +309,8 @@ class InferenceEngine:
 
     def _load_base(self, path: Path) -> _Base:
         import mlx.core as mx
-        from mlx_lm import load
+
+        from core.models.loading import load_model
 
         path = Path(path).resolve()
         if path in self._bases:
@@ -319,7 +320,7 @@ class InferenceEngine:
             self._bases.popitem(last=False)  # its prompt caches go with it
             mx.clear_cache()
         try:
-            model, tokenizer = load(str(path))
+            model, tokenizer = load_model(path)
         except Exception as exc:  # noqa: BLE001 - any failure means the model cannot be used
             raise ModelUnavailable(
                 f"model unavailable: {path.name} failed to load ({exc})"

@@ -37,7 +37,6 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
-from mlx_lm import load
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.dora import DoRALinear
 from mlx_lm.tuner.lora import LoRALinear
@@ -51,6 +50,7 @@ from core.data.scan import Dataset, load_dataset
 from core.errors import StudioError
 from core.machine.blas import loaded_blas
 from core.models.inspect import ModelInfo, inspect_model
+from core.models.loading import load_model
 from core.params import TrainingParams, add_arguments, params_from_args
 from core.train import checkpoints, preference
 from core.train.batches import longer_rows, sft_batches, validation_batch
@@ -236,7 +236,7 @@ def _objective(model, params: TrainingParams, sets: tuple, emit, clock: Phases):
 def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
     """The base model with LoRA layers (seeded init), and the tokenized train/valid sets."""
     try:
-        model, tokenizer = load(str(info.path))
+        model, tokenizer = load_model(info.path)
     except Exception as exc:  # noqa: BLE001 - any load failure is the model's problem
         raise WorkerError("model", f"mlx-lm could not load {info.path}: {exc}") from exc
     maybe_set_recommended_wired_limit()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gradio as gr
@@ -65,9 +66,45 @@ REPLYING = (gr.update(interactive=False), gr.update(visible=True))
 READY = (gr.update(interactive=True), gr.update(visible=False))
 
 
-def _respond(studio: Studio, text, history, base_history, model_id, compare_on, system, *sampling):
+class Interruptions:
+    """Stop and Clear pressed in a page while its reply streams, by the page's session: the
+    reply's own generator sees them between two updates and ends itself, with READY as its
+    last word (cancelling it from outside could let an update already on its way arrive
+    after the buttons were set back)."""
+
+    def __init__(self) -> None:
+        self.replying: set[str] = set()  # the sessions whose reply streams now
+        self.stopped: set[str] = set()
+        self.cleared: set[str] = set()
+
+    def start(self, session: str) -> None:
+        self.replying.add(session)
+
+    def end(self, session: str) -> None:
+        for sessions in (self.replying, self.stopped, self.cleared):
+            sessions.discard(session)
+
+    def stop(self, session: str, clear: bool = False) -> None:
+        if session in self.replying:
+            self.stopped.add(session)
+            if clear:
+                self.cleared.add(session)
+
+
+def _respond(
+    studio: Studio,
+    text,
+    history,
+    base_history,
+    model_id,
+    compare_on,
+    system,
+    *sampling,
+    stopped: Callable[[], bool] = lambda: False,
+):
     """The chat event: the reply streamed into the history, then the base's when comparing;
-    Send and Stop follow it (``REPLYING``, then ``READY``)."""
+    Send and Stop follow it (``REPLYING``, then ``READY``). ``stopped()`` ends the reply
+    where it is."""
     history, base_history = list(history or []), list(base_history or [])
     if not model_id:
         gr.Warning("Pick a model to chat with first.")
@@ -82,14 +119,20 @@ def _respond(studio: Studio, text, history, base_history, model_id, compare_on, 
     penalty = r if r and r > 1.0 else None
     params = GenerationParams(temperature=t, top_p=p, max_tokens=int(n), repetition_penalty=penalty)
     history.append({"role": "user", "content": text})
+    # the box is emptied once, as the message goes: what is typed meanwhile stays there
+    yield history, base_history, "", *REPLYING
     for _ in _stream_into(studio, model_id, system, history, params):
-        yield history, base_history, "", *REPLYING
+        if stopped():
+            break  # closing the stream stops the engine at its next token
+        yield history, base_history, gr.skip(), *REPLYING
     entry = studio.registry.get(model_id)
-    if compare_on and entry.kind == "adapter" and entry.base_id:
+    if compare_on and entry.kind == "adapter" and entry.base_id and not stopped():
         base_history.append({"role": "user", "content": text})
         for _ in _stream_into(studio, entry.base_id, system, base_history, params):
-            yield history, base_history, "", *REPLYING
-    yield history, base_history, "", *READY
+            if stopped():
+                break
+            yield history, base_history, gr.skip(), *REPLYING
+    yield history, base_history, gr.skip(), *READY
 
 
 @dataclass
@@ -127,7 +170,7 @@ def layout(studio: Studio) -> _Components:
         message = gr.Textbox(placeholder="Message", show_label=False, scale=5, elem_id="ls-msg")
         send = gr.Button("Send", variant="primary", scale=1, elem_id="ls-send")
         stop = gr.Button("Stop", variant="stop", scale=1, visible=False, elem_id="ls-chat-stop")
-        clear = gr.Button("Clear", scale=1)
+        clear = gr.Button("Clear", scale=1, elem_id="ls-chat-clear")
     with gr.Accordion("Sampling and system prompt", open=False):
         system = gr.Textbox(label="System prompt", lines=2)
         with gr.Row():
@@ -146,15 +189,43 @@ def layout(studio: Studio) -> _Components:
     )
 
 
-def _handlers(studio: Studio):
+def _handlers(studio: Studio, interruptions: Interruptions):
     """(the page's chat, the API's /chat): one conversation, with and without the buttons."""
 
     def respond(
-        text, history, base, model_id, compare_on, system, temperature, top_p, tokens, penalty
+        text,
+        history,
+        base,
+        model_id,
+        compare_on,
+        system,
+        temperature,
+        top_p,
+        tokens,
+        penalty,
+        request: gr.Request,
     ):
-        """The page's chat: the reply streamed into the history, Send and Stop with it."""
+        """The page's chat: the reply streamed into the history, Send and Stop with it;
+        Stop ends it, Clear ends it and empties both panes."""
+        session = request.session_hash
+        interruptions.start(session)
         sampling = (temperature, top_p, tokens, penalty)
-        yield from _respond(studio, text, history, base, model_id, compare_on, system, *sampling)
+        replies = _respond(
+            studio,
+            text,
+            history,
+            base,
+            model_id,
+            compare_on,
+            system,
+            *sampling,
+            stopped=lambda: session in interruptions.stopped,
+        )
+        try:
+            for reply in replies:
+                yield ([], [], *reply[2:]) if session in interruptions.cleared else reply
+        finally:
+            interruptions.end(session)
 
     def chat_api(
         message: str,
@@ -174,19 +245,20 @@ def _handlers(studio: Studio):
         replies = _respond(
             studio, message, history, base_history, model_id, compare, system, *sampling
         )
-        for history, base_history, box, *_buttons in replies:
-            yield history, base_history, box
+        for history, base_history, *_box_and_buttons in replies:
+            yield history, base_history, ""
 
     return respond, chat_api
 
 
 def build(studio: Studio, page: gr.Blocks) -> ChatTab:
     ui = layout(studio)
-    respond, chat_api = _handlers(studio)
+    interruptions = Interruptions()
+    respond, chat_api = _handlers(studio, interruptions)
     inputs = [ui.message, ui.chat, ui.base_chat, ui.model, ui.compare, ui.system, *ui.settings]
     private = {"api_visibility": "private"}
     # one listener for Send and Enter: "once" ignores both while its reply streams
-    replying = gr.on(
+    gr.on(
         [ui.send.click, ui.message.submit],
         respond,
         inputs,
@@ -196,18 +268,18 @@ def build(studio: Studio, page: gr.Blocks) -> ChatTab:
         **CHAT,
     )
     gr.api(chat_api, api_name="chat", **CHAT)  # the same chat for gradio_client, no buttons
-    # Stop ends the reply where it is (closing the stream stops the engine at the next
-    # token); Clear stops it too, then empties both panes
-    buttons = [ui.send, ui.stop]
-    ui.stop.click(lambda: READY, None, buttons, cancels=[replying], **private, **QUICK)
-    ui.clear.click(
-        lambda: ([], [], *READY),
-        None,
-        [ui.chat, ui.base_chat, *buttons],
-        cancels=[replying],
-        **private,
-        **QUICK,
-    )
+    # Stop ends the reply where it is, Clear ends it and empties both panes: the reply
+    # sees them at its next update (see Interruptions); with no reply going, Clear clears
+
+    def stop(request: gr.Request):
+        interruptions.stop(request.session_hash)
+
+    def clear(request: gr.Request):
+        interruptions.stop(request.session_hash, clear=True)
+        return [], []
+
+    ui.stop.click(stop, None, None, **private, **QUICK)
+    ui.clear.click(clear, None, [ui.chat, ui.base_chat], **private, **QUICK)
     ui.compare.change(
         lambda on: gr.update(visible=on), ui.compare, ui.base_chat, **private, **QUICK
     )

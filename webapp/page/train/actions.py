@@ -68,17 +68,19 @@ class TrainActions:
         return gr.update(visible=not self.studio.base_choices())
 
     def pick_model(self, model_id, current_layers, follows, current_alpha):
-        """Rank, alpha and layers fitted to the picked base (nothing picked: as they are;
-        a studio with no model yet opens on that)."""
+        """Rank, alpha, layers and target modules fitted to the picked base: its modules to
+        choose from, its attention projections picked (nothing picked: as they are; a
+        studio with no model yet opens on that)."""
         if not model_id:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             info = inspect_model(self.studio.registry.get(model_id).path)
         except StudioError:
-            return gr.skip(), gr.skip(), gr.skip()  # gone meanwhile: the check says why
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # gone: the check says why
         new_rank = default_rank(info.parameter_count)
         new_layers = min(int(current_layers or 8), info.num_layers)
-        return new_rank, (2 * new_rank if follows else current_alpha), new_layers
+        keys = gr.update(choices=info.layer_modules(), value=info.attention_keys())
+        return new_rank, (2 * new_rank if follows else current_alpha), new_layers, keys
 
     def take_upload(self, path):
         """(dataset path, name, *the import form, the upload box, the path box): a .jsonl is

@@ -13,7 +13,7 @@ from typing import Literal, get_args, get_origin
 
 import gradio as gr
 
-from core.params import TARGET_KEYS, TrainingParams, validate_params
+from core.params import ATTENTION_KEYS, TARGET_KEYS, TrainingParams, validate_params
 
 DEFAULTS = TrainingParams()
 EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
@@ -68,6 +68,7 @@ CHOICES = {
 }
 # what a field whose default the model decides shows before a model is picked
 SHOWN = {"rank": 8, "alpha": 16, "save_every": EVERY_EPOCH, "eval_every": EVERY_EPOCH}
+SHOWN["keys"] = list(ATTENTION_KEYS)  # until a model is picked: then its own modules
 
 
 def preference_only(method: str) -> dict:
@@ -87,7 +88,7 @@ def field(name: str) -> gr.components.Component:
         names = CHOICES.get(name, {})
         options = [(names.get(choice, choice), choice) for choice in get_args(kind)]
         return gr.Radio(options, value=value, label=label)
-    if get_origin(kind) is list:
+    if list in (get_origin(kind), *map(get_origin, get_args(kind))):
         return gr.CheckboxGroup(list(TARGET_KEYS), value=value, label=label)
     integer = int in (kind, *get_args(kind))
     return gr.Number(value, label=label, precision=0 if integer else None)

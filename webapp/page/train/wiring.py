@@ -65,7 +65,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     rank, alpha, layers = ui.form["rank"], ui.form["alpha"], ui.form["lora_layers"]
     alpha_follows = gr.State(True)
     pick = {"fn": act.pick_model, "inputs": [ui.model, layers, alpha_follows, alpha]}
-    pick |= {"outputs": [rank, alpha, layers], **SMALL}
+    pick |= {"outputs": [rank, alpha, layers, ui.form["keys"]], **SMALL}
     # the dataset check is also the API's /check_dataset (wired first: it keeps that name)
     arrived = [ui.data_path, ui.data_name, *ui.mapping.form, ui.upload, ui.server_path]
     ui.upload.upload(act.take_upload, ui.upload, arrived, **PRIVATE, **CHECK).success(

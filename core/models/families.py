@@ -1,0 +1,117 @@
+"""Tiny random models of each family the studio supports, built from mlx-lm's own model
+classes: what the tests (and ``lora-studio models toy --family F``) prove every step on.
+
+Each family's entry is the smallest config its mlx-lm class accepts that still has what makes
+the family itself: Llama 3's ``rope_scaling``, Qwen 3's ``head_dim`` and q/k norms, Gemma's
+logit soft-capping and sliding windows, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``,
+SmolLM3's layers without RoPE, Qwen 3 MoE's experts. The weights are random and the tokenizer
+is the toy llama's (``core.models.toy``), so the answers are noise; the shapes, the modules and
+the code paths are the family's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from core.errors import StudioError
+
+_COMMON = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 2048,
+}
+# family -> (mlx-lm's model_type, what its config adds to or changes in _COMMON)
+FAMILIES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {"rope_scaling": LLAMA3_ROPE}),
+    "mistral": ("mistral", {"tie_word_embeddings": False}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {"head_dim": 16}),
+    "qwen3_moe": (
+        "qwen3_moe",
+        {
+            "head_dim": 16,
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": True,
+        },
+    ),
+    "gemma2": (
+        "gemma2",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
+            "sliding_window": 16,
+        },
+    ),
+    "gemma3_text": (
+        "gemma3_text",
+        {
+            "head_dim": 16,
+            "query_pre_attn_scalar": 16,
+            "sliding_window": 16,
+            "sliding_window_pattern": 2,
+            "rope_local_base_freq": 10000.0,
+        },
+    ),
+    "phi3": ("phi3", {"tie_word_embeddings": False}),
+    "smollm3": ("smollm3", {"no_rope_layer_interval": 4}),
+}
+
+
+def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from core.models.toy import build_tokenizer
+
+    if family not in FAMILIES:
+        raise StudioError(f"no toy model of family {family!r}", hint=", ".join(FAMILIES))
+    model_type, extra = FAMILIES[family]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(folder)
+    config = {
+        **_COMMON,
+        **extra,
+        "model_type": model_type,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "torch_dtype": "float32",
+    }
+    module = importlib.import_module(f"mlx_lm.models.{_module_of(model_type)}")
+    mx.random.seed(seed)
+    model = module.Model(module.ModelArgs.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def _module_of(model_type: str) -> str:
+    """mlx-lm's module for a model type (its own remapping: mistral is llama's code)."""
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    return MODEL_REMAPPING.get(model_type, model_type)
