@@ -19,7 +19,7 @@ from core.errors import StudioError
 
 _COMMON = {
     "hidden_size": 64,
-    "num_hidden_layers": 4,
+    "num_hidden_layers": 10,  # the default 8 adapted, 2 frozen: both paths taken
     "intermediate_size": 128,
     "num_attention_heads": 4,
     "num_key_value_heads": 2,

@@ -1,0 +1,178 @@
+"""Every family the studio supports, through the steps a run takes: a tiny random model of
+each (core/models/families.py, built from mlx-lm's own classes) trains with the default
+settings, resumes exactly after a real SIGKILL, publishes an adapter mlx-lm loads; the
+studio's loss (and its kept frozen outputs) gives mlx-lm's own loss and gradients on the same
+batch; batched answers equal mlx-lm's one-at-a-time greedy answers; the adapter exports to
+PEFT and fuses. docs/compatibility.md has the table, each cell one of these tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm import generate, load
+from mlx_lm.tuner import trainer
+from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+from mlx_lm.tuner.utils import linear_to_lora_layers
+
+from core import protocol
+from core.models.families import FAMILIES, build_toy
+from core.models.inspect import inspect_model
+from core.models.loading import load_model
+from core.params import TrainingParams
+from core.settings import Settings
+from core.train.batches import sft_batch
+from core.train.frozen import frozen_loss
+from core.train.loss import choose_loss
+from core.train.service import TrainingService
+from tests.helpers import colour_rows, write_jsonl
+
+FAMILY_VERSION = "families-v1"  # bump when core/models/families.py changes
+# the defaults, shortened: 2 epochs of 6 steps, samples of 16 tokens
+RUN = dict(epochs=2, sample_tokens=16, seed=5)
+
+
+@pytest.fixture(scope="session")
+def family_models(request) -> dict[str, Path]:
+    folder = request.config.cache.mkdir(FAMILY_VERSION)
+    built = {}
+    for family in FAMILIES:
+        path = folder / family
+        if not (path / "model.safetensors").is_file():
+            build_toy(family, path)
+        built[family] = path
+    return built
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("family-data") / "colours.jsonl", colour_rows(32))
+
+
+def adapted(path: Path, layers: int = 8):
+    """The family's model with LoRA on its default keys (chosen as the studio chooses
+    them), B made non-zero so the adapter's gradients flow everywhere."""
+    params = TrainingParams(lora_layers=layers).for_model(inspect_model(path))
+    model, tokenizer = load_model(path)
+    model.freeze()
+    linear_to_lora_layers(
+        model, layers, {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": params.keys}
+    )
+    mx.random.seed(1)
+    b = [
+        (name, mx.random.normal(value.shape) * 0.05)
+        for name, value in tree_flatten(model.trainable_parameters())
+        if name.endswith("lora_b")
+    ]
+    model.update(tree_unflatten(b))
+    return model, tokenizer
+
+
+def assert_same(value_and_grad, expected, expected_grad, name: str) -> None:
+    (value, tokens), grad = value_and_grad
+    assert tokens.item() == expected[1].item(), name
+    np.testing.assert_allclose(value.item(), expected[0].item(), rtol=1e-4, err_msg=name)
+    flat, reference = dict(tree_flatten(grad)), dict(tree_flatten(expected_grad))
+    assert flat.keys() == reference.keys() and flat, name
+    for key, g in flat.items():
+        scale = max(mx.abs(reference[key]).max().item(), 1e-6)
+        np.testing.assert_allclose(
+            g, reference[key], rtol=2e-3, atol=1e-5 * scale + 1e-7, err_msg=f"{name} {key}"
+        )
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_studios_loss_gives_mlx_lms_loss_and_gradients(family_models, family):
+    """On one batch: mlx-lm's ``default_loss`` against the studio's loss (completion-only
+    where the model splits into body and head) and, where the model cuts at its first
+    adapted layer, the loss from the frozen layers' kept outputs."""
+    model, tokenizer = adapted(family_models[family])
+    config = type("Config", (), {"mask_prompt": True})()
+    dataset = CacheDataset(create_dataset(colour_rows(8), tokenizer, config))
+    kept = frozen_loss(model, dataset, max_seq_length=2048)
+    if kept is None:
+        batch, hidden = sft_batch(dataset, list(range(8)), 2048), None
+    else:
+        loss, rows = kept
+        *batch, hidden = next(rows.batches(dataset=dataset, batch_size=8, max_seq_length=2048))
+    expected, expected_grad = nn.value_and_grad(model, trainer.default_loss)(model, *batch)
+    studio = choose_loss(model, dataset, max_seq_length=2048).fn
+    assert_same(nn.value_and_grad(model, studio)(model, *batch), expected, expected_grad, "studio")
+    if kept is not None:
+        frozen = nn.value_and_grad(model, loss.fn)(model, *batch, hidden)
+        assert_same(frozen, expected, expected_grad, "frozen")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batched_answers_equal_mlx_lms_greedy_answers(family_models, family):
+    """The generation samples and evaluation use (mlx-lm's batch generation, rows of
+    different lengths padded together) gives each row the answer it gets alone."""
+    from core.eval.generation import Sampling, _generate
+
+    model, tokenizer = load_model(family_models[family])
+    questions = ["What colour is the sky?", "Hello", "Name a river in a city please now"]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+        for q in questions
+    ]
+    texts, _ = _generate(model, tokenizer, prompts, Sampling(max_tokens=8), seed=0)
+    alone_model, _ = load(str(family_models[family]))
+    for prompt, text in zip(prompts, texts, strict=True):
+        assert text == generate(alone_model, tokenizer, prompt, max_tokens=8).strip(), family
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_default_run_resumes_exactly_after_sigkill_exports_and_fuses(
+    family_models, family, data, tmp_path
+):
+    path = family_models[family]
+    straight_home, killed_home = tmp_path / "straight", tmp_path / "killed"
+    straight = TrainingService(Settings.from_env(straight_home))
+    reference = straight.start(path, data, TrainingParams(**RUN))
+    assert isinstance(reference.wait(timeout=240), protocol.Complete), reference.last_event
+    start = next(e for e in reference.events if isinstance(e, protocol.Start))
+    assert start.trainable_params > 0
+
+    service = TrainingService(Settings.from_env(killed_home))
+    killed = service.start(path, data, TrainingParams(**RUN))
+    for event in killed.follow(timeout=240):
+        if isinstance(event, protocol.Checkpoint):  # the first epoch's
+            os.kill(killed.pid, signal.SIGKILL)
+            break
+    assert "SIGKILL" in killed.wait(timeout=60).error
+    resumed = service.resume(killed.id)
+    assert isinstance(resumed.wait(timeout=240), protocol.Complete), resumed.last_event
+
+    ours = mx.load(str(killed_home / "adapters" / killed.id / "adapters.safetensors"))
+    theirs = mx.load(str(straight_home / "adapters" / reference.id / "adapters.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-5, err_msg=name)
+    check_exports(service.settings, killed.id, path, tmp_path)
+
+
+def check_exports(settings: Settings, adapter_id: str, base_path: Path, tmp_path: Path) -> None:
+    """mlx-lm loads the adapter; its PEFT export imports back to the same weights; it fuses
+    into a base whose logits are the adapted model's."""
+    from core.adapters.export import export_adapter, import_any
+    from core.adapters.store import AdapterStore
+
+    store, base = AdapterStore(settings.adapters), inspect_model(base_path)
+    adapted_model, tokenizer = load(str(base_path), adapter_path=str(store.path(adapter_id)))
+    peft = export_adapter(store, adapter_id, base, "peft", tmp_path / "peft")
+    again = import_any(peft, store, base, "back from PEFT")
+    ours = mx.load(str(store.path(adapter_id) / "adapters.safetensors"))
+    back = mx.load(str(store.path(again) / "adapters.safetensors"))
+    for name, value in ours.items():
+        np.testing.assert_allclose(back[name], value, atol=1e-6, err_msg=name)
+    fused = store.fuse(adapter_id, base, tmp_path / "fused", "fused")
+    fused_model, _ = load(str(fused))
+    probe = mx.array([tokenizer.encode("What colour is the sky?")])
+    np.testing.assert_allclose(fused_model(probe), adapted_model(probe), rtol=1e-3, atol=1e-4)
