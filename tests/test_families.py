@@ -129,6 +129,28 @@ def test_batched_answers_equal_mlx_lms_greedy_answers(family_models, family):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_engine_chats_as_mlx_lm_generates(family_models, family, tmp_path):
+    """Chat (the page's and the API's) through the engine: greedy, mlx-lm's own answer."""
+    import shutil
+
+    from core.serve.engine import GenerationParams, InferenceEngine
+    from core.serve.registry import ModelRegistry
+
+    settings = Settings.from_env(tmp_path / "home").ensure()
+    shutil.copytree(family_models[family], settings.models / family)
+    engine = InferenceEngine(ModelRegistry(settings, hub=tmp_path / "no-hub"))
+    try:
+        question = [{"role": "user", "content": "What colour is the sky?"}]
+        params = GenerationParams(temperature=0.0, max_tokens=8)
+        reply, _ = engine.chat(family, question, params)
+    finally:
+        engine.close()
+    model, tokenizer = load(str(family_models[family]))
+    prompt = tokenizer.apply_chat_template(question, add_generation_prompt=True)
+    assert reply.strip() == generate(model, tokenizer, prompt, max_tokens=8).strip()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_default_run_resumes_exactly_after_sigkill_exports_and_fuses(
     family_models, family, data, tmp_path
 ):
