@@ -198,3 +198,20 @@ def check_exports(settings: Settings, adapter_id: str, base_path: Path, tmp_path
     fused_model, _ = load(str(fused))
     probe = mx.array([tokenizer.encode("What colour is the sky?")])
     np.testing.assert_allclose(fused_model(probe), adapted_model(probe), rtol=1e-3, atol=1e-4)
+
+
+def test_a_mixture_of_experts_adapts_its_experts_when_asked(family_models, data, tmp_path):
+    """qwen3_moe's experts are one SwitchLinear per projection: LoRA on them as mlx-lm puts
+    it (a low-rank update per expert), named by the model's own module names."""
+    keys = ["self_attn.q_proj", "mlp.switch_mlp.gate_proj", "mlp.switch_mlp.up_proj"]
+    params = TrainingParams(epochs=1, samples=0, keys=keys)
+    service = TrainingService(Settings.from_env(tmp_path / "home"))
+    run = service.start(family_models["qwen3_moe"], data, params)
+    assert isinstance(run.wait(timeout=240), protocol.Complete), run.last_event
+    start = next(e for e in run.events if isinstance(e, protocol.Start))
+    assert start.lora_modules == 3 * 8  # 3 modules in each of the 8 adapted layers
+    # rank 8: q (64 -> 64) and, per expert of 4, gate and up (64 -> 32)
+    assert start.trainable_params == 8 * (8 * (64 + 64) + 2 * 4 * 8 * (64 + 32))
+    adapter = service.settings.adapters / run.id
+    model, _ = load(str(family_models["qwen3_moe"]), adapter_path=str(adapter))
+    assert model is not None

@@ -39,7 +39,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.dora import DoRALinear
-from mlx_lm.tuner.lora import LoRALinear
+from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
@@ -62,6 +62,7 @@ from core.train.samples import Sampler
 from core.train.schedule import Schedule, learning_rate, lr_schedule
 
 log = logging.getLogger("lora_studio.worker")
+LORA_LAYERS = (LoRALinear, DoRALinear, LoRASwitchLinear)  # a mixture of experts' too
 
 
 class WorkerError(StudioError):
@@ -192,7 +193,7 @@ def train(
             num_val=len(valid_set),
             trainable_params=sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
             total_params=sum(v.size for _, v in tree_flatten(model.parameters())),
-            lora_modules=sum(isinstance(m, LoRALinear | DoRALinear) for m in model.modules()),
+            lora_modules=sum(isinstance(m, LORA_LAYERS) for m in model.modules()),
             blas=loaded_blas(),
             resumed_from=loop.state.step or None,
             ranks=loop.group.size(),
