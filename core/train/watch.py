@@ -80,9 +80,9 @@ class WatchedRun:
             pass
         return self.last_event
 
-    def stop(self, state: str = "stopped") -> None:
+    def stop(self) -> None:
         """Ask the process that trains the run to stop it (after a checkpoint, as its own
-        Stop does). ``state`` is the owner's to decide: a request is a person's stop."""
+        Stop does; the run is then "stopped", resumable)."""
         if self.folder.is_dir() and not self._done:
             (self.folder / STOP_REQUEST).touch()
 
