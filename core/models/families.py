@@ -11,8 +11,6 @@ the code paths are the family's.
 
 from __future__ import annotations
 
-import importlib
-import json
 from pathlib import Path
 
 from core.errors import StudioError
@@ -80,10 +78,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 
 def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
     """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
-    from core.models.toy import build_tokenizer
+    from core.models.toy import build_tokenizer, save_random_model
 
     if family not in FAMILIES:
         raise StudioError(f"no toy model of family {family!r}", hint=", ".join(FAMILIES))
@@ -101,17 +96,4 @@ def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
         "pad_token_id": tokenizer.pad_token_id,
         "torch_dtype": "float32",
     }
-    module = importlib.import_module(f"mlx_lm.models.{_module_of(model_type)}")
-    mx.random.seed(seed)
-    model = module.Model(module.ModelArgs.from_dict(config))
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
-
-
-def _module_of(model_type: str) -> str:
-    """mlx-lm's module for a model type (its own remapping: mistral is llama's code)."""
-    from mlx_lm.utils import MODEL_REMAPPING
-
-    return MODEL_REMAPPING.get(model_type, model_type)
+    return save_random_model(folder, config, seed)

@@ -83,10 +83,6 @@ def build_toy_llama(
     The defaults give about 180k parameters (seconds to train on a CPU); benchmarks pass
     larger sizes. The same arguments always give the same weights.
     """
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(folder, vocab_size)
@@ -107,8 +103,22 @@ def build_toy_llama(
         "eos_token_id": tokenizer.eos_token_id,
         "torch_dtype": "float32",
     }
+    return save_random_model(folder, config, seed)
+
+
+def save_random_model(folder: Path, config: dict, seed: int) -> Path:
+    """Random weights (from ``seed``) for ``config`` by mlx-lm's own class for its
+    ``model_type``, saved with the config as a model folder mlx-lm loads."""
+    import importlib
+
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    model_type = config["model_type"]
+    module = importlib.import_module(f"mlx_lm.models.{MODEL_REMAPPING.get(model_type, model_type)}")
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs.from_dict(config))
+    model = module.Model(module.ModelArgs.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
