@@ -115,7 +115,7 @@ def test_every_path_input_of_a_shared_studio_refuses_the_hostile_names(shared_st
             train.take_path(name)  # the import path box
         summary, _, _, why, _ = train.check_dataset("toy", name, "x.jsonl", lora_layers=-1)
         assert OUTSIDE in why and "sky" not in summary, name
-        refused = next(train.train("toy", name, "x.jsonl", "x", lora_layers=-1))
+        *_, refused = train.train("toy", name, "x.jsonl", "x", lora_layers=-1)  # after "starting"
         assert OUTSIDE in refused[2], name
         status = next(evaluate.start(["toy"], None, name, None, ["exact_match"], *JUDGE_NONE))
         assert OUTSIDE in status[0], name
