@@ -19,9 +19,9 @@ from safetensors.numpy import load_file
 
 from core.adapters import ollama
 from core.adapters.export import export_adapter, import_any
-from core.adapters.gguf_export import permute
 from core.adapters.store import AdapterStore
 from core.errors import StudioError
+from core.models.gguf_arch import permute
 from core.models.gguf_import import import_gguf
 from core.models.inspect import inspect_model
 from tests.helpers import small_filesystem
@@ -209,10 +209,10 @@ def test_gguf_lora_adapter_reads_back_as_the_same_deltas(setup, tmp_path):
 
 def test_exports_refuse_before_any_work(setup, tmp_path):
     store, adapter_id, base = setup
-    other = shutil.copytree(base.path, tmp_path / "qwen-like")
+    other = shutil.copytree(base.path, tmp_path / "gemma-like")
     config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
-    with pytest.raises(StudioError, match="supports the llama architecture"):
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gemma2"}))
+    with pytest.raises(StudioError, match="supports the llama, mistral, .* families, not 'gemma2'"):
         export_adapter(store, adapter_id, inspect_model(other), "gguf", tmp_path / "out" / "x.gguf")
     config = store.path(adapter_id) / "adapter_config.json"
     lora = json.loads(config.read_text())

@@ -8,6 +8,7 @@ PEFT and fuses. docs/compatibility.md has the table, each cell one of these test
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -215,3 +216,50 @@ def test_a_mixture_of_experts_adapts_its_experts_when_asked(family_models, data,
     adapter = service.settings.adapters / run.id
     model, _ = load(str(family_models["qwen3_moe"]), adapter_path=str(adapter))
     assert model is not None
+
+
+GGUF_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "qwen3_moe"]
+
+
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
+def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
+    family_models, family, tmp_path
+):
+    """The fused-model GGUF, read back with the ``gguf`` package: the family's architecture,
+    every tensor one llama.cpp's table has for it (``gguf.MODEL_TENSORS``), every weight
+    there, the hyperparameters under the family's keys; q and k permuted only where
+    llama.cpp's converter permutes them; Llama 3's rope factors as ``rope_freqs``.
+    (llama.cpp itself runs them in bench/llama_cpp_check.py, docs/compatibility.md.)"""
+    import gguf
+
+    from core.adapters.gguf_export import write_model_gguf
+    from core.models.gguf_arch import gguf_family, permute
+
+    path = family_models[family]
+    config = json.loads((path / "config.json").read_text())
+    written = write_model_gguf(path, tmp_path / "model.gguf", "f32")
+    reader = gguf.GGUFReader(str(written))
+    arch = gguf_family(config).name
+    field = reader.fields["general.architecture"]
+    assert bytes(field.parts[field.data[0]]).decode() == arch
+    member = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch)
+    allowed = {
+        gguf.TENSOR_NAMES[t].format(bid=b)
+        for t in gguf.MODEL_TENSORS[member]
+        for b in range(config["num_hidden_layers"])
+    }
+    tensors = {t.name: t for t in reader.tensors}
+    assert {name.rsplit(".", 1)[0] for name in tensors} <= allowed
+    weights = mx.load(str(path / "model.safetensors"))
+    assert len(tensors) == len(weights) + (family == "llama")  # + rope_freqs
+    assert int(reader.fields[f"{arch}.block_count"].parts[-1][0]) == config["num_hidden_layers"]
+    assert int(reader.fields[f"{arch}.attention.head_count_kv"].parts[-1][0]) == 2
+    q = np.array(weights["model.layers.1.self_attn.q_proj.weight"])
+    stored = np.array(tensors["blk.1.attn_q.weight"].data).reshape(q.shape)
+    permuted = family in ("llama", "mistral")
+    np.testing.assert_array_equal(stored, permute(q, 4) if permuted else q)
+    if family == "llama":
+        assert tensors["rope_freqs.weight"].data.shape == (16 // 2,)
+    if family == "qwen3_moe":
+        assert int(reader.fields[f"{arch}.expert_count"].parts[-1][0]) == 4
+        assert tuple(tensors["blk.0.ffn_gate_exps.weight"].shape) == (64, 32, 4)

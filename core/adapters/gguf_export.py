@@ -2,9 +2,10 @@
 (base + adapter, f32 / f16 / q8_0) for llama.cpp, LM Studio and Ollama, or a GGUF LoRA adapter
 (llama.cpp's ``--lora``, Ollama's ``ADAPTER``).
 
-llama.cpp keeps the q and k projections of llama models with their rows permuted for its rope
-layout; the studio's GGUF import undoes that, so the export does it. The tokenizer (byte-level
-BPE) and the chat template travel in the metadata.
+The families, their tensor names and llama.cpp's rules for each (q/k permuted for llama and
+mistral only, experts stacked, Llama 3's rope factors) come from ``core.models.gguf_arch``,
+which reads them from the ``gguf`` package's tables. The tokenizer (byte-level BPE) and the
+chat template travel in the metadata.
 """
 
 from __future__ import annotations
@@ -20,27 +21,26 @@ import numpy as np
 
 from core.errors import StudioError
 from core.files import replacing
-from core.models.gguf_import import LAYER_NAMES, SUPPORTED_ARCHITECTURES, TOP_NAMES
+from core.models.gguf_arch import (
+    GGUFFamily,
+    gguf_family,
+    head_dim,
+    llama3_rope_factors,
+    permute,
+    tensor_names,
+)
 from core.models.inspect import ModelInfo, inspect_model, weight_files
 
 log = logging.getLogger(__name__)
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
-_GGUF_LAYER = {hf: gguf for gguf, hf in LAYER_NAMES.items()}
-_GGUF_TOP = {hf: gguf for gguf, hf in TOP_NAMES.items()}
 
 
 def check_exportable(base: ModelInfo) -> dict:
-    """The base's config, if its architecture and tokenizer can go to GGUF; a StudioError
-    saying why not before any work is done otherwise."""
+    """The base's config, if its family and tokenizer can go to GGUF; a StudioError saying
+    why not before any work is done otherwise."""
     config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
-    arch = config.get("model_type")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise StudioError(
-            f"GGUF export supports the {', '.join(SUPPORTED_ARCHITECTURES)} architecture(s), "
-            f"not {arch!r}",
-            hint="export to PEFT instead, and convert with llama.cpp's convert scripts",
-        )
+    gguf_family(config)
     tokenizer = json.loads((base.path / "tokenizer.json").read_text(encoding="utf-8"))
     pre = tokenizer.get("pre_tokenizer") or {}
     if tokenizer["model"].get("type") != "BPE" or pre.get("type") != "ByteLevel":
@@ -51,23 +51,17 @@ def check_exportable(base: ModelInfo) -> dict:
     return config
 
 
-def gguf_name(hf_name: str) -> str:
-    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``."""
-    stem, _, leaf = hf_name.rpartition(".")
-    if stem.startswith("model.layers."):
-        _, _, layer, module = stem.split(".", 3)
-        return f"blk.{layer}.{_GGUF_LAYER[module]}.{leaf}"
-    return f"{_GGUF_TOP[stem]}.{leaf}"
-
-
-def permute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's rope permutation of q/k rows (what ``convert.unpermute`` undoes)."""
-    rows = weight.shape[0]
-    return (
-        weight.reshape(heads, 2, rows // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
+def _permuted(name: str, value: np.ndarray, family: GGUFFamily, config: dict) -> np.ndarray:
+    """q and k weights (or a LoRA's b of them) in llama.cpp's rope layout, where the family
+    keeps them so."""
+    if not family.permute_qk:
+        return value
+    heads = config["num_attention_heads"]
+    if "q_proj" in name:
+        return permute(value, heads)
+    if "k_proj" in name:
+        return permute(value, config.get("num_key_value_heads") or heads)
+    return value
 
 
 def _load_float32(folder: Path) -> dict[str, np.ndarray]:
@@ -104,31 +98,32 @@ def write_model_gguf(
         raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
     info = inspect_model(folder)
     config = check_exportable(info)
+    family = gguf_family(config)
+    name_of = tensor_names(family, config["num_hidden_layers"])
     progress("reading the fused weights")
     weights = _load_float32(folder)
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads")
-    with _writing(target) as writer:
+    with _writing(target, family.name) as writer:
         _model_metadata(writer, config, info.id)
         _tokenizer_metadata(writer, folder, config)
         progress(f"writing {len(weights)} tensors as {kind}")
         for name, value in sorted(weights.items()):
-            if name.endswith("q_proj.weight"):
-                value = permute(value, heads)
-            elif name.endswith("k_proj.weight"):
-                value = permute(value, kv_heads or heads)
+            value = _permuted(name, value, family, config) if name.endswith(".weight") else value
             data, raw = _encoded(name, value, kind)
-            writer.add_tensor(gguf_name(name), data, raw_dtype=raw)
+            writer.add_tensor(name_of(name), data, raw_dtype=raw)
+        factors = llama3_rope_factors(config)
+        if factors is not None:  # llama.cpp's converter adds them as a tensor
+            writer.add_tensor("rope_freqs.weight", factors)
     return target
 
 
 @contextmanager
-def _writing(target: Path):
-    """A GGUFWriter whose file is written out and renamed to ``target`` when the block ends,
-    and removed if anything fails: a GGUF appears whole or not at all."""
+def _writing(target: Path, arch: str):
+    """A GGUFWriter for ``arch`` whose file is written out and renamed to ``target`` when
+    the block ends, and removed if anything fails: a GGUF appears whole or not at all."""
     import gguf
 
     with replacing(target) as partial:
-        writer = gguf.GGUFWriter(str(partial), "llama")
+        writer = gguf.GGUFWriter(str(partial), arch)
         yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -137,6 +132,7 @@ def _writing(target: Path):
 
 
 def _model_metadata(writer, config: dict, name: str) -> None:
+    """The hyperparameters llama.cpp reads, under the family's own keys."""
     heads = config["num_attention_heads"]
     writer.add_name(name)
     writer.add_context_length(config.get("max_position_embeddings", 4096))
@@ -147,8 +143,15 @@ def _model_metadata(writer, config: dict, name: str) -> None:
     writer.add_head_count_kv(config.get("num_key_value_heads", heads))
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
-    writer.add_rope_dimension_count(config["hidden_size"] // heads)
+    writer.add_rope_dimension_count(head_dim(config))
     writer.add_vocab_size(config["vocab_size"])
+    if config.get("head_dim"):  # heads not as wide as hidden / heads (Qwen 3)
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
+    if config.get("num_experts"):
+        writer.add_expert_count(config["num_experts"])
+        writer.add_expert_used_count(config["num_experts_per_tok"])
+        writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
 
 
 def chat_template(folder: Path) -> str | None:
@@ -230,6 +233,8 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
     import mlx.core as mx
 
     config = check_exportable(base)
+    family = gguf_family(config)
+    name_of = tensor_names(family, config["num_hidden_layers"])
     adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     if adapter.get("fine_tune_type", "lora") != "lora":
         raise StudioError(
@@ -237,9 +242,12 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
             hint="export the fused model instead (GGUF model, or Ollama with the fused model)",
         )
     lora = adapter["lora_parameters"]
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads", heads)
-    with _writing(target) as writer:
+    if any("switch_mlp" in key for key in lora.get("keys") or []):
+        raise StudioError(
+            "a GGUF LoRA adapter cannot carry LoRA on a mixture of experts' experts",
+            hint="export the fused model instead (GGUF model, or Ollama)",
+        )
+    with _writing(target, family.name) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(lora["scale"] * lora["rank"]))
@@ -247,10 +255,8 @@ def write_adapter_gguf(folder: Path, base: ModelInfo, target: Path) -> Path:
         for name, value in sorted(weights.items()):
             stem, _, side = name.rpartition(".lora_")
             data = np.array(value.astype(mx.float32)).T  # a: (r, in); b: (out, r)
-            if side == "b" and stem.endswith("q_proj"):
-                data = permute(data, heads)
-            elif side == "b" and stem.endswith("k_proj"):
-                data = permute(data, kv_heads)
-            name = f"{gguf_name(stem + '.weight')}.lora_{side}"
+            if side == "b":
+                data = _permuted(stem, data, family, config)
+            name = f"{name_of(stem + '.weight')}.lora_{side}"
             writer.add_tensor(name, np.ascontiguousarray(data))
     return target
