@@ -28,6 +28,7 @@ from core.models.gguf_arch import (
     llama3_rope_factors,
     permute,
     tensor_names,
+    tokenizer_pre,
 )
 from core.models.inspect import ModelInfo, inspect_model, weight_files
 
@@ -41,14 +42,22 @@ def check_exportable(base: ModelInfo) -> dict:
     why not before any work is done otherwise."""
     config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
     gguf_family(config)
-    tokenizer = json.loads((base.path / "tokenizer.json").read_text(encoding="utf-8"))
-    pre = tokenizer.get("pre_tokenizer") or {}
-    if tokenizer["model"].get("type") != "BPE" or pre.get("type") != "ByteLevel":
-        raise StudioError(
-            "GGUF export supports byte-level BPE tokenizers (GPT-2 style) only",
-            hint="export to PEFT instead",
-        )
+    tokenizer = loaded_tokenizer(base.path)
+    if tokenizer["model"].get("type") != "BPE":
+        raise StudioError("GGUF export supports BPE tokenizers only", hint="export to PEFT instead")
+    tokenizer_pre(tokenizer)
     return config
+
+
+def loaded_tokenizer(folder: Path) -> dict:
+    """The tokenizer as the model's runs use it (mlx-lm loads it with transformers), in
+    tokenizer.json's form. Not the file itself: for some families transformers builds the
+    pre-tokenizer from its own class (Qwen 2's split, whatever tokenizer.json says), and
+    llama.cpp must split text as the model was trained to."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return json.loads(tokenizer.backend_tokenizer.to_str())
 
 
 def _permuted(name: str, value: np.ndarray, family: GGUFFamily, config: dict) -> np.ndarray:
@@ -166,7 +175,7 @@ def chat_template(folder: Path) -> str | None:
 
 def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
     """The byte-level BPE vocabulary, merges, special tokens and chat template."""
-    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer = loaded_tokenizer(folder)
     settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     vocab = dict(tokenizer["model"]["vocab"])
     special = {t["content"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
@@ -178,7 +187,7 @@ def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
         tokens[index] = token
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or "gpt-2")  # llama.cpp's name
+    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or tokenizer_pre(tokenizer))
     writer.add_token_list(tokens)
     writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control
     writer.add_token_merges(merges)

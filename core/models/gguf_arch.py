@@ -106,3 +106,33 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
             smooth = (old_context / wavelen - low) / (high - low)
             factors.append(1 / ((1 - smooth) / factor + smooth))
     return np.array(factors, dtype=np.float32)
+
+
+# llama.cpp's name for a byte-level BPE pre-tokenizer (``tokenizer.ggml.pre``), by the regex
+# that splits text before the bytes are mapped (llama.cpp's converter finds the same names by
+# hashing a test string's tokens)
+_SPLITS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+}
+
+
+def tokenizer_pre(tokenizer: dict) -> str:
+    """llama.cpp's pre-tokenizer name for a tokenizer.json: GPT-2's byte-level split, or a
+    known regex split before it (Qwen 2, Llama 3); a StudioError for any other."""
+    pre = tokenizer.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [part.get("type") for part in parts]
+    if kinds == ["ByteLevel"]:
+        return "gpt-2"
+    if kinds == ["Split", "ByteLevel"]:
+        regex = (parts[0].get("pattern") or {}).get("Regex")
+        if regex in _SPLITS:
+            return _SPLITS[regex]
+    raise StudioError(
+        "GGUF export supports byte-level BPE tokenizers (GPT-2's split, or Qwen 2's or "
+        "Llama 3's) only",
+        hint="export to PEFT instead",
+    )
