@@ -27,6 +27,8 @@ from webapp.page.studio import Studio, explain
 
 PRIVATE = {"api_visibility": "private"}
 SORT_METRICS = (*REFERENCE_METRICS, "loss", "judge score")
+# line, prompt, reference, then each of two models' answer and score, the difference
+ROW_WIDTHS = ["4%", "16%", "16%", "24%", "6%", "24%", "6%", "4%"]
 
 
 @dataclass
@@ -385,7 +387,6 @@ def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
                 value="rouge_l",
                 label="Rows, the second model's worst first, by the difference in",
             )
-            rows = gr.Dataframe(interactive=False, wrap=True, elem_id="ls-eval-rows")
             with gr.Row():
                 past = gr.Dropdown(
                     past_choices(act.store),
@@ -394,6 +395,10 @@ def build(studio: Studio, page: gr.Blocks) -> EvaluateTab:
                     scale=3,
                 )
                 resume = gr.Button("Resume", scale=1)
+    # the rows side by side across the whole page: the answers need the width
+    rows = gr.Dataframe(
+        interactive=False, wrap=True, elem_id="ls-eval-rows", column_widths=ROW_WIDTHS
+    )
     shown = gr.State(None)
     outputs = [status, summary, rows, shown, past]
     show = {"fn": act.open, "inputs": [shown, sort_by], "outputs": [summary, rows]}
