@@ -38,7 +38,9 @@ def main() -> None:
     base = build_toy(args.family, out / "base")
     settings = Settings.from_env(out / "studio")
     data = write_jsonl(out / "colours.jsonl", colour_rows(64))
-    params = TrainingParams(epochs=2, learning_rate=1e-2, samples=0, lora_layers=-1)
+    # a learning rate a person would use: 1e-2 grew q 24x in 2 epochs, and attention that
+    # sharp turns float rounding into logits 1e-1 apart (docs/compatibility.md)
+    params = TrainingParams(epochs=2, learning_rate=2e-3, samples=0, lora_layers=-1)
     run = TrainingService(settings).start(base, data, params)
     final = run.wait(timeout=600)
     assert final.type == "complete", final
