@@ -334,7 +334,10 @@ def test_a_run_that_would_not_fit_keeps_start_disabled_and_says_what_fits(
         why = page.locator("#ls-why")
         expect(why).to_contain_text("too much: Start is disabled", timeout=20000)
         expect(why).to_contain_text("What would make it fit")
-        expect(why).to_contain_text("--batch-size 1 --grad-accumulation-steps 4")
+        # the change in the page's words: its fields' labels, not the CLI's flags
+        steps = "Gradient accumulation steps (batches per optimizer step) = 4"
+        expect(why).to_contain_text(f"Batch size = 1 {steps}")
+        expect(why).not_to_contain_text("--batch-size")
         start = page.get_by_role("button", name="Start training")
         expect(start).to_be_disabled()
         shot(page, "train-memory-plan-refused")

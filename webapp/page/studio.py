@@ -140,17 +140,18 @@ def explain(exc: Exception) -> str:
     return text + (f"  \n*Hint:* {in_page_words(hint)}" if hint else "")
 
 
-def in_page_words(text: str) -> str:
+def in_page_words(text: str, mark: str = "**") -> str:
     """Core's messages name settings as the command line does (``--max-seq-length``, ``--method
-    dpo``); the page names them by their fields' labels."""
+    dpo``); the page names them by their fields' labels (``mark``ed: bold by default) and a
+    value as the field shows it (``**Method** = DPO: prefer the chosen answer``)."""
 
     def field(found: re.Match) -> str:
         name, value = found.group(1).replace("-", "_"), found.group(2)
         if name not in LABELS:
             return found.group(0)
-        label = f"**{LABELS[name]}**"
+        label = f"{mark}{LABELS[name]}{mark}"
         if value and value in CHOICES.get(name, {}):
             return f"{label} = {CHOICES[name][value]}"
-        return label + (f" {value}" if value else "")
+        return label + (f" = {value}" if value else "")
 
     return re.sub(r"--([a-z][a-z-]*)(?: ([\w.]+))?", field, text)

@@ -21,7 +21,7 @@ from core.train.eta import remaining_seconds
 from core.train.plan import MemoryPlan
 from webapp.page import charts, hosts_panel
 from webapp.page.samples import samples_html
-from webapp.page.studio import Studio, explain
+from webapp.page.studio import Studio, explain, in_page_words
 from webapp.page.train.form import params as form_params
 
 PREVIEW_ROWS = 3
@@ -148,7 +148,7 @@ def _memory(memory: MemoryPlan) -> str:
     """The memory plan's line; when the run would not fit, what would make it fit."""
     if memory.fits:
         return f"Memory: {memory.summary()}."
-    options = "".join(f"\n- {line}" for line in memory.advice())
+    options = "".join(f"\n- {in_page_words(line, mark='')}" for line in memory.advice())
     return (
         f"**Memory: {memory.summary()}, too much: Start is disabled.** "
         f"What would make it fit:\n{options}"
