@@ -213,8 +213,8 @@ def export_fused_gguf(
     kind: str,
     progress: Callable[[str], None] = log.info,
 ) -> Path:
-    """Fuse (``fuse(folder)`` writes the fused model into ``folder``) and write the GGUF."""
-    check_exportable(base)
+    """Fuse (``fuse(folder)`` writes the fused model into ``folder``) and write the GGUF
+    (``export_adapter`` has checked that ``base`` can go to GGUF)."""
     if kind not in GGUF_TYPES:
         raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
     target.parent.mkdir(parents=True, exist_ok=True)
