@@ -34,7 +34,8 @@ PROMPTS = [
 MLX_REPLIES = """
 import json, sys
 import numpy as np
-from mlx_lm import load, generate
+import mlx.core as mx
+from mlx_lm import load, stream_generate
 model, tokenizer = load(sys.argv[1], adapter_path=sys.argv[4] if len(sys.argv) > 4 else None)
 out = []
 for question in json.loads(sys.argv[2]):
@@ -42,10 +43,10 @@ for question in json.loads(sys.argv[2]):
         [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
     )
     ids = tokenizer.encode(prompt, add_special_tokens=False)
-    import mlx.core as mx
     logits = np.array(model(mx.array([ids]))[0, -1].astype(mx.float32)).tolist()
-    reply = generate(model, tokenizer, prompt=prompt, max_tokens=int(sys.argv[3]))
-    out.append([prompt, reply, ids, logits])
+    steps = list(stream_generate(model, tokenizer, prompt=ids, max_tokens=int(sys.argv[3])))
+    reply = [step.token for step in steps if step.token not in tokenizer.eos_token_ids]
+    out.append([prompt, tokenizer.decode(reply), ids, logits, reply])
 print(json.dumps(out))
 """
 
@@ -60,26 +61,31 @@ def mlx_replies(mlx_python: str, model: str, tokens: int, adapter: str | None = 
 
 
 def compare(name: str, llm, studio: list, tokens: int) -> int:
-    """How many of llama.cpp's greedy replies equal MLX's (each printed), after the prompt's
-    tokens (same ids) and its next-token logits (relative difference) are compared: a
-    random tiny model's logits are nearly flat, so greedy replies part at near-ties while
-    the logits say whether the two compute the same model."""
+    """How many of llama.cpp's greedy replies are MLX's token for token (each printed),
+    after the prompt's tokens (same ids) and its next-token logits (relative difference)
+    are compared: a random tiny model's logits are nearly flat, so greedy replies part at
+    near-ties while the logits say whether the two compute the same model. Token ids, not
+    text: llama.cpp leaves control tokens (``<unk>``) out of its text, MLX writes them."""
     import numpy as np
 
     same = 0
-    for question, (prompt, expected, ids, logits) in zip(PROMPTS, studio, strict=True):
+    for question, (prompt, expected, ids, logits, reply) in zip(PROMPTS, studio, strict=True):
         ours = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         llm.reset()
         llm.eval(ours)
         theirs = np.array(llm.scores[len(ours) - 1][: len(logits)])
         difference = np.abs(theirs - logits).max() / max(np.abs(logits).max(), 1e-9)
-        result = llm(prompt, max_tokens=tokens, temperature=0.0, top_k=1)
-        got = result["choices"][0]["text"]
-        same += got.strip() == expected.strip()
+        got = []
+        for token in llm.generate(ours, top_k=1, temp=0.0, reset=True):
+            if llm.token_eos() == token or len(got) == tokens:
+                break
+            got.append(token)
+        same += got == reply
         print(
             f"[{name}] Q: {question}\n  same prompt tokens: {ours == ids}; next-token logits, "
             f"max relative difference: {difference:.2e}\n  studio (MLX): {expected!r}\n"
-            f"  llama.cpp:    {got!r}"
+            f"  llama.cpp:    {llm.detokenize(got).decode(errors='replace')!r}"
+            f" (same tokens: {got == reply})"
         )
     print(f"[{name}] {same}/{len(PROMPTS)} replies identical")
     return same

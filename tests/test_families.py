@@ -35,7 +35,7 @@ from core.train.loss import choose_loss
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, write_jsonl
 
-FAMILY_VERSION = "families-v1"  # bump when core/models/families.py changes
+FAMILY_VERSION = "families-v2"  # bump when core/models/families.py changes
 # the defaults, shortened: 2 epochs of 6 steps, samples of 16 tokens
 RUN = dict(epochs=2, sample_tokens=16, seed=5)
 
@@ -218,10 +218,9 @@ def test_a_mixture_of_experts_adapts_its_experts_when_asked(family_models, data,
     assert model is not None
 
 
-GGUF_FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "qwen3_moe"]
 
 
-@pytest.mark.parametrize("family", GGUF_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
     family_models, family, tmp_path
 ):
@@ -251,15 +250,46 @@ def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
     tensors = {t.name: t for t in reader.tensors}
     assert {name.rsplit(".", 1)[0] for name in tensors} <= allowed
     weights = mx.load(str(path / "model.safetensors"))
-    assert len(tensors) == len(weights) + (family == "llama")  # + rope_freqs
+    rope = {"llama": 1, "phi3": 2}.get(family, 0)  # rope_freqs; rope_factors_long, _short
+    assert len(tensors) == len(weights) + rope
     assert int(reader.fields[f"{arch}.block_count"].parts[-1][0]) == config["num_hidden_layers"]
     assert int(reader.fields[f"{arch}.attention.head_count_kv"].parts[-1][0]) == 2
-    q = np.array(weights["model.layers.1.self_attn.q_proj.weight"])
-    stored = np.array(tensors["blk.1.attn_q.weight"].data).reshape(q.shape)
-    permuted = family in ("llama", "mistral")
-    np.testing.assert_array_equal(stored, permute(q, 4) if permuted else q)
+    mlx_q, gguf_q = ("qkv_proj", "attn_qkv") if family == "phi3" else ("q_proj", "attn_q")
+    q = np.array(weights[f"model.layers.1.self_attn.{mlx_q}.weight"])
+    stored = np.array(tensors[f"blk.1.{gguf_q}.weight"].data)
+    permuted = family in ("llama", "mistral", "smollm3")
+    np.testing.assert_array_equal(stored.reshape(q.shape), permute(q, 4) if permuted else q)
+    norm = np.array(weights["model.layers.1.input_layernorm.weight"])
+    shift = 1.0 if family.startswith("gemma") else 0.0  # Gemma's norms hold weight - 1
+    np.testing.assert_array_equal(tensors["blk.1.attn_norm.weight"].data, norm + shift)
     if family == "llama":
         assert tensors["rope_freqs.weight"].data.shape == (16 // 2,)
+    if family == "phi3":
+        long = np.float32(config["rope_scaling"]["long_factor"])
+        np.testing.assert_array_equal(tensors["rope_factors_long.weight"].data, long)
+    if family == "gemma2":
+        assert float(reader.fields[f"{arch}.final_logit_softcapping"].parts[-1][0]) == 30.0
     if family == "qwen3_moe":
         assert int(reader.fields[f"{arch}.expert_count"].parts[-1][0]) == 4
         assert tuple(tensors["blk.0.ffn_gate_exps.weight"].shape) == (64, 32, 4)
+
+
+@pytest.mark.parametrize(
+    ("family", "change", "reason"),
+    [
+        ("gemma3_text", {"sliding_window_pattern": 2}, "5 layers of 6"),
+        ("gemma2", {"query_pre_attn_scalar": 144}, "query_pre_attn_scalar 144"),
+        ("smollm3", {"no_rope_layer_interval": 3}, "every 4th layer"),
+    ],
+)
+def test_a_config_llama_cpp_would_run_otherwise_is_refused_before_export(
+    family_models, family, change, reason
+):
+    """llama.cpp fixes some settings per family instead of reading them from the file: a
+    model that departs from them is refused with the reason, not exported to run wrong."""
+    from core.errors import StudioError
+    from core.models.gguf_arch import gguf_family
+
+    config = {**json.loads((family_models[family] / "config.json").read_text()), **change}
+    with pytest.raises(StudioError, match=reason):
+        gguf_family(config)

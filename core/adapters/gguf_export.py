@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from core.models.gguf_arch import (
     head_dim,
     llama3_rope_factors,
     permute,
+    phi3_rope_factors,
     tensor_names,
     tokenizer_pre,
 )
@@ -101,7 +103,7 @@ def _encoded(name: str, value: np.ndarray, kind: str):
 def write_model_gguf(
     folder: Path, target: Path, kind: str = "f16", progress: Callable[[str], None] = log.info
 ) -> Path:
-    """The model in ``folder`` (MLX layout, llama, float weights) as one GGUF file."""
+    """The model in ``folder`` (MLX layout, float weights) as one GGUF file."""
 
     if kind not in GGUF_TYPES:
         raise StudioError(f"GGUF type {kind!r}: choose one of {', '.join(GGUF_TYPES)}")
@@ -117,12 +119,20 @@ def write_model_gguf(
         progress(f"writing {len(weights)} tensors as {kind}")
         for name, value in sorted(weights.items()):
             value = _permuted(name, value, family, config) if name.endswith(".weight") else value
+            if name.endswith("norm.weight"):
+                value = value + family.norm_shift
             data, raw = _encoded(name, value, kind)
             writer.add_tensor(name_of(name), data, raw_dtype=raw)
-        factors = llama3_rope_factors(config)
-        if factors is not None:  # llama.cpp's converter adds them as a tensor
-            writer.add_tensor("rope_freqs.weight", factors)
+        for name, value in _rope_tensors(config).items():  # the converter adds them too
+            writer.add_tensor(name, value)
     return target
+
+
+def _rope_tensors(config: dict) -> dict[str, np.ndarray]:
+    factors = llama3_rope_factors(config)
+    if factors is not None:
+        return {"rope_freqs.weight": factors}
+    return phi3_rope_factors(config)
 
 
 @contextmanager
@@ -161,6 +171,27 @@ def _model_metadata(writer, config: dict, name: str) -> None:
         writer.add_expert_count(config["num_experts"])
         writer.add_expert_used_count(config["num_experts_per_tok"])
         writer.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    _family_metadata(writer, config)
+
+
+def _family_metadata(writer, config: dict) -> None:
+    """What one family adds: Gemma's soft-capping and sliding window, Phi-3's."""
+    model_type = config["model_type"]
+    if config.get("attn_logit_softcapping"):
+        writer.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+    if config.get("final_logit_softcapping"):
+        writer.add_final_logit_softcapping(config["final_logit_softcapping"])
+    if model_type in ("gemma2", "gemma3_text") and config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
+    if model_type == "phi3":
+        original = config.get("original_max_position_embeddings", 4096)
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(config.get("sliding_window") or 0)  # 0: none (Phi-4)
+        longer = config.get("max_position_embeddings", original) / original
+        if phi3_rope_factors(config) and longer > 1:
+            writer.add_rope_scaling_attn_factors(
+                math.sqrt(1 + math.log(longer) / math.log(original))
+            )
 
 
 def chat_template(folder: Path) -> str | None:

@@ -58,7 +58,9 @@ FAMILIES: dict[str, tuple[str, dict]] = {
             "query_pre_attn_scalar": 16,
             "attn_logit_softcapping": 50.0,
             "final_logit_softcapping": 30.0,
-            "sliding_window": 16,
+            # Gemma 2's own window: mlx-lm's Gemma 2 attends over everything (no window),
+            # llama.cpp slides it, so the two agree up to 4096 tokens
+            "sliding_window": 4096,
         },
     ),
     "gemma3_text": (
@@ -67,11 +69,24 @@ FAMILIES: dict[str, tuple[str, dict]] = {
             "head_dim": 16,
             "query_pre_attn_scalar": 16,
             "sliding_window": 16,
-            "sliding_window_pattern": 2,
+            "sliding_window_pattern": 6,  # Gemma 3's own (and the one llama.cpp fixes)
             "rope_local_base_freq": 10000.0,
         },
     ),
-    "phi3": ("phi3", {"tie_word_embeddings": False}),
+    "phi3": (
+        "phi3",
+        {
+            "tie_word_embeddings": False,
+            # Phi-4-mini's long-context rope: 8 factors (head size 16), a context 64x the
+            # original, so llama.cpp (which picks long factors past the original) runs as MLX
+            "original_max_position_embeddings": 64,
+            "rope_scaling": {
+                "type": "longrope",
+                "short_factor": [1.0] * 8,
+                "long_factor": [1.0, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+            },
+        },
+    ),
     "smollm3": ("smollm3", {"no_rope_layer_interval": 4}),
 }
 

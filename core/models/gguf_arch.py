@@ -7,7 +7,18 @@ The rules, as ``convert_hf_to_gguf.py`` applies them:
   permuted for llama.cpp's rope layout; qwen2, qwen3 and qwen3_moe do not (NeoX rope).
 - a mixture of experts' experts are one tensor per projection (``ffn_gate_exps``: experts x
   out x in), which is how mlx-lm already holds them (``mlp.switch_mlp``).
-- Llama 3's ``rope_scaling`` becomes a ``rope_freqs`` tensor of per-frequency factors.
+- Llama 3's ``rope_scaling`` becomes a ``rope_freqs`` tensor of per-frequency factors;
+  Phi-3's long-context factors (``longrope``) become ``rope_factors_long`` / ``_short``.
+- smollm3 is llama's layout (permuted q/k); phi3 keeps its fused ``qkv_proj`` and
+  ``gate_up_proj`` as llama.cpp's ``attn_qkv`` and ``ffn_up``.
+- Gemma's norms hold ``weight - 1`` (its RMSNorm multiplies by ``1 + weight``); llama.cpp's
+  hold the factor itself, so the converter adds 1 to every ``*norm.weight``.
+
+Some settings llama.cpp does not read from the file but fixes per family (Gemma 3's sliding
+window on 5 layers of 6 with a local rope base of 10000, Gemma's attention scale from the
+head size, SmolLM3's layers without rope every 4th): ``llama_cpp_differences`` names a
+config that departs from them, so the export refuses it before any work instead of writing
+a file llama.cpp would run differently.
 """
 
 from __future__ import annotations
@@ -24,15 +35,20 @@ from core.errors import StudioError
 class GGUFFamily:
     name: str  # llama.cpp's architecture name (gguf.MODEL_ARCH_NAMES)
     permute_qk: bool
+    norm_shift: float  # added to every *norm.weight (Gemma: 1)
 
 
-# mlx-lm model_type -> (gguf.MODEL_ARCH member, permuted q/k)
+# mlx-lm model_type -> (gguf.MODEL_ARCH member, permuted q/k, norm shift)
 _FAMILIES = {
-    "llama": ("LLAMA", True),
-    "mistral": ("LLAMA", True),
-    "qwen2": ("QWEN2", False),
-    "qwen3": ("QWEN3", False),
-    "qwen3_moe": ("QWEN3MOE", False),
+    "llama": ("LLAMA", True, 0.0),
+    "mistral": ("LLAMA", True, 0.0),
+    "qwen2": ("QWEN2", False, 0.0),
+    "qwen3": ("QWEN3", False, 0.0),
+    "qwen3_moe": ("QWEN3MOE", False, 0.0),
+    "gemma2": ("GEMMA2", False, 1.0),
+    "gemma3_text": ("GEMMA3", False, 1.0),
+    "phi3": ("PHI3", False, 0.0),
+    "smollm3": ("SMOLLM3", True, 0.0),
 }
 EXPORTABLE = tuple(_FAMILIES)
 
@@ -48,8 +64,40 @@ def gguf_family(config: dict) -> GGUFFamily:
             f"GGUF export supports the {', '.join(EXPORTABLE)} families, not {model_type!r}",
             hint="export to PEFT instead, and convert with llama.cpp's convert_hf_to_gguf.py",
         )
-    member, permute_qk = _FAMILIES[model_type]
-    return GGUFFamily(gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[member]], permute_qk)
+    differences = llama_cpp_differences(config)
+    if differences:
+        raise StudioError(
+            f"llama.cpp would run this {model_type} model otherwise than MLX does: "
+            + "; ".join(differences),
+            hint="export to PEFT instead",
+        )
+    member, permute_qk, norm_shift = _FAMILIES[model_type]
+    return GGUFFamily(gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[member]], permute_qk, norm_shift)
+
+
+def llama_cpp_differences(config: dict) -> list[str]:
+    """What in this config llama.cpp fixes otherwise for the family (it reads these from
+    the architecture, not from the file): empty when it runs the model as mlx-lm does."""
+    model_type, found = config.get("model_type"), []
+    if model_type in ("gemma2", "gemma3_text"):
+        scalar = config.get("query_pre_attn_scalar", head_dim(config))
+        wide = config["hidden_size"] // config["num_attention_heads"]
+        # llama.cpp scales by the head size, or by hidden / heads for the 27B models
+        large = config["num_hidden_layers"] in (46, 62) and scalar == wide
+        if scalar != head_dim(config) and not large:
+            found.append(f"query_pre_attn_scalar {scalar} is not the head size {head_dim(config)}")
+    if model_type == "gemma3_text":
+        if config.get("sliding_window_pattern", 6) != 6:
+            found.append("llama.cpp slides the window on 5 layers of 6 (sliding_window_pattern 6)")
+        if config.get("rope_local_base_freq", 10000.0) != 10000.0:
+            found.append("llama.cpp's local layers use rope base 10000")
+    if model_type == "smollm3":
+        interval = config.get("no_rope_layer_interval", 4)
+        layers = config.get("no_rope_layers")
+        expected = [int((i + 1) % 4 != 0) for i in range(config["num_hidden_layers"])]
+        if interval != 4 or (layers is not None and list(layers) != expected):
+            found.append("llama.cpp leaves rope out of every 4th layer only")
+    return found
 
 
 def tensor_names(family: GGUFFamily, blocks: int):
@@ -82,6 +130,17 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def head_dim(config: dict) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def phi3_rope_factors(config: dict) -> dict[str, np.ndarray]:
+    """Phi-3's long-context rope factors as llama.cpp's tensors (empty without them)."""
+    scaling = config.get("rope_scaling") or {}
+    if not scaling.get("long_factor"):
+        return {}
+    return {
+        "rope_factors_long.weight": np.array(scaling["long_factor"], dtype=np.float32),
+        "rope_factors_short.weight": np.array(scaling["short_factor"], dtype=np.float32),
+    }
 
 
 def llama3_rope_factors(config: dict) -> np.ndarray | None:
