@@ -218,8 +218,6 @@ def test_a_mixture_of_experts_adapts_its_experts_when_asked(family_models, data,
     assert model is not None
 
 
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
     family_models, family, tmp_path
