@@ -161,7 +161,7 @@ def test_ollama_folder_and_a_modelfile_that_parses(setup, tmp_path):
 def test_a_system_prompt_reads_back_from_the_modelfile_as_written(tmp_path, system):
     folder = tmp_path / "m"
     folder.mkdir()
-    ollama.write_modelfile(folder, None, "</s>", system)
+    ollama.write_modelfile(folder, None, (None, "</s>"), system)
     assert read_modelfile((folder / "Modelfile").read_text())["SYSTEM"] == [system]
 
 
@@ -175,15 +175,53 @@ def test_a_system_prompt_a_modelfile_cannot_hold_is_refused_before_any_work(
     assert not (tmp_path / "o").exists()
 
 
-def test_ollama_templates_for_the_documented_chat_formats():
-    chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>"
-    template, stops = ollama.ollama_template(chatml, "<|im_end|>")
-    assert template == ollama.CHATML and "<|im_end|>" in stops
+def test_an_ollama_template_is_chosen_by_rendering_as_the_models_own_template():
+    """A template that only looks like ChatML (no newline after the role) gets no TEMPLATE:
+    the Modelfile's template must write the prompt the model's own template writes."""
+    from jinja2 import Environment
+
+    def renderer(text):
+        template = Environment(keep_trailing_newline=True).from_string(text)
+        return lambda messages: template.render(messages=messages)
+
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+        "{% endfor %}<|im_start|>assistant\n"
+    )
+    template, stops = ollama.ollama_template(renderer(chatml), None, "<|im_end|>")
+    assert template == ollama.FORMATS[0].template and "<|im_end|>" in stops
     rendered = ollama.Modelfile("./model.gguf", template, "sys", stops).render()
     again = read_modelfile(rendered)
     assert again["TEMPLATE"] == [template] and again["SYSTEM"] == ["sys"]
     assert again["PARAMETER"] == [f'stop "{stop}"' for stop in stops]
-    assert ollama.ollama_template("{{ unknown }}", "</s>") == (None, ["</s>"])
+    lookalike = chatml.replace("{{ m.role }}\n", "{{ m.role }} ")
+    assert ollama.ollama_template(renderer(lookalike), None, "</s>") == (None, ["</s>"])
+
+
+def test_go_templates_render_as_go_renders_them():
+    """The renderer the Ollama check rests on, on what Go's text/template does: trims,
+    else-if chains, variables set in a range, Ollama's collated messages."""
+    from core.adapters.go_template import ollama_values, render
+
+    assert render("a  {{- .X -}}  b", {"X": 1}) == "a1b"
+    chain = "{{ if .A }}a{{ else if .B }}b{{ else }}c{{ end }}"
+    assert [render(chain, v) for v in ({"A": 1}, {"B": "x"}, {})] == ["a", "b", "c"]
+    counted = "{{ $n := true }}{{ range .Messages }}{{ if $n }}first {{ end }}{{ $n = false }}"
+    counted += "{{ .Role }};{{ end }}"
+    values = ollama_values(
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u1"},
+            {"role": "user", "content": "u2"},
+        ]
+    )
+    assert values["Messages"][1] == {"Role": "user", "Content": "u1\n\nu2"}
+    assert render(counted, values) == "first system;user;"
+    assert render('{{ if and (eq .R "a") (not .S) }}y{{ end }}', {"R": "a"}) == "y"
+    with pytest.raises(ValueError, match="slice"):
+        render("{{ slice .Messages 1 }}", values)
+    with pytest.raises(ValueError, match="ends before"):
+        render("{{ if .A }}open", {})
 
 
 def test_gguf_lora_adapter_reads_back_as_the_same_deltas(setup, tmp_path):
@@ -209,10 +247,10 @@ def test_gguf_lora_adapter_reads_back_as_the_same_deltas(setup, tmp_path):
 
 def test_exports_refuse_before_any_work(setup, tmp_path):
     store, adapter_id, base = setup
-    other = shutil.copytree(base.path, tmp_path / "gemma-like")
+    other = shutil.copytree(base.path, tmp_path / "olmo-like")
     config = json.loads((other / "config.json").read_text())
-    (other / "config.json").write_text(json.dumps({**config, "model_type": "gemma2"}))
-    with pytest.raises(StudioError, match="supports the llama, mistral, .* families, not 'gemma2'"):
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "olmo2"}))
+    with pytest.raises(StudioError, match="supports the llama, mistral, .* families, not 'olmo2'"):
         export_adapter(store, adapter_id, inspect_model(other), "gguf", tmp_path / "out" / "x.gguf")
     config = store.path(adapter_id) / "adapter_config.json"
     lora = json.loads(config.read_text())

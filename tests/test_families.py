@@ -18,7 +18,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm import generate, load
+from mlx_lm import generate, load, stream_generate
 from mlx_lm.tuner import trainer
 from mlx_lm.tuner.datasets import CacheDataset, create_dataset
 from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -35,7 +35,7 @@ from core.train.loss import choose_loss
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, write_jsonl
 
-FAMILY_VERSION = "families-v2"  # bump when core/models/families.py changes
+FAMILY_VERSION = "families-v3"  # bump when core/models/families.py changes
 # the defaults, shortened: 2 epochs of 6 steps, samples of 16 tokens
 RUN = dict(epochs=2, sample_tokens=16, seed=5)
 
@@ -126,7 +126,11 @@ def test_batched_answers_equal_mlx_lms_greedy_answers(family_models, family):
     texts, _ = _generate(model, tokenizer, prompts, Sampling(max_tokens=8), seed=0)
     alone_model, _ = load(str(family_models[family]))
     for prompt, text in zip(prompts, texts, strict=True):
-        assert text == generate(alone_model, tokenizer, prompt, max_tokens=8).strip(), family
+        # the tokens, decoded as batch generation decodes them: mlx-lm's streaming
+        # detokenizer writes the byte 0x00 as "Ā" (its byte table's 0 reads as missing)
+        steps = stream_generate(alone_model, tokenizer, prompt, max_tokens=8)
+        alone = [s.token for s in steps if s.token not in tokenizer.eos_token_ids]
+        assert text == tokenizer.decode(alone).strip(), family
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -291,3 +295,69 @@ def test_a_config_llama_cpp_would_run_otherwise_is_refused_before_export(
     config = {**json.loads((family_models[family] / "config.json").read_text()), **change}
     with pytest.raises(StudioError, match=reason):
         gguf_family(config)
+
+
+# a conversation none of the Ollama format probes uses: two system lines, three user turns
+CONVERSATION = [
+    {"role": "system", "content": "Answer as a sailor.\nKeep it short."},
+    {"role": "user", "content": "Where is the harbour?"},
+    {"role": "assistant", "content": "Past the red light."},
+    {"role": "user", "content": "And the inn?"},
+    {"role": "assistant", "content": "By the water, mate."},
+    {"role": "user", "content": "Thanks."},
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_chat_template_and_stop_tokens_survive_export(family_models, family, tmp_path):
+    """The prompt and the stop token after export are the ones the adapter was trained with:
+    the GGUF carries the model's own chat template, its end-of-sequence and end-of-turn ids
+    and whether llama.cpp adds the BOS; the Ollama TEMPLATE, rendered as Ollama renders it,
+    writes the prompt transformers writes from the Hugging Face template for a conversation
+    with a system prompt and several turns; the stop lines hold every token mlx-lm stops at;
+    the PEFT export's tokenizer renders the same prompt."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from core.adapters import ollama
+    from core.adapters.go_template import ollama_values, render
+    from core.adapters.gguf_export import write_model_gguf
+    from core.adapters.peft import TOKENIZER_FILES
+    from core.models.families import CHAT_FORMATS
+
+    path, chat = family_models[family], CHAT_FORMATS[family]
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    reader = gguf.GGUFReader(str(write_model_gguf(path, tmp_path / "m.gguf", "f32")))
+
+    def field(key):
+        found = reader.fields[key]
+        value = found.parts[found.data[0]]
+        return bytes(value).decode() if value.dtype == np.uint8 else value[0]
+
+    assert field("tokenizer.chat_template") == tokenizer.chat_template == chat.template
+    assert field("tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids(chat.eos)
+    if chat.end_of_turn != chat.eos:
+        eot = tokenizer.convert_tokens_to_ids(chat.end_of_turn)
+        assert field("tokenizer.ggml.eot_token_id") == eot
+    assert bool(field("tokenizer.ggml.add_bos_token")) == (chat.bos is not None)
+
+    def hf_render(messages):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    template, stops = ollama.ollama_template(hf_render, tokenizer.bos_token, tokenizer.eos_token)
+    assert template is not None, f"no Ollama format renders {family}'s template"
+    for messages in (CONVERSATION, CONVERSATION[1:], CONVERSATION[:2]):
+        ollama_prompt = (chat.bos or "") + render(template, ollama_values(messages))
+        assert ollama_prompt == hf_render(messages)
+    _, mlx_tokenizer = load(str(path))
+    stopped_at = {mlx_tokenizer.convert_ids_to_tokens(i) for i in mlx_tokenizer.eos_token_ids}
+    assert stopped_at == set(chat.stop_tokens) and stopped_at <= set(stops)
+    peft_folder = tmp_path / "peft"
+    peft_folder.mkdir()
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            (peft_folder / name).write_bytes((path / name).read_bytes())
+    again = AutoTokenizer.from_pretrained(str(peft_folder))
+    assert again.apply_chat_template(CONVERSATION, tokenize=False) == tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=False
+    )

@@ -65,7 +65,7 @@ def export_adapter(
     if fmt == "zip":
         return store.export(adapter_id, out)
     if fmt == "peft":
-        return peft.export_peft(folder, out, base.hub_id)
+        return peft.export_peft(folder, out, base.hub_id, tokenizer_from=base.path)
     if fmt == "gguf-adapter":
         return gguf_export.write_adapter_gguf(folder, base, out)
 
@@ -119,16 +119,21 @@ def check_disk(out: Path, base: ModelInfo, kind: str) -> None:
 
 
 def _ollama_folder(fuse, base: ModelInfo, out: Path, kind, system, progress) -> Path:
+    from transformers import AutoTokenizer
+
     from core.adapters import gguf_export, ollama
 
     if out.exists() and any(out.iterdir()):
         raise StudioError(f"{out} already exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     gguf_export.export_fused_gguf(fuse, base, out / ollama.GGUF_FILE, kind, progress)
-    settings = json.loads((base.path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    eos = settings.get("eos_token")
-    eos = eos.get("content") if isinstance(eos, dict) else eos
-    ollama.write_modelfile(out, gguf_export.chat_template(base.path), eos, system)
+    tokenizer = AutoTokenizer.from_pretrained(str(base.path))
+
+    def hf_render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    tokens = (tokenizer.bos_token, tokenizer.eos_token)
+    ollama.write_modelfile(out, hf_render if tokenizer.chat_template else None, tokens, system)
     return out
 
 

@@ -222,6 +222,7 @@ def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control
     writer.add_token_merges(merges)
+    roles = {}
     for role, add in (
         ("bos_token", writer.add_bos_token_id),
         ("eos_token", writer.add_eos_token_id),
@@ -231,10 +232,23 @@ def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
         token = settings.get(role)
         token = token.get("content") if isinstance(token, dict) else token
         if token in vocab:
+            roles[role] = vocab[token]
             add(vocab[token])
+    for index in _ends_of_turn(config, roles.get("eos_token")):
+        writer.add_eot_token_id(index)
     template = chat_template(folder)
     if template:
         writer.add_chat_template(template)
+        # the template writes the BOS itself; llama.cpp adds it while tokenizing instead
+        writer.add_add_bos_token("bos_token" in template)
+
+
+def _ends_of_turn(config: dict, eos: int | None) -> list[int]:
+    """The end-of-turn id mlx-lm also stops at (config.json lists it beside the end of
+    sequence: Gemma's <end_of_turn>, Phi's <|end|>), for llama.cpp's ``eot_token_id``."""
+    ids = config.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids]
+    return [i for i in ids if i is not None and i != eos][:1]
 
 
 def export_fused_gguf(

@@ -44,7 +44,20 @@ def _numpy(folder: Path) -> dict[str, np.ndarray]:
     }
 
 
-def export_peft(folder: Path, target: Path, base_name: str | None = None) -> Path:
+# what transformers' tokenizer loads from a folder: shipped beside the adapter, so
+# ``AutoTokenizer.from_pretrained(adapter)`` writes the prompts it was trained on
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
+
+
+def export_peft(
+    folder: Path, target: Path, base_name: str | None = None, tokenizer_from: Path | None = None
+) -> Path:
     """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (PEFT's LoRA) for the
     studio adapter in ``folder``; ``target`` appears whole. ``base_name`` is what PEFT loads
     the base by (its Hugging Face id, where the studio knows it)."""
@@ -97,6 +110,9 @@ def export_peft(folder: Path, target: Path, base_name: str | None = None) -> Pat
     with _staging(target) as staging:
         save_file(tensors, str(staging / PEFT_WEIGHTS), metadata={"format": "pt"})
         (staging / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2))
+        for name in TOKENIZER_FILES if tokenizer_from else ():
+            if (tokenizer_from / name).is_file():
+                shutil.copy2(tokenizer_from / name, staging / name)
     return target
 
 

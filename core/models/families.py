@@ -5,8 +5,10 @@ Each family's entry is the smallest config its mlx-lm class accepts that still h
 the family itself: Llama 3's ``rope_scaling``, Qwen 3's ``head_dim`` and q/k norms, Gemma's
 logit soft-capping and sliding windows, Phi-3's fused ``qkv_proj`` and ``gate_up_proj``,
 SmolLM3's layers without RoPE, Qwen 3 MoE's experts. The weights are random and the tokenizer
-is the toy llama's (``core.models.toy``), so the answers are noise; the shapes, the modules and
-the code paths are the family's.
+is trained on the toy llama's corpus (``core.models.toy``), so the answers are noise; the
+shapes, the modules and
+the code paths are the family's, and so are the chat template and special tokens
+(``core.models.chat_formats``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.errors import StudioError
+from core.models.chat_formats import CHATML, GEMMA, LLAMA3, MISTRAL, PHI, ChatFormat
 
 _COMMON = {
     "hidden_size": 64,
@@ -91,6 +94,19 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
+CHAT_FORMATS: dict[str, ChatFormat] = {
+    "llama": LLAMA3,
+    "mistral": MISTRAL,
+    "qwen2": CHATML,
+    "qwen3": CHATML,
+    "qwen3_moe": CHATML,
+    "gemma2": GEMMA,
+    "gemma3_text": GEMMA,
+    "phi3": PHI,
+    "smollm3": CHATML,
+}
+
+
 def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
     """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts."""
     from core.models.toy import build_tokenizer, save_random_model
@@ -100,14 +116,17 @@ def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
     model_type, extra = FAMILIES[family]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(folder)
+    chat = CHAT_FORMATS[family]
+    tokenizer = build_tokenizer(folder, chat=chat)
+    # mlx-lm stops at every id config.json names: the end of a turn and the end of a text
+    stops = [tokenizer.convert_tokens_to_ids(token) for token in chat.stop_tokens]
     config = {
         **_COMMON,
         **extra,
         "model_type": model_type,
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": stops[0] if len(stops) == 1 else stops,
         "pad_token_id": tokenizer.pad_token_id,
         "torch_dtype": "float32",
     }

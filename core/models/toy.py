@@ -12,12 +12,8 @@ import json
 import random
 from pathlib import Path
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
+from core.models.chat_formats import TOY, ChatFormat
+
 _VOCABULARY = (
     "the a an of to and in is it you that he was for on are with as his they be at one have "
     "this from or had by word but what some we can out other were all there when up use your "
@@ -40,29 +36,28 @@ def tokenizer_corpus(lines: int = 400, seed: int = 0) -> list[str]:
     return corpus
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 512):
-    """Train a byte-level BPE tokenizer and save it the way Hugging Face models ship one."""
+def build_tokenizer(folder: Path, vocab_size: int = 512, chat: ChatFormat = TOY):
+    """Train a byte-level BPE tokenizer with ``chat``'s special tokens and template, and save
+    it the way Hugging Face models ship one."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    unk = "<unk>" if "<unk>" in chat.special_tokens else None
+    tokenizer = Tokenizer(models.BPE(unk_token=unk))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(chat.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    roles = {"bos_token": chat.bos, "eos_token": chat.eos, "pad_token": chat.pad, "unk_token": unk}
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
+        tokenizer_object=tokenizer, **{role: token for role, token in roles.items() if token}
     )
-    wrapped.chat_template = CHAT_TEMPLATE
+    wrapped.chat_template = chat.template
     wrapped.save_pretrained(str(folder))
     return wrapped
 
