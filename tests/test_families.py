@@ -320,8 +320,8 @@ def test_the_chat_template_and_stop_tokens_survive_export(family_models, family,
     from transformers import AutoTokenizer
 
     from core.adapters import ollama
-    from core.adapters.go_template import ollama_values, render
     from core.adapters.gguf_export import write_model_gguf
+    from core.adapters.go_template import ollama_values, render
     from core.adapters.peft import TOKENIZER_FILES
     from core.models.families import CHAT_FORMATS
 

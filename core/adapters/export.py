@@ -15,7 +15,6 @@ carry, a DoRA adapter for PEFT) refuses before any work.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import tempfile
