@@ -5,7 +5,10 @@ then loads the base in transformers with each PEFT adapter (in a separate Python
 transformers and peft: nothing is installed by this script) and compares next-token logits with
 mlx-lm's, base model included.
 
-    python bench/peft_check.py --torch-python /tmp/torch-venv/bin/python
+    python bench/peft_check.py --torch-python /tmp/torch-venv/bin/python [--family F]
+
+``--family F`` checks a tiny random model of family F (core/models/families.py) instead of
+the toy llama.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def mlx_logits(base: Path, adapter: Path | None) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", help="a Python with torch, transformers and peft")
+    parser.add_argument("--family", help="a family of core/models/families.py (default: toy llama)")
     parser.add_argument("--torch-side", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_side:
@@ -59,6 +63,7 @@ def main() -> None:
 
     from core.adapters.export import export_adapter
     from core.adapters.store import AdapterStore
+    from core.models.families import build_toy
     from core.models.inspect import inspect_model
     from core.params import TrainingParams
     from core.settings import Settings
@@ -69,16 +74,17 @@ def main() -> None:
         settings = Settings.from_env(Path(tmp)).ensure()
         data = write_jsonl(Path(tmp) / "colours.jsonl", colour_rows(32))
         service, store = TrainingService(settings), AdapterStore(settings.adapters)
-        base = inspect_model(TOY)
+        path = build_toy(args.family, Path(tmp) / "base") if args.family else TOY
+        base = inspect_model(path)
         exported, ours = [], {}
         for kind in ("lora", "dora"):
             params = TrainingParams(learning_rate=2e-2, lora_layers=-1, fine_tune_type=kind)
-            final = service.start(TOY, data, params).wait(timeout=300)
+            final = service.start(path, data, params).wait(timeout=300)
             folder = export_adapter(store, final.adapter_id, base, "peft", Path(tmp) / kind)
             exported.append(str(folder))
-            ours[str(folder)] = mlx_logits(TOY, settings.adapters / final.adapter_id)
-        ours["base"] = mlx_logits(TOY, None)
-        command = [args.torch_python, __file__, "--torch-side", str(TOY), *exported]
+            ours[str(folder)] = mlx_logits(path, settings.adapters / final.adapter_id)
+        ours["base"] = mlx_logits(path, None)
+        command = [args.torch_python, __file__, "--torch-side", str(path), *exported]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
     for name, want in ours.items():
