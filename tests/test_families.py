@@ -361,3 +361,24 @@ def test_the_chat_template_and_stop_tokens_survive_export(family_models, family,
     assert again.apply_chat_template(CONVERSATION, tokenize=False) == tokenizer.apply_chat_template(
         CONVERSATION, tokenize=False
     )
+
+
+def test_a_base_that_cannot_go_to_gguf_says_why_in_the_model_list(family_models, tmp_path):
+    """Before anyone waits for a fuse: ``lora-studio models --json`` (and the Export panel,
+    through the same ``gguf_limit``) says which bases go to GGUF, and why one does not."""
+    import shutil
+
+    from tests.helpers import lora_studio
+
+    models = tmp_path / "home" / "models"
+    shutil.copytree(family_models["qwen3"], models / "qwen3")
+    odd = shutil.copytree(family_models["gemma3_text"], models / "odd-gemma")
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "sliding_window_pattern": 2}))
+    done = lora_studio("models", "list", "--json", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    rows = {row["id"]: row for row in json.loads(done.stdout)}
+    assert rows["qwen3"]["gguf"] == "yes"
+    assert "5 layers of 6" in rows["odd-gemma"]["gguf"]
+    listed = lora_studio("models", "list", home=tmp_path / "home").stdout
+    assert "GGUF / Ollama export: no, llama.cpp would run this gemma3_text model" in listed

@@ -51,6 +51,18 @@ def check_exportable(base: ModelInfo) -> dict:
     return config
 
 
+def gguf_limit(base: ModelInfo) -> str | None:
+    """Why ``base`` cannot go to GGUF (and so to Ollama), in words; None when it can. What
+    the model list and the Export panel say before anyone waits for a fuse."""
+    try:
+        check_exportable(base)
+    except StudioError as error:
+        return str(error)
+    except (OSError, ValueError, KeyError) as error:  # no tokenizer, a config without a key
+        return f"its files cannot be read for GGUF: {error}"
+    return None
+
+
 def loaded_tokenizer(folder: Path) -> dict:
     """The tokenizer as the model's runs use it (mlx-lm loads it with transformers), in
     tokenizer.json's form. Not the file itself: for some families transformers builds the

@@ -115,21 +115,25 @@ def list_models(settings: Settings, as_json: bool) -> int:
         size = "?" if row["size_gb"] is None else f"{row['size_gb']:.2f} GB"
         state = "available" if row["available"] else f"unavailable: {row['reason']}"
         print(f"{row['id']}  {size}  {quantized}  {row['source']}  {state}")
+        if row["gguf"] not in (None, "yes"):
+            print(f"    GGUF / Ollama export: no, {row['gguf']}")
     return 0
 
 
 def _row(entry) -> dict:
+    from core.adapters.gguf_export import gguf_limit
     from core.models.inspect import inspect_model, weight_files
 
     row = {"id": entry.id, "path": str(entry.path), "available": entry.available}
     row |= {"reason": entry.reason, "size_gb": None, "parameters": None, "quantization": None}
-    row |= {"architecture": None, "hub_id": None}
+    row |= {"architecture": None, "hub_id": None, "gguf": None}
     row["source"] = "Hugging Face cache" if entry.id != entry.path.name else "models folder"
     if entry.available:
         info = inspect_model(entry.path, model_id=entry.id)
         size = sum(f.stat().st_size for f in weight_files(entry.path))
         row |= {"size_gb": round(size / 1e9, 3), "parameters": info.parameter_count}
         row |= {"quantization": info.quantization, "architecture": info.architecture}
+        row["gguf"] = gguf_limit(info) or "yes"
         if info.hub_id:
             row["source"] += f" (from {info.hub_id})"
             row["hub_id"] = info.hub_id

@@ -10,9 +10,10 @@ from pathlib import Path
 import gradio as gr
 
 from core.adapters.export import export_adapter, export_folder
-from core.adapters.gguf_export import GGUF_TYPES
+from core.adapters.gguf_export import GGUF_TYPES, gguf_limit
+from core.errors import StudioError
 from webapp.page.background import with_progress
-from webapp.page.concurrency import HEAVY
+from webapp.page.concurrency import HEAVY, QUICK
 from webapp.page.studio import Studio, explain
 
 FORMATS = [
@@ -34,6 +35,8 @@ def build(studio: Studio, picker: gr.Dropdown) -> None:
         export = gr.Button("Export")
         status = gr.Markdown(elem_id="ls-export-status")
         download = gr.File(label="Exported", interactive=False, height=80)
+    for changed in (fmt.change, picker.change):
+        changed(partial(format_limit, studio), [picker, fmt], status, **QUICK)
     export.click(
         partial(run_export, studio),  # a generator function still: it streams
         [picker, fmt, kind, system],
@@ -41,6 +44,18 @@ def build(studio: Studio, picker: gr.Dropdown) -> None:
         api_visibility="private",
         **HEAVY,
     )
+
+
+def format_limit(studio: Studio, adapter_id: str | None, fmt: str) -> str:
+    """Say before Export when the picked adapter's base cannot go to GGUF, and why."""
+    if not adapter_id or fmt not in ("gguf", "ollama", "gguf-adapter"):
+        return ""
+    try:
+        base = studio.registry.adapter_base(adapter_id)
+    except StudioError as error:  # the base is gone: Export will say so too
+        return explain(error)
+    limit = gguf_limit(base)
+    return f"This adapter's base cannot go to GGUF: {limit}. PEFT export works." if limit else ""
 
 
 def run_export(studio: Studio, adapter_id: str | None, fmt: str, kind: str, system: str):
