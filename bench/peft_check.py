@@ -23,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 TOY = REPO / ".pytest_cache/d/toy-llama-v1/toy"
-TOKENS = [1, 5, 17, 42, 99, 7, 3, 12]
+# two inputs: 8 tokens, and 80 (longer than the Phi toy's 64-token original context, where
+# transformers switches Phi-3's rope from its short factors to its long ones)
+INPUTS = {"8 tokens": [1, 5, 17, 42, 99, 7, 3, 12], "80 tokens": [1, 5, 17, 42, 99, 7, 3, 12] * 10}
 
 
 def torch_side(base: Path, adapters: list[str]) -> None:
@@ -38,17 +40,36 @@ def torch_side(base: Path, adapters: list[str]) -> None:
         if adapter:
             model = PeftModel.from_pretrained(model, adapter)
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([TOKENS])).logits[0, -1]
-        out[adapter or "base"] = logits.tolist()
+            out[adapter or "base"] = {
+                name: model(input_ids=torch.tensor([tokens])).logits[0, -1].tolist()
+                for name, tokens in INPUTS.items()
+            }
     print(json.dumps(out))
 
 
-def mlx_logits(base: Path, adapter: Path | None) -> list[float]:
+def mlx_logits(base: Path, adapter: Path | None) -> dict[str, list[float]]:
     import mlx.core as mx
     from mlx_lm import load
 
     model, _ = load(str(base), adapter_path=str(adapter) if adapter else None)
-    return model(mx.array([TOKENS]))[0, -1].tolist()
+    return {name: model(mx.array([ids]))[0, -1].tolist() for name, ids in INPUTS.items()}
+
+
+def hf_layout(folder: Path, out: Path) -> Path:
+    """The model as transformers reads a checkpoint: a mixture of experts' stacked
+    ``switch_mlp`` weights (mlx-lm's layout) as one tensor per expert; others as they are."""
+    import shutil
+
+    import mlx.core as mx
+
+    shutil.copytree(folder, out)
+    weights = mx.load(str(folder / "model.safetensors"))
+    for name in [n for n in weights if ".switch_mlp." in n]:
+        stacked = weights.pop(name)
+        for expert in range(stacked.shape[0]):
+            weights[name.replace(".switch_mlp.", f".experts.{expert}.")] = stacked[expert]
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
+    return out
 
 
 def main() -> None:
@@ -84,18 +105,20 @@ def main() -> None:
             exported.append(str(folder))
             ours[str(folder)] = mlx_logits(path, settings.adapters / final.adapter_id)
         ours["base"] = mlx_logits(path, None)
-        command = [args.torch_python, __file__, "--torch-side", str(path), *exported]
+        hf_base = hf_layout(path, Path(tmp) / "hf-base")
+        command = [args.torch_python, __file__, "--torch-side", str(hf_base), *exported]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, want in ours.items():
-        got, want = np.array(theirs[name]), np.array(want)
-        error = np.abs(got - want).max() / np.abs(want).max()
-        label = "base" if name == "base" else Path(name).name
-        changed = np.abs(want - np.array(ours["base"])).max()
-        print(
-            f"{label}: max |PEFT - mlx-lm| / max |logit| = {error:.2e} (adapter moves "
-            f"logits by up to {changed:.3f})"
-        )
+    for name, logits in ours.items():
+        for length, want in logits.items():
+            got, want = np.array(theirs[name][length]), np.array(want)
+            error = np.abs(got - want).max() / np.abs(want).max()
+            label = "base" if name == "base" else Path(name).name
+            changed = np.abs(want - np.array(ours["base"][length])).max()
+            print(
+                f"{label}, {length}: max |PEFT - mlx-lm| / max |logit| = {error:.2e} "
+                f"(adapter moves logits by up to {changed:.3f})"
+            )
 
 
 if __name__ == "__main__":

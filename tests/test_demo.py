@@ -26,7 +26,8 @@ from core.models.demo import (
     extract_gguf,
     get_demo,
 )
-from core.models.gguf_import import build_tokenizer, import_gguf
+from core.models.gguf_import import import_gguf
+from core.models.gguf_tokenizer import build_tokenizer
 from core.params import TrainingParams
 from core.train.service import TrainingService
 

@@ -35,7 +35,7 @@ from core.train.loss import choose_loss
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, write_jsonl
 
-FAMILY_VERSION = "families-v3"  # bump when core/models/families.py changes
+FAMILY_VERSION = "families-v4"  # bump when core/models/families.py changes
 # the defaults, shortened: 2 epochs of 6 steps, samples of 16 tokens
 RUN = dict(epochs=2, sample_tokens=16, seed=5)
 
@@ -382,3 +382,29 @@ def test_a_base_that_cannot_go_to_gguf_says_why_in_the_model_list(family_models,
     assert "5 layers of 6" in rows["odd-gemma"]["gguf"]
     listed = lora_studio("models", "list", home=tmp_path / "home").stdout
     assert "GGUF / Ollama export: no, llama.cpp would run this gemma3_text model" in listed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_gguf_of_each_family_imports_back_as_the_same_model(family_models, family, tmp_path):
+    """``models import-gguf`` reads every family the export writes (LM Studio's and Ollama's
+    folders hold GGUFs people already have): the imported model's config names the family,
+    its chat prompt tokenizes the same, it stops at the same tokens, and its logits are the
+    original's (f32: exactly, llama.cpp's permutations and Gemma's norm offset undone)."""
+    from core.adapters.gguf_export import write_model_gguf
+    from core.models.gguf_import import import_gguf
+
+    path = family_models[family]
+    gguf_file = write_model_gguf(path, tmp_path / "m.gguf", "f32")
+    back = import_gguf(gguf_file, tmp_path / "models", "back", progress=lambda _: None)
+    expected = "llama" if family == "mistral" else family  # one llama.cpp architecture
+    assert json.loads((back / "config.json").read_text())["model_type"] == expected
+    original, original_tokenizer = load(str(path))
+    imported, imported_tokenizer = load(str(back))
+    prompt = original_tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    assert (
+        imported_tokenizer.apply_chat_template(CONVERSATION, add_generation_prompt=True) == prompt
+    )
+    assert imported_tokenizer.eos_token_ids == original_tokenizer.eos_token_ids
+    np.testing.assert_array_equal(
+        np.array(imported(mx.array([prompt]))), np.array(original(mx.array([prompt])))
+    )

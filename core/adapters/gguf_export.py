@@ -2,10 +2,11 @@
 (base + adapter, f32 / f16 / q8_0) for llama.cpp, LM Studio and Ollama, or a GGUF LoRA adapter
 (llama.cpp's ``--lora``, Ollama's ``ADAPTER``).
 
-The families, their tensor names and llama.cpp's rules for each (q/k permuted for llama and
-mistral only, experts stacked, Llama 3's rope factors) come from ``core.models.gguf_arch``,
-which reads them from the ``gguf`` package's tables. The tokenizer (byte-level BPE) and the
-chat template travel in the metadata.
+The families, their tensor names and llama.cpp's rules for each (q/k permuted for llama,
+mistral and smollm3 only, Gemma's norm offset, experts stacked, the rope factors) come from
+``core.models.gguf_arch``, which reads them from the ``gguf`` package's tables. The tokenizer
+(byte-level or SentencePiece-style BPE) and the chat template travel in the metadata
+(``core.adapters.gguf_vocab``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.adapters.gguf_vocab import loaded_tokenizer, vocabulary_kind, write_tokenizer
 from core.errors import StudioError
 from core.files import replacing
 from core.models.gguf_arch import (
@@ -30,7 +32,6 @@ from core.models.gguf_arch import (
     permute,
     phi3_rope_factors,
     tensor_names,
-    tokenizer_pre,
 )
 from core.models.inspect import ModelInfo, inspect_model, weight_files
 
@@ -44,10 +45,7 @@ def check_exportable(base: ModelInfo) -> dict:
     why not before any work is done otherwise."""
     config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
     gguf_family(config)
-    tokenizer = loaded_tokenizer(base.path)
-    if tokenizer["model"].get("type") != "BPE":
-        raise StudioError("GGUF export supports BPE tokenizers only", hint="export to PEFT instead")
-    tokenizer_pre(tokenizer)
+    vocabulary_kind(loaded_tokenizer(base.path))
     return config
 
 
@@ -61,17 +59,6 @@ def gguf_limit(base: ModelInfo) -> str | None:
     except (OSError, ValueError, KeyError) as error:  # no tokenizer, a config without a key
         return f"its files cannot be read for GGUF: {error}"
     return None
-
-
-def loaded_tokenizer(folder: Path) -> dict:
-    """The tokenizer as the model's runs use it (mlx-lm loads it with transformers), in
-    tokenizer.json's form. Not the file itself: for some families transformers builds the
-    pre-tokenizer from its own class (Qwen 2's split, whatever tokenizer.json says), and
-    llama.cpp must split text as the model was trained to."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return json.loads(tokenizer.backend_tokenizer.to_str())
 
 
 def _permuted(name: str, value: np.ndarray, family: GGUFFamily, config: dict) -> np.ndarray:
@@ -127,7 +114,7 @@ def write_model_gguf(
     weights = _load_float32(folder)
     with _writing(target, family.name) as writer:
         _model_metadata(writer, config, info.id)
-        _tokenizer_metadata(writer, folder, config)
+        write_tokenizer(writer, folder, config)
         progress(f"writing {len(weights)} tensors as {kind}")
         for name, value in sorted(weights.items()):
             value = _permuted(name, value, family, config) if name.endswith(".weight") else value
@@ -204,63 +191,6 @@ def _family_metadata(writer, config: dict) -> None:
             writer.add_rope_scaling_attn_factors(
                 math.sqrt(1 + math.log(longer) / math.log(original))
             )
-
-
-def chat_template(folder: Path) -> str | None:
-    """The model's chat template: chat_template.jinja, or tokenizer_config.json's."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    template = config.get("chat_template")
-    return template if isinstance(template, str) else None
-
-
-def _tokenizer_metadata(writer, folder: Path, config: dict) -> None:
-    """The byte-level BPE vocabulary, merges, special tokens and chat template."""
-    tokenizer = loaded_tokenizer(folder)
-    settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    vocab = dict(tokenizer["model"]["vocab"])
-    special = {t["content"] for t in tokenizer.get("added_tokens", []) if t.get("special")}
-    for added in tokenizer.get("added_tokens", []):
-        vocab.setdefault(added["content"], added["id"])
-    size = max(config["vocab_size"], max(vocab.values()) + 1)
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    for token, index in vocab.items():
-        tokens[index] = token
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer["model"]["merges"]]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(config.get("gguf_tokenizer_pre") or tokenizer_pre(tokenizer))
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control
-    writer.add_token_merges(merges)
-    roles = {}
-    for role, add in (
-        ("bos_token", writer.add_bos_token_id),
-        ("eos_token", writer.add_eos_token_id),
-        ("unk_token", writer.add_unk_token_id),
-        ("pad_token", writer.add_pad_token_id),
-    ):
-        token = settings.get(role)
-        token = token.get("content") if isinstance(token, dict) else token
-        if token in vocab:
-            roles[role] = vocab[token]
-            add(vocab[token])
-    for index in _ends_of_turn(config, roles.get("eos_token")):
-        writer.add_eot_token_id(index)
-    template = chat_template(folder)
-    if template:
-        writer.add_chat_template(template)
-        # the template writes the BOS itself; llama.cpp adds it while tokenizing instead
-        writer.add_add_bos_token("bos_token" in template)
-
-
-def _ends_of_turn(config: dict, eos: int | None) -> list[int]:
-    """The end-of-turn id mlx-lm also stops at (config.json lists it beside the end of
-    sequence: Gemma's <end_of_turn>, Phi's <|end|>), for llama.cpp's ``eot_token_id``."""
-    ids = config.get("eos_token_id")
-    ids = ids if isinstance(ids, list) else [ids]
-    return [i for i in ids if i is not None and i != eos][:1]
 
 
 def export_fused_gguf(

@@ -107,9 +107,14 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
 }
 
 
+# families whose checkpoints ship a SentencePiece-style tokenizer -> whether it puts a "▁"
+# before the text (the others' are byte-level BPE, GPT-2's kind)
+SENTENCEPIECE = {"mistral": True, "gemma2": False, "gemma3_text": False}
+
+
 def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
     """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts."""
-    from core.models.toy import build_tokenizer, save_random_model
+    from core.models.toy import build_sentencepiece_tokenizer, build_tokenizer, save_random_model
 
     if family not in FAMILIES:
         raise StudioError(f"no toy model of family {family!r}", hint=", ".join(FAMILIES))
@@ -117,7 +122,10 @@ def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     chat = CHAT_FORMATS[family]
-    tokenizer = build_tokenizer(folder, chat=chat)
+    if family in SENTENCEPIECE:
+        tokenizer = build_sentencepiece_tokenizer(folder, chat, space_prefix=SENTENCEPIECE[family])
+    else:
+        tokenizer = build_tokenizer(folder, chat=chat)
     # mlx-lm stops at every id config.json names: the end of a turn and the end of a text
     stops = [tokenizer.convert_tokens_to_ids(token) for token in chat.stop_tokens]
     config = {

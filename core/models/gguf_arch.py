@@ -75,6 +75,17 @@ def gguf_family(config: dict) -> GGUFFamily:
     return GGUFFamily(gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[member]], permute_qk, norm_shift)
 
 
+def model_type_for(arch: str) -> str | None:
+    """The mlx-lm model_type of llama.cpp's architecture ``arch`` (llama for llama and
+    mistral, which llama.cpp does not tell apart); None for one the studio does not know."""
+    import gguf
+
+    for model_type, (member, _, _) in _FAMILIES.items():
+        if gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[member]] == arch:
+            return model_type
+    return None
+
+
 def llama_cpp_differences(config: dict) -> list[str]:
     """What in this config llama.cpp fixes otherwise for the family (it reads these from
     the architecture, not from the file): empty when it runs the model as mlx-lm does."""
@@ -170,7 +181,7 @@ def llama3_rope_factors(config: dict) -> np.ndarray | None:
 # llama.cpp's name for a byte-level BPE pre-tokenizer (``tokenizer.ggml.pre``), by the regex
 # that splits text before the bytes are mapped (llama.cpp's converter finds the same names by
 # hashing a test string's tokens)
-_SPLITS = {
+SPLITS = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
     r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
@@ -188,8 +199,8 @@ def tokenizer_pre(tokenizer: dict) -> str:
         return "gpt-2"
     if kinds == ["Split", "ByteLevel"]:
         regex = (parts[0].get("pattern") or {}).get("Regex")
-        if regex in _SPLITS:
-            return _SPLITS[regex]
+        if regex in SPLITS:
+            return SPLITS[regex]
     raise StudioError(
         "GGUF export supports byte-level BPE tokenizers (GPT-2's split, or Qwen 2's or "
         "Llama 3's) only",

@@ -37,10 +37,9 @@ def tokenizer_corpus(lines: int = 400, seed: int = 0) -> list[str]:
 
 
 def build_tokenizer(folder: Path, vocab_size: int = 512, chat: ChatFormat = TOY):
-    """Train a byte-level BPE tokenizer with ``chat``'s special tokens and template, and save
-    it the way Hugging Face models ship one."""
+    """Train a byte-level BPE tokenizer (GPT-2's kind: Llama 3, Qwen, Phi-4) with ``chat``'s
+    special tokens and template, and save it the way Hugging Face models ship one."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     unk = "<unk>" if "<unk>" in chat.special_tokens else None
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
@@ -53,6 +52,56 @@ def build_tokenizer(folder: Path, vocab_size: int = 512, chat: ChatFormat = TOY)
         show_progress=False,
     )
     tokenizer.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return _save(tokenizer, folder, chat)
+
+
+def build_sentencepiece_tokenizer(
+    folder: Path, chat: ChatFormat, *, space_prefix: bool, vocab_size: int = 512
+):
+    """Train a SentencePiece-style BPE tokenizer (Gemma's, Mistral's, Llama 2's kind): spaces
+    as "▁", the 256 byte tokens ``<0x00>``... for what the vocabulary lacks, a "▁" put before
+    the text when ``space_prefix`` (Mistral, Llama 2; not Gemma)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    def normalizer():
+        replace = normalizers.Replace(" ", "▁")
+        if not space_prefix:
+            return replace
+        return normalizers.Sequence([normalizers.Prepend("▁"), replace])
+
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 256, special_tokens=list(chat.special_tokens), show_progress=False
+    )
+    trained.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    model = json.loads(trained.to_str())["model"]
+    ranked = sorted(model["vocab"].items(), key=lambda item: item[1])
+    specials = [token for token, _ in ranked if token in chat.special_tokens]
+    pieces = [f"<0x{byte:02X}>" for byte in range(256)]
+    pieces += [token for token, _ in ranked if token not in chat.special_tokens]
+    vocab = {token: index for index, token in enumerate(specials + pieces)}
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
+    tokenizer.normalizer = normalizer()
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if space_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    return _save(tokenizer, folder, chat)
+
+
+def _save(tokenizer, folder: Path, chat: ChatFormat):
+    """``tokenizer`` with ``chat``'s special tokens and template, saved as models ship it."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in chat.special_tokens]
+    )
+    unk = "<unk>" if "<unk>" in chat.special_tokens else None
     roles = {"bos_token": chat.bos, "eos_token": chat.eos, "pad_token": chat.pad, "unk_token": unk}
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, **{role: token for role, token in roles.items() if token}
