@@ -29,6 +29,7 @@ PROMPTS = [
     "What is the capital of Sweden?",
     "What colour is a strawberry?",
     "Who wrote Hamlet?",
+    "Is Zürich near Genève? ✓",  # letters the toy vocabularies lack: byte tokens, byte fallback
 ]
 
 MLX_REPLIES = """
