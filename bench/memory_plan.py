@@ -7,11 +7,14 @@ and MLX's own peak (`peak_memory_gb` in the progress events). The plan predicts 
 the issue's bar is within 25% of it.
 
 Models: the toy llama (built here), SmolLM2-135M (the demo model, float32, and a 4-bit copy
-made by `core.models.quantize`), and a 300M-parameter random-weight llama built here (hidden 1536,
-12 layers). Datasets: the demo's pirate rows, and rows of a few hundred to a thousand words.
+made by `core.models.quantize`), a 300M-parameter random-weight llama built here (hidden 1536,
+12 layers), and one model of each family (core/models/families.py at hidden 512, 8 layers, a
+32k vocabulary, Gemma's 256k). Datasets: the demo's pirate rows, and rows of a few hundred
+to a thousand words.
 
     python bench/memory_plan.py                 # every configuration (about 12 minutes)
     python bench/memory_plan.py --only demo     # those whose name contains "demo"
+    python bench/memory_plan.py --only family   # one model of each family
 """
 
 from __future__ import annotations
@@ -66,6 +69,25 @@ CONFIGS = [
     ("300M, pirate rows", "mid", "pirate", []),
     ("300M, 250-word answers, batch 2", "mid", "answers-250", ["--batch-size", "2"]),
 ]
+# each family at one size (hidden 512, 8 layers, a 32k vocabulary; Gemma's 256k, where the
+# logits outweigh the rest), the default settings, 250-word answers
+FAMILY_SIZES = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "num_hidden_layers": 8,
+    "head_dim": 64,
+    "query_pre_attn_scalar": 64,
+    "moe_intermediate_size": 384,
+    "vocab_size": 32768,
+}
+GEMMA_VOCABULARY = 262144
+CONFIGS += [
+    (f"family {family}, 250-word answers", f"family:{family}", "answers-250", [])
+    for family in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text")
+    + ("phi3", "smollm3")
+]
 
 
 def rows(folder: Path, name: str) -> Path:
@@ -99,9 +121,14 @@ def model(folder: Path, name: str) -> Path:
     path = folder / name
     if name == "demo" or path.exists():
         return DEMO if name == "demo" else path
+    from core.models.families import build_toy
     from core.models.quantize import quantize
     from core.models.toy import build_toy_llama
 
+    if name.startswith("family:"):
+        family = name.split(":", 1)[1]
+        vocabulary = GEMMA_VOCABULARY if family.startswith("gemma") else 32768
+        return build_toy(family, path, sizes=FAMILY_SIZES | {"vocab_size": vocabulary})
     if name == "demo-4bit":
         return quantize(DEMO, folder, 4, name=name)
     if name == "toy":

@@ -25,6 +25,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from core import protocol
 from core.models.families import FAMILIES, build_toy
+from core.models.gguf_arch import EXPORTABLE
 from core.models.inspect import inspect_model
 from core.models.loading import load_model
 from core.params import TrainingParams
@@ -35,7 +36,9 @@ from core.train.loss import choose_loss
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, write_jsonl
 
-FAMILY_VERSION = "families-v4"  # bump when core/models/families.py changes
+FAMILY_VERSION = "families-v5"  # bump when core/models/families.py changes
+# the families llama.cpp's GGUF has a writer here for (qwen3_5 and gemma4_text: not yet)
+GGUF_FAMILIES = [family for family, (model_type, _) in FAMILIES.items() if model_type in EXPORTABLE]
 # the defaults, shortened: 2 epochs of 6 steps, samples of 16 tokens
 RUN = dict(epochs=2, sample_tokens=16, seed=5)
 
@@ -222,7 +225,7 @@ def test_a_mixture_of_experts_adapts_its_experts_when_asked(family_models, data,
     assert model is not None
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
 def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
     family_models, family, tmp_path
 ):
@@ -282,6 +285,8 @@ def test_a_gguf_of_each_family_llama_cpp_knows_has_its_own_names_and_keys(
         ("gemma3_text", {"sliding_window_pattern": 2}, "5 layers of 6"),
         ("gemma2", {"query_pre_attn_scalar": 144}, "query_pre_attn_scalar 144"),
         ("smollm3", {"no_rope_layer_interval": 3}, "every 4th layer"),
+        ("qwen3_5", {}, "not 'qwen3_5'"),  # no writer here yet for its linear attention
+        ("gemma4_text", {}, "not 'gemma4_text'"),
     ],
 )
 def test_a_config_llama_cpp_would_run_otherwise_is_refused_before_export(
@@ -308,7 +313,7 @@ CONVERSATION = [
 ]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
 def test_the_chat_template_and_stop_tokens_survive_export(family_models, family, tmp_path):
     """The prompt and the stop token after export are the ones the adapter was trained with:
     the GGUF carries the model's own chat template, its end-of-sequence and end-of-turn ids
@@ -384,7 +389,7 @@ def test_a_base_that_cannot_go_to_gguf_says_why_in_the_model_list(family_models,
     assert "GGUF / Ollama export: no, llama.cpp would run this gemma3_text model" in listed
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", GGUF_FAMILIES)
 def test_a_gguf_of_each_family_imports_back_as_the_same_model(family_models, family, tmp_path):
     """``models import-gguf`` reads every family the export writes (LM Studio's and Ollama's
     folders hold GGUFs people already have): the imported model's config names the family,

@@ -28,9 +28,17 @@ from core.models.inspect import ModelInfo
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
-_MLX_NAME = re.compile(r"model\.layers\.(\d+)\.(\w+)\.(\w+)\.(lora_a|lora_b|m)")
+# where the transformer layers are: mlx-lm's name -> transformers' (a model whose text part
+# sits beside others, such as Qwen 3.5's, has it under its language model)
+LAYERS = {
+    "model.layers": "model.layers",
+    "language_model.model.layers": "model.language_model.layers",
+}
+_MLX_NAME = re.compile(
+    r"((?:language_model\.)?model\.layers)\.(\d+)\.(\w+)\.(\w+)\.(lora_a|lora_b|m)"
+)
 _PEFT_NAME = re.compile(
-    r"(?:base_model\.model\.)?model\.layers\.(\d+)\.(\w+)\.(\w+)\."
+    r"(?:base_model\.model\.)?model\.(?:language_model\.)?layers\.(\d+)\.(\w+)\.(\w+)\."
     r"(lora_A\.weight|lora_B\.weight|lora_magnitude_vector(?:\.weight)?)"
 )
 _MLX_SIDE = {"lora_A.weight": "lora_a", "lora_B.weight": "lora_b"}  # else: the magnitude, m
@@ -77,10 +85,10 @@ def export_peft(
         found = _MLX_NAME.fullmatch(name)
         if found is None:
             raise StudioError(f"{name} is not a LoRA tensor of a transformer layer")
-        layer, block, module, which = found.groups()
+        prefix, layer, block, module, which = found.groups()
         layers.add(int(layer))
         modules.add(module)
-        stem = f"{PEFT_PREFIX}model.layers.{layer}.{block}.{module}"
+        stem = f"{PEFT_PREFIX}{LAYERS[prefix]}.{layer}.{block}.{module}"
         if which == "m":
             tensors[f"{stem}.lora_magnitude_vector"] = value
         else:
@@ -225,7 +233,7 @@ def _mlx_weights(folder: Path, base: ModelInfo, rank: int) -> tuple[dict, int]:
     weights, layers = {}, []
     for name, value in load_file(str(folder / PEFT_WEIGHTS)).items():
         layer, block, module, tensor = _PEFT_NAME.fullmatch(name).groups()
-        stem = f"model.layers.{layer}.{block}.{module}"
+        stem = f"{_layers(base)}.{layer}.{block}.{module}"
         value = value.astype(np.float32)
         if tensor in _MLX_SIDE:
             weights[f"{stem}.{_MLX_SIDE[tensor]}"] = np.ascontiguousarray(value.T)
@@ -235,19 +243,28 @@ def _mlx_weights(folder: Path, base: ModelInfo, rank: int) -> tuple[dict, int]:
     return weights, min(layers)
 
 
+def _layers(base: ModelInfo) -> str:
+    """Where ``base`` keeps its transformer layers, in mlx-lm's names."""
+    return next(
+        (p for p in LAYERS if any(n.startswith(f"{p}.") for n in base.tensors)), "model.layers"
+    )
+
+
 def _fill(weights: dict, base: ModelInfo, layer: int, key: str, rank: int, dora: bool) -> None:
-    stem = f"model.layers.{layer}.{key}"
+    stem = f"{_layers(base)}.{layer}.{key}"
     if f"{stem}.lora_a" in weights and (not dora or f"{stem}.m" in weights):
         return
+    shape = base.tensors.get(f"{stem}.weight")
+    if shape is None and any(n.endswith(f".{key}.weight") for n in base.tensors):
+        return  # a layer without this module (Qwen 3.5's linear attention): none to adapt
+    if shape is None:
+        raise StudioError(f"{base.id} has no {stem}: the PEFT adapter does not fit it")
     if dora:
         raise StudioError(
             f"the DoRA PEFT adapter leaves out {stem} (or its magnitude)",
             hint="a DoRA adapter imports when each layer from its first to the model's last "
             "has all its target modules: a left-out magnitude depends on the base's weights",
         )
-    shape = base.tensors.get(f"{stem}.weight")
-    if shape is None:
-        raise StudioError(f"{base.id} has no {stem}: the PEFT adapter does not fit it")
     out_dim, in_dim = shape
     if base.quantization:  # packed: 32 / bits values per stored uint32
         in_dim = in_dim * 32 // base.quantization["bits"]

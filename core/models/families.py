@@ -91,6 +91,39 @@ FAMILIES: dict[str, tuple[str, dict]] = {
         },
     ),
     "smollm3": ("smollm3", {"no_rope_layer_interval": 4}),
+    # Qwen 3.5 (dense): linear-attention layers (gated delta rule), full attention every 4th
+    "qwen3_5": (
+        "qwen3_5",
+        {
+            "head_dim": 16,
+            "linear_num_value_heads": 4,
+            "linear_num_key_heads": 2,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_conv_kernel_dim": 4,
+            "full_attention_interval": 4,
+            "rope_parameters": {
+                "type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.25,
+            },
+        },
+    ),
+    # Gemma 4 (text): per-layer input embeddings, key/value caches shared by the last layers,
+    # wider heads on its global layers
+    "gemma4_text": (
+        "gemma4_text",
+        {
+            "head_dim": 16,
+            "global_head_dim": 32,
+            "num_kv_shared_layers": 4,
+            "hidden_size_per_layer_input": 16,
+            "vocab_size_per_layer_input": None,  # the vocabulary's size, set below
+            "sliding_window": 16,
+            "sliding_window_pattern": 5,
+            "final_logit_softcapping": 30.0,
+        },
+    ),
 }
 
 
@@ -104,16 +137,20 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
     "gemma3_text": GEMMA,
     "phi3": PHI,
     "smollm3": CHATML,
+    "qwen3_5": CHATML,
+    "gemma4_text": GEMMA,  # Gemma 3's turns: Gemma 4's own template was not at hand here
 }
 
 
 # families whose checkpoints ship a SentencePiece-style tokenizer -> whether it puts a "▁"
 # before the text (the others' are byte-level BPE, GPT-2's kind)
-SENTENCEPIECE = {"mistral": True, "gemma2": False, "gemma3_text": False}
+SENTENCEPIECE = {"mistral": True, "gemma2": False, "gemma3_text": False, "gemma4_text": False}
 
 
-def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
-    """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts."""
+def build_toy(family: str, folder: str | Path, *, seed: int = 0, sizes: dict | None = None) -> Path:
+    """Write a random-weight model folder of ``family`` that ``mlx_lm.load`` accepts.
+    ``sizes`` changes the config's sizes the family has (benchmarks make larger models: a
+    vocabulary larger than the tokenizer's leaves rows no token reaches)."""
     from core.models.toy import build_sentencepiece_tokenizer, build_tokenizer, save_random_model
 
     if family not in FAMILIES:
@@ -138,4 +175,7 @@ def build_toy(family: str, folder: str | Path, *, seed: int = 0) -> Path:
         "pad_token_id": tokenizer.pad_token_id,
         "torch_dtype": "float32",
     }
+    config |= {key: value for key, value in (sizes or {}).items() if key in config}
+    if "vocab_size_per_layer_input" in config:  # Gemma 4's per-layer embeddings
+        config["vocab_size_per_layer_input"] = config["vocab_size"]
     return save_random_model(folder, config, seed)
