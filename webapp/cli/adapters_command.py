@@ -14,11 +14,14 @@ from pathlib import Path
 from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.settings import Settings
+from webapp.cli import merge_command
 from webapp.cli.train_command import EXIT_FAILED, EXIT_REFUSED
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("adapters", help="list, show, rename, delete or fuse adapters")
+    parser = commands.add_parser(
+        "adapters", help="list, show, rename, delete, fuse or merge adapters"
+    )
     sub = parser.add_subparsers(dest="adapters_command", required=True)
     listing = sub.add_parser("list", help="every adapter, with its base, dataset and losses")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
@@ -32,6 +35,7 @@ def add_parser(commands) -> None:
     fuse = sub.add_parser("fuse", help="fuse an adapter into its base: a new base model")
     fuse.add_argument("id")
     fuse.add_argument("--name", required=True, help="folder name of the new model")
+    merge_command.add_parser(sub)
 
 
 def add_transfer_parsers(commands) -> None:
@@ -106,6 +110,8 @@ def import_(args: argparse.Namespace) -> int:
 def adapters(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
     store = AdapterStore(settings.adapters)
+    if args.adapters_command == "merge":
+        return merge_command.merge(args, settings, store)
     try:
         if args.adapters_command != "list":
             args.id = store.find(args.id)  # an id, its first characters, or the name
