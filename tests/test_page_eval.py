@@ -101,3 +101,40 @@ def test_an_adapters_test_rows_pick_it_and_its_base(browser, studio_url):
     expect(summary.locator("td", has_text="toy").first).to_be_visible()
     expect(summary).to_contain_text(f"Twin (LoRA on toy) ({twin_id[:8]})")
     page.close()
+
+
+def test_two_adapters_merged_in_the_page_open_the_evaluate_tab_with_their_parts(
+    browser, studio_url
+):
+    """Adapters tab, Merge: a bad density is refused in the page's words, then the merge is
+    made, listed, and its Evaluate button picks the merge and both parts."""
+    url, home, adapter_id, twin_id = studio_url
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    page.get_by_role("tab", name="Adapters").click()
+    page.get_by_text("Merge adapters", exact=True).click()
+    pick(page, "Adapters to merge (two or more, of one base)", f"Colours ({adapter_id[:8]})")
+    pick(page, "Adapters to merge (two or more, of one base)", f"Twin ({twin_id[:8]})")
+    page.locator("#ls-merge-method label").get_by_text("ties", exact=True).click()
+    page.get_by_label("Density (ties, dare: the share kept)").fill("0")
+    page.locator("#ls-merge-name textarea, #ls-merge-name input").first.fill("Both")
+    page.get_by_role("button", name="Merge", exact=True).click()
+    status = page.locator("#ls-merge-status")
+    expect(status).to_contain_text("density 0.0", timeout=20000)
+    page.get_by_label("Density (ties, dare: the share kept)").fill("0.5")
+    page.get_by_role("button", name="Merge", exact=True).click()
+    expect(status).to_contain_text("Merged 2 adapters (ties) into Both", timeout=30000)
+    merged = [
+        a
+        for a in json.loads(lora_studio("adapters", "list", "--json", home=home).stdout)
+        if a["name"] == "Both"
+    ]
+    assert len(merged) == 1
+    expect(page.locator("#ls-adapters")).to_contain_text("Both", timeout=20000)
+    page.get_by_role("button", name="Evaluate the merge against its parts").click()
+    models = page.get_by_label("Models (the first is the baseline the others are compared with)")
+    field = models.locator("xpath=ancestor::div[contains(@class,'block')]").first
+    expect(field).to_contain_text("Both", timeout=20000)
+    expect(field).to_contain_text("Twin")
+    shot(page, "adapters-merge")
+    page.close()

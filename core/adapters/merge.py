@@ -168,6 +168,16 @@ def merge_adapters(
     return _publish(store, base, _filled(merged, base, config), config, metadata)
 
 
+def parse_weights(text: str | None) -> list[float] | None:
+    """ "0.6,0.4" as [0.6, 0.4]; nothing (None, blank) as None: 1 each."""
+    if not (text or "").strip():
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise StudioError(f"weights {text!r}: numbers separated by commas (0.6,0.4)") from None
+
+
 def _check_request(ids, weights, method: str, density: float, rank: int | None) -> None:
     if method not in METHODS:
         raise StudioError(f"merge method {method!r}: choose one of {', '.join(METHODS)}")

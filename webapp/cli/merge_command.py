@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from core.adapters.merge import METHODS
+from core.adapters.merge import METHODS, parse_weights
 from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.settings import Settings
@@ -35,7 +35,7 @@ def merge(args: argparse.Namespace, settings: Settings, store: AdapterStore) -> 
 
     try:
         ids = [store.find(text) for text in args.ids]
-        weights = _weights(args.weights)
+        weights = parse_weights(args.weights)
         base = ModelRegistry(settings).adapter_base(ids[0])
         new_id = merge_adapters(
             store,
@@ -56,12 +56,3 @@ def merge(args: argparse.Namespace, settings: Settings, store: AdapterStore) -> 
     else:
         print(f"merged {len(ids)} adapters ({args.method}) into lora/{new_id} '{args.name}'")
     return 0
-
-
-def _weights(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise StudioError(f"--weights {text!r}: numbers separated by commas (0.7,0.3)") from None

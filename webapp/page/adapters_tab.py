@@ -13,7 +13,7 @@ from core.adapters.export import import_any
 from core.adapters.layout import EVENTS_FILE
 from core.adapters.store import loss_history
 from core.errors import StudioError
-from webapp.page import charts, compare_panel, export_panel
+from webapp.page import charts, compare_panel, export_panel, merge_panel
 from webapp.page.concurrency import HEAVY, QUICK
 from webapp.page.samples import samples_html
 from webapp.page.studio import Studio, explain
@@ -29,6 +29,7 @@ class AdaptersTab:
     picker: gr.Dropdown
     import_base: gr.Dropdown
     compared: gr.Dropdown
+    merge: merge_panel.MergePanel
 
 
 def table_update(studio: Studio) -> dict:
@@ -174,6 +175,7 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
         fuse = gr.Button("Fuse into a base model", scale=1)
     export_panel.build(studio, picker)
     compared = compare_panel.build(studio, picker_choices(studio))
+    merge = merge_panel.build(studio, picker_choices(studio))
     with gr.Accordion("Import an adapter", open=False):
         archive = gr.File(
             label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
@@ -203,4 +205,6 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
         **private,
         **HEAVY,
     )
-    return AdaptersTab(table=grid, picker=picker, import_base=import_base, compared=compared)
+    return AdaptersTab(
+        table=grid, picker=picker, import_base=import_base, compared=compared, merge=merge
+    )

@@ -48,17 +48,23 @@ def build_page(studio: Studio, notice: str = "") -> gr.Blocks:
                 evaluate = evaluate_tab.build(studio, page)
 
         _refresh_every_second(studio, train, adapters, chat, evaluate)
+        private = {"api_visibility": "private", **QUICK}
         train.chat_with.click(
-            lambda model_id: (
-                gr.Tabs(selected="chat"),
-                gr.update(choices=studio.chat_choices(), value=model_id),
-            ),
-            train.new_adapter,
-            [tabs, chat.model],
-            api_visibility="private",
-            **QUICK,
+            _opening(studio, "chat"), train.new_adapter, [tabs, chat.model], **private
+        )
+        adapters.merge.evaluate.click(
+            _opening(studio, "evaluate"), adapters.merge.models, [tabs, evaluate.models], **private
         )
     return page
+
+
+def _opening(studio: Studio, tab: str):
+    """A handler that opens ``tab`` with its model picker set to what it is given (an id,
+    or a list of them)."""
+    return lambda chosen: (
+        gr.Tabs(selected=tab),
+        gr.update(choices=studio.chat_choices(), value=chosen),
+    )
 
 
 def _refresh_every_second(studio: Studio, train, adapters, chat, evaluate) -> None:
@@ -72,7 +78,7 @@ def _refresh_every_second(studio: Studio, train, adapters, chat, evaluate) -> No
         runs = train.watch(shown)
         version = studio.registry.version
         if version == last_version:
-            return (gr.skip(),) * 9 + runs
+            return (gr.skip(),) * 10 + runs
         bases, models = studio.base_choices(), studio.chat_choices()
         adapters_picked = gr.update(choices=adapters_tab.picker_choices(studio))
         return (
@@ -83,13 +89,15 @@ def _refresh_every_second(studio: Studio, train, adapters, chat, evaluate) -> No
             adapters_picked,
             gr.update(choices=bases),
             adapters_picked,
+            adapters_picked,
             gr.update(choices=models),
             gr.update(choices=[("no judge", ""), *models]),
             *runs,
         )
 
     outputs = [seen, train.model, chat.model, adapters.table, adapters.picker]
-    outputs += [adapters.import_base, adapters.compared, evaluate.models, evaluate.judge]
+    outputs += [adapters.import_base, adapters.compared, adapters.merge.picked]
+    outputs += [evaluate.models, evaluate.judge]
     gr.Timer(REFRESH_SECONDS).tick(
         refresh,
         [seen, train.shown],
