@@ -24,7 +24,10 @@ def add_parser(commands) -> None:
         "into datasets/NAME.jsonl",
     )
     imported.add_argument(
-        "source", metavar="SRC", help="a file, a dataset folder, or owner/name[:config][@split]"
+        "source",
+        metavar="SRC",
+        help="a file, a dataset folder, or owner/name[:config][@split]; with --shape text, a "
+        "folder of documents (or one)",
     )
     imported.add_argument("--name", required=True, help="the dataset's name in the studio")
     imported.add_argument("--format", default="auto", choices=FORMATS, help="default: by name")
@@ -36,7 +39,16 @@ def add_parser(commands) -> None:
         help="a studio field (prompt, completion, text, system, chosen, rejected) from a "
         "column; not needed for a known shape",
     )
-    imported.add_argument("--shape", default="sft", choices=("sft", "preference"))
+    imported.add_argument(
+        "--shape",
+        default="sft",
+        choices=("sft", "preference", "text"),
+        help="text: documents (.txt, .md; .pdf, .docx with pypdf, python-docx) in chunks of "
+        "--chunk-tokens of --model's tokens, for continued pretraining",
+    )
+    imported.add_argument("--model", help="text: the base whose tokens count the chunks")
+    imported.add_argument("--chunk-tokens", type=int, default=2048, help="text: chunk size (2048)")
+    imported.add_argument("--overlap", type=int, default=128, help="text: tokens shared (128)")
     imported.add_argument("--system", help="a system prompt for every row")
     imported.add_argument("--dedupe", action="store_true", help="drop exact duplicate rows")
     imported.add_argument("--encoding", help="a CSV's text encoding (default: detected)")
@@ -50,6 +62,8 @@ def add_parser(commands) -> None:
 
 def data(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
+    if args.shape == "text":
+        return _documents(args, settings)
     options = Options(
         fmt=args.format,
         pairs=tuple(args.map),
@@ -78,4 +92,42 @@ def data(args: argparse.Namespace) -> int:
     if report.skipped > 10:
         print(f"... {report.skipped - 10} more skipped (all in {report.name}.source.json)")
     print(f"train on it: lora-studio train --model MODEL --data {report.name}")
+    return 0
+
+
+def _documents(args: argparse.Namespace, settings: Settings) -> int:
+    """``--shape text``: a folder of documents in chunks of the base's tokens."""
+    from pathlib import Path
+
+    from core.data.documents import import_documents
+    from core.data.imports import check_name
+    from core.models.inspect import resolve_model, tokenizer
+
+    try:
+        if not args.model:
+            raise StudioError("--shape text needs --model: the base whose tokens size the chunks")
+        model = resolve_model(args.model, settings.models)
+        report = import_documents(
+            Path(args.source).expanduser(),
+            check_name(args.name),
+            settings.datasets,
+            tokenizer(model),
+            tokenizer_name=model.name,
+            size=args.chunk_tokens,
+            overlap=args.overlap,
+            replace=args.replace,
+        )
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        print(json.dumps(asdict(report), indent=2))
+        return 0
+    print(
+        f"imported {len(report.files)} document(s) as {report.rows_written} chunks of up to "
+        f"{report.chunk_tokens} tokens into {report.path}"
+    )
+    for skip in report.skipped:
+        print(f"skipped {skip['name']}: {skip['reason']}")
+    print(f"train on it: lora-studio train --model {args.model} --data {report.name}")
     return 0
