@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from peft_check import INPUTS, hf_layout, mlx_logits  # noqa: E402
+from peft_check import INPUTS, hf_layout, mlx_logits, print_differences  # noqa: E402
 
 WEIGHTS = [0.6, 0.4]
 # method -> (studio's settings, PEFT's add_weighted_adapter arguments)
@@ -62,8 +62,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_side:
         return torch_side(*args.torch_side)
-    import numpy as np
-
     from core.adapters.export import export_adapter
     from core.adapters.merge import merge_adapters
     from core.adapters.store import AdapterStore
@@ -96,13 +94,7 @@ def main() -> None:
         command = [args.torch_python, __file__, "--torch-side", str(hf_base), *exported]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
-    for method, logits in ours.items():
-        for length, want in logits.items():
-            got, want = np.array(theirs[method][length]), np.array(want)
-            error = np.abs(got - want).max() / np.abs(want).max()
-            print(
-                f"{method}, {length}: max |PEFT merge - studio merge| / max |logit| = {error:.2e}"
-            )
+    print_differences(ours, theirs, "PEFT merge - studio merge")
 
 
 if __name__ == "__main__":

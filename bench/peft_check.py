@@ -80,7 +80,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.torch_side:
         return torch_side(Path(args.torch_side[0]), args.torch_side[1:])
-    import numpy as np
 
     from core.adapters.export import export_adapter
     from core.adapters.store import AdapterStore
@@ -109,16 +108,24 @@ def main() -> None:
         command = [args.torch_python, __file__, "--torch-side", str(hf_base), *exported]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         theirs = json.loads(done.stdout.strip().splitlines()[-1])
+    print_differences(ours, theirs, "PEFT - mlx-lm", baseline=ours["base"])
+
+
+def print_differences(ours: dict, theirs: dict, what: str, baseline: dict | None = None) -> None:
+    """Per model and input: the largest logit difference relative to the largest logit (and
+    how far the model's logits are from ``baseline``'s, when given)."""
+    import numpy as np
+
     for name, logits in ours.items():
         for length, want in logits.items():
             got, want = np.array(theirs[name][length]), np.array(want)
             error = np.abs(got - want).max() / np.abs(want).max()
-            label = "base" if name == "base" else Path(name).name
-            changed = np.abs(want - np.array(ours["base"][length])).max()
-            print(
-                f"{label}, {length}: max |PEFT - mlx-lm| / max |logit| = {error:.2e} "
-                f"(adapter moves logits by up to {changed:.3f})"
-            )
+            label = Path(name).name  # an adapter folder by its name; "base", a method as is
+            line = f"{label}, {length}: max |{what}| / max |logit| = {error:.2e}"
+            if baseline is not None:
+                moved = np.abs(want - np.array(baseline[length])).max()
+                line += f" (adapter moves logits by up to {moved:.3f})"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ def test_a_folder_of_documents_becomes_overlapping_chunks_and_trains(tmp_path, t
     (docs / "picture.png").write_bytes(bytes(range(256)))
     (docs / "paper.pdf").write_bytes(b"%PDF-1.4 not really")
     flags = ["--shape", "text", "--model", "toy", "--chunk-tokens", "64", "--overlap", "8"]
-    done = lora_studio("data", "import", str(docs), *flags, "--name", "logbook", "--json", home=home)
+    done = lora_studio(
+        "data", "import", str(docs), *flags, "--name", "logbook", "--json", home=home
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     files = {f["name"]: f for f in report["files"]}

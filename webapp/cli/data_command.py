@@ -73,25 +73,34 @@ def data(args: argparse.Namespace) -> int:
         encoding=args.encoding,
         replace=args.replace,
     )
+    return _reported(
+        args,
+        lambda: import_dataset(args.source, args.name, settings.datasets, options),
+        _rows_lines,
+    )
+
+
+def _rows_lines(args, report) -> list[str]:
+    lines = [
+        f"imported {report.rows_written} of {report.rows_read} rows ({report.row_format} "
+        f"format; mapping: {report.mapping}) into {report.path}"
+    ]
+    if report.duplicates:
+        lines.append(f"dropped {report.duplicates} duplicate row(s)")
+    lines += [f"skipped {skip['where']}: {skip['reason']}" for skip in report.skips[:10]]
+    if report.skipped > 10:
+        lines.append(f"... {report.skipped - 10} more skipped (all in {report.name}.source.json)")
+    return [*lines, f"train on it: lora-studio train --model MODEL --data {report.name}"]
+
+
+def _reported(args: argparse.Namespace, work, lines) -> int:
+    """Run an import; print its report (as JSON with --json) or say why it was refused."""
     try:
-        report = import_dataset(args.source, args.name, settings.datasets, options)
+        report = work()
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    if args.json:
-        print(json.dumps(asdict(report), indent=2))
-        return 0
-    print(
-        f"imported {report.rows_written} of {report.rows_read} rows ({report.row_format} "
-        f"format; mapping: {report.mapping}) into {report.path}"
-    )
-    if report.duplicates:
-        print(f"dropped {report.duplicates} duplicate row(s)")
-    for skip in report.skips[:10]:
-        print(f"skipped {skip['where']}: {skip['reason']}")
-    if report.skipped > 10:
-        print(f"... {report.skipped - 10} more skipped (all in {report.name}.source.json)")
-    print(f"train on it: lora-studio train --model MODEL --data {report.name}")
+    print(json.dumps(asdict(report), indent=2) if args.json else "\n".join(lines(args, report)))
     return 0
 
 
@@ -103,11 +112,11 @@ def _documents(args: argparse.Namespace, settings: Settings) -> int:
     from core.data.imports import check_name
     from core.models.inspect import resolve_model, tokenizer
 
-    try:
+    def work():
         if not args.model:
             raise StudioError("--shape text needs --model: the base whose tokens size the chunks")
         model = resolve_model(args.model, settings.models)
-        report = import_documents(
+        return import_documents(
             Path(args.source).expanduser(),
             check_name(args.name),
             settings.datasets,
@@ -117,17 +126,14 @@ def _documents(args: argparse.Namespace, settings: Settings) -> int:
             overlap=args.overlap,
             replace=args.replace,
         )
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    if args.json:
-        print(json.dumps(asdict(report), indent=2))
-        return 0
-    print(
+
+    return _reported(args, work, _documents_lines)
+
+
+def _documents_lines(args, report) -> list[str]:
+    lines = [
         f"imported {len(report.files)} document(s) as {report.rows_written} chunks of up to "
         f"{report.chunk_tokens} tokens into {report.path}"
-    )
-    for skip in report.skipped:
-        print(f"skipped {skip['name']}: {skip['reason']}")
-    print(f"train on it: lora-studio train --model {args.model} --data {report.name}")
-    return 0
+    ]
+    lines += [f"skipped {skip['name']}: {skip['reason']}" for skip in report.skipped]
+    return [*lines, f"train on it: lora-studio train --model {args.model} --data {report.name}"]
