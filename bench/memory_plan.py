@@ -128,7 +128,11 @@ def model(folder: Path, name: str) -> Path:
     if name.startswith("family:"):
         family = name.split(":", 1)[1]
         vocabulary = GEMMA_VOCABULARY if family.startswith("gemma") else 32768
-        return build_toy(family, path, sizes=FAMILY_SIZES | {"vocab_size": vocabulary})
+        sizes = FAMILY_SIZES | {"vocab_size": vocabulary}
+        if family == "phi3":  # one long-rope factor per frequency of the wider heads
+            sizes["rope_scaling"] = {"type": "longrope", "short_factor": [1.0] * 32}
+            sizes["rope_scaling"]["long_factor"] = [1.0 + i / 8 for i in range(32)]
+        return build_toy(family, path, sizes=sizes)
     if name == "demo-4bit":
         return quantize(DEMO, folder, 4, name=name)
     if name == "toy":
