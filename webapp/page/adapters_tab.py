@@ -145,6 +145,21 @@ class AdapterActions:
         return f"Imported as `lora/{new_id}`."
 
 
+def _import_form(studio: Studio):
+    """The "Import an adapter" accordion: (file, base, name, button)."""
+    with gr.Accordion("Import an adapter", open=False):
+        archive = gr.File(
+            label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
+            file_types=[".zip"],
+            type="filepath",
+        )
+        import_base = gr.Dropdown(
+            studio.base_choices(), label="Base model (for PEFT and mlx-lm adapters)"
+        )
+        import_name = gr.Textbox(label="Name (for PEFT and mlx-lm adapters)")
+        return archive, import_base, import_name, gr.Button("Import")
+
+
 def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
     grid = gr.Dataframe(
         table(studio),
@@ -176,17 +191,7 @@ def build(studio: Studio, page: gr.Blocks) -> AdaptersTab:
     export_panel.build(studio, picker)
     compared = compare_panel.build(studio, picker_choices(studio))
     merge = merge_panel.build(studio, picker_choices(studio))
-    with gr.Accordion("Import an adapter", open=False):
-        archive = gr.File(
-            label=".zip exported here, a zipped PEFT adapter, or a zipped mlx-lm adapter folder",
-            file_types=[".zip"],
-            type="filepath",
-        )
-        import_base = gr.Dropdown(
-            studio.base_choices(), label="Base model (for PEFT and mlx-lm adapters)"
-        )
-        import_name = gr.Textbox(label="Name (for PEFT and mlx-lm adapters)")
-        do_import = gr.Button("Import")
+    archive, import_base, import_name, do_import = _import_form(studio)
 
     act = AdapterActions(studio)
     outputs = [message, grid, picker]
