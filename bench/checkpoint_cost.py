@@ -47,7 +47,7 @@ def main() -> None:
     from core.train.checkpoints import TrainerState
     from core.train.loop import TrainingLoop
     from core.train.schedule import Schedule
-    from core.train.worker import lora_parameters
+    from core.train.output import lora_parameters
 
     model, _ = load(args.model)
     params = TrainingParams(rank=8, alpha=16)

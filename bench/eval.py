@@ -36,7 +36,7 @@ def make_adapter(model_path: Path, folder: Path, seed: int) -> None:
     from core.adapters.layout import CONFIG_FILE, WEIGHTS_FILE
     from core.adapters.store import AdapterMetadata
     from core.params import TrainingParams
-    from core.train.worker import lora_parameters
+    from core.train.output import lora_parameters
 
     params = TrainingParams(rank=8, alpha=16)
     model, _ = load(str(model_path))

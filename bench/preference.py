@@ -51,7 +51,7 @@ def main() -> None:
     from core.train import preference
     from core.train.loop import TrainingLoop
     from core.train.schedule import Schedule
-    from core.train.worker import lora_parameters
+    from core.train.output import lora_parameters
 
     model, tokenizer = load(args.model)
     params = TrainingParams(rank=8, alpha=16, method="dpo", batch_size=args.batch)

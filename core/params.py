@@ -28,6 +28,7 @@ class ModelFacts(Protocol):
     id: str
     num_layers: int
     parameter_count: int
+    quantization: dict | None
 
     def has_module(self, key: str) -> bool: ...
 
@@ -111,8 +112,10 @@ class TrainingParams(BaseModel):
     grad_checkpoint: bool = Field(
         False, description="recompute activations in the backward pass: less memory, slower"
     )
-    fine_tune_type: Literal["lora", "dora"] = Field(
-        "lora", description="lora, or dora: LoRA plus a trained magnitude per output (DoRA)"
+    fine_tune_type: Literal["lora", "dora", "full"] = Field(
+        "lora",
+        description="lora; dora: LoRA plus a trained magnitude per output (DoRA); full: "
+        "every weight of the last lora_layers layers, published as a new base model",
     )
     method: Literal["sft", "dpo", "orpo"] = Field(
         "sft",
@@ -208,6 +211,14 @@ class TrainingParams(BaseModel):
 
     def for_model(self, model: ModelFacts) -> TrainingParams:
         """Fill in what depends on the model (rank, alpha) and check what must fit it."""
+        if self.fine_tune_type == "full" and model.quantization:
+            raise StudioError(
+                f"fine_tune_type = full: {model.id} is quantized "
+                f"({model.quantization.get('bits')}-bit), and quantized weights cannot be "
+                "trained directly",
+                hint="train LoRA on it (QLoRA: --fine-tune-type lora), or fully fine-tune "
+                "the unquantized model",
+            )
         if self.lora_layers > model.num_layers:
             raise StudioError(
                 f"lora_layers = {self.lora_layers}: {model.id} has {model.num_layers} layers",

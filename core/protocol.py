@@ -135,11 +135,17 @@ class Complete(_Message):
     steps: int
     final_loss: float
     adapter_id: str | None = None
+    model_id: str | None = None  # a full fine-tuning run's: the new base model's id
     kept: Literal["best", "last"] = "last"  # which weights became the adapter
     kept_step: int | None = None
     best_step: int | None = None
     best_loss: float | None = None
     stopped_early: bool = False
+
+    @property
+    def published_id(self) -> str | None:
+        """The model id to chat with: ``lora/<id>``, or a full fine-tuning run's model."""
+        return f"lora/{self.adapter_id}" if self.adapter_id else self.model_id
 
 
 OOM_HINT = "lower the batch size, the rank, the max sequence length or the number of LoRA layers"

@@ -266,17 +266,19 @@ def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:
 
 
 def evaluate_published(
-    store: EvalStore, engine: InferenceEngine, adapter_id: str, sampling: Sampling | None = None
+    store: EvalStore, engine: InferenceEngine, model_id: str, sampling: Sampling | None = None
 ) -> EvalSpec | None:
-    """The evaluation of a just-published adapter on the test rows it was trained with
-    (its ``test.jsonl``), against its base; the summary also goes into its metadata.json
+    """The evaluation of a just-published adapter (``lora/<id>``), or a full fine-tuning
+    run's new model, on the test rows it was trained with (its ``test.jsonl``), against the
+    base it was trained from; the summary also goes into its metadata.json
     (``testEvaluation``). None when the run kept no test rows."""
     engine.registry.reload()
-    entry = engine.registry.get(f"lora/{adapter_id}")
+    entry = engine.registry.get(model_id)
     test = Path(entry.path) / TEST_FILE
     if not test.is_file():
         return None
-    models = [entry.base_id, entry.id]
+    trained_from = entry.base_id or AdapterMetadata.read(Path(entry.path)).baseModelId
+    models = [trained_from, entry.id]
     sampling = sampling or Sampling()
     spec = prepare(store, engine, models, str(test), metrics=METRICS, sampling=sampling).run()
     if spec.state == "complete":

@@ -2,7 +2,8 @@
 
 ``runs/<id>/checkpoints/step-<N>/`` holds
 
-- ``adapters.safetensors``: the LoRA weights (mlx-lm's names, loadable as an adapter),
+- ``adapters.safetensors``: the trained weights (mlx-lm's names, loadable as an adapter): the
+  LoRA layers, or for full fine-tuning the trained layers' own weights,
 - ``optimizer.safetensors``: ``tree_flatten(optimizer.state)`` (Adam's moments, its step count,
   which drives the learning-rate schedule, and the learning rate),
 - ``trainer_state.json``: ``TrainerState`` (step, epoch, position in the epoch's batch order,
@@ -10,7 +11,8 @@
 
 A checkpoint is written into a dot-folder, flushed to disk and renamed into place, so a crash,
 a power loss or a full disk in the middle leaves the earlier checkpoints as they were. The last
-``KEEP_LAST`` are kept, plus the one with the best validation loss.
+``KEEP_LAST`` are kept, plus the one with the best validation loss; a full fine-tuning run's
+checkpoints hold whole layers, so it keeps only the newest and the best.
 """
 
 from __future__ import annotations
@@ -122,9 +124,9 @@ def load(path: Path) -> tuple[dict[str, mx.array], dict[str, mx.array], TrainerS
     return mx.load(str(path / WEIGHTS_FILE)), mx.load(str(path / OPTIMIZER_FILE)), state
 
 
-def prune(folder: Path, keep: set[int]) -> None:
-    """Remove all but the last ``KEEP_LAST`` checkpoints and those in ``keep``."""
+def prune(folder: Path, keep: set[int], last: int = KEEP_LAST) -> None:
+    """Remove all but the ``last`` newest checkpoints and those in ``keep``."""
     found = steps(folder)
-    for step in found[:-KEEP_LAST]:
+    for step in found[:-last]:
         if step not in keep:
             shutil.rmtree(step_folder(folder, step), ignore_errors=True)

@@ -351,7 +351,9 @@ class TrainingLoop:
             return path
         path = checkpoints.save(self.checkpoint_folder, self.model, self.optimizer, state)
         keep = {self.state.best_step} if self.state.best_step is not None else set()
-        checkpoints.prune(self.checkpoint_folder, keep)
+        whole_layers = self.params.fine_tune_type == "full"  # only the newest and the best
+        last = 1 if whole_layers else checkpoints.KEEP_LAST
+        checkpoints.prune(self.checkpoint_folder, keep, last=last)
         self._say(protocol.Checkpoint(step=state.step, path=str(path)))
         return path
 

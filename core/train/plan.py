@@ -38,6 +38,10 @@ KEPT_PER_SCORE = 1.25  # per attention score (heads x width x width)
 LOGIT_COPIES = 3.0  # the window's logits, their exponentials, their gradient
 # float32 LoRA parameter, its gradient, its accumulated gradient, Adam's two moments
 TRAINED_BYTES = 20
+# full fine-tuning: a trained weight is already among the base's; its gradient, accumulated
+# gradient, Adam's two moments and the updated weight before the old one is freed, each in
+# the weight's own dtype (mlx-lm trains the weights as they are stored)
+FULL_COPIES = 5
 # a token in the worker's tokenized dataset: a Python int in a list (measured 34 bytes); the
 # rows themselves take about their size in the file
 TOKEN_BYTES = 34
@@ -62,6 +66,7 @@ class ModelShape:
     quantized: bool
     projections: dict[str, tuple[int, int]]  # LoRA key -> (inputs, outputs)
     head_softcap: bool  # a logit soft-cap: mlx-lm's default loss over every position
+    layer_bytes: int = 0  # one transformer layer's weights (what full fine-tuning trains)
 
     @classmethod
     def of(cls, info: ModelInfo) -> ModelShape:
@@ -81,7 +86,19 @@ class ModelShape:
             quantized=bool(info.quantization),
             projections=_projections(info),
             head_softcap=bool(config.get("final_logit_softcapping")),
+            layer_bytes=_layer_bytes(info),
         )
+
+
+def _layer_bytes(info: ModelInfo) -> int:
+    """The last transformer layer's weights, in bytes (every layer of most families is the
+    same size; where they differ, the last is as large as any)."""
+    last = f".layers.{info.num_layers - 1}."
+    return sum(
+        math.prod(shape) * DTYPE_BYTES.get(info.dtypes.get(name, ""), 4)
+        for name, shape in info.tensors.items()
+        if last in name
+    )
 
 
 def _quantized_bytes(info: ModelInfo) -> int:
@@ -145,7 +162,7 @@ class Estimate:
     """A run's predicted peak memory, by part, in GB."""
 
     weights_gb: float
-    trained_gb: float  # LoRA parameters, gradients, Adam moments
+    trained_gb: float  # LoRA parameters (or full fine-tuning's), gradients, Adam moments
     activations_gb: float
     loss_gb: float
     data_gb: float  # the dataset's rows and tokens in the worker, and the frozen outputs kept
@@ -177,7 +194,7 @@ def estimate(
     frozen_gb = _frozen_outputs_gb(model, params, data, adapted)
     return Estimate(
         weights_gb=model.weights_bytes / GB,
-        trained_gb=_trained_parameters(model, params, adapted) * TRAINED_BYTES / GB,
+        trained_gb=_trained_bytes(model, params, adapted) / GB,
         activations_gb=kept * model.dtype_bytes / GB,
         loss_gb=logits * model.dtype_bytes / GB,
         data_gb=(data.size_bytes + data.tokens * TOKEN_BYTES) / GB + frozen_gb,
@@ -194,13 +211,16 @@ def _frozen_outputs_gb(model: ModelShape, params: TrainingParams, data: DataShap
     return kept if free is None or kept <= MEMORY_SHARE * free else 0.0
 
 
-def _trained_parameters(model: ModelShape, params: TrainingParams, adapted: int) -> int:
+def _trained_bytes(model: ModelShape, params: TrainingParams, adapted: int) -> int:
+    """The trained parameters' own memory: LoRA's with theirs, or full fine-tuning's."""
+    if params.fine_tune_type == "full":
+        return adapted * model.layer_bytes * FULL_COPIES
     rank = params.rank or 8
     per_layer = 0
     for key in params.keys:
         inputs, outputs = model.projections.get(key, (model.hidden, model.hidden))
         per_layer += rank * (inputs + outputs) + (outputs if params.fine_tune_type == "dora" else 0)
-    return adapted * per_layer
+    return adapted * per_layer * TRAINED_BYTES
 
 
 @dataclass(frozen=True)
@@ -321,55 +341,67 @@ def refusal(memory: MemoryPlan) -> StudioError:
 def _changes(model: ModelShape, params: TrainingParams, data: DataShape, ranks: int, fits):
     """Single changes, the least costly to the result first: recomputing activations, a
     smaller batch with accumulation (the same effective batch), fewer adapted layers, a
-    shorter maximum length, a 4-bit base. Of each kind, the mildest that fits (or the
+    shorter maximum length, a 4-bit base (for full fine-tuning, LoRA first, and no 4-bit
+    base: quantized weights cannot be trained). Of each kind, the mildest that fits (or the
     strongest, when none does)."""
+    full = params.fine_tune_type == "full"
     changes = []
+    if full:
+        lora = {"fine_tune_type": "lora"}
+        changes.append(_Change("LoRA instead of full fine-tuning", "--fine-tune-type lora", lora))
     if not params.grad_checkpoint:
         changes.append(
             _Change("gradient checkpointing", "--grad-checkpoint", {"grad_checkpoint": True})
         )
-    effective = params.batch_size * params.grad_accumulation_steps
-    batches = [b for b in _halvings(params.batch_size) if b % ranks == 0]
-    changes += _mildest(
-        fits,
-        [
-            _Change(
-                f"batch {b} x {effective // b} accumulation steps (the same effective batch)",
-                f"--batch-size {b} --grad-accumulation-steps {effective // b}",
-                {"batch_size": b, "grad_accumulation_steps": effective // b},
-            )
-            for b in batches
-        ],
-    )
-    adapted = model.layers if params.lora_layers < 0 else params.lora_layers
-    changes += _mildest(
-        fits,
-        [
-            _Change(
-                f"LoRA on the last {n} layers" if n > 1 else "LoRA on the last layer only",
-                f"--lora-layers {n}",
-                {"lora_layers": n},
-            )
-            for n in _halvings(adapted)
-        ],
-    )
-    longest = min(data.longest, params.max_seq_length)
-    lengths = [n for n in (4096, 2048, 1024, 512, 256) if n < longest]
-    changes += _mildest(
-        fits,
-        [
-            _Change(
-                f"max sequence length {n} (longer examples truncated)",
-                f"--max-seq-length {n}",
-                {"max_seq_length": n},
-            )
-            for n in lengths
-        ],
-    )
-    if not model.quantized:
+    for kind in (
+        _smaller_batches(params, ranks),
+        _fewer_layers(model, params),
+        _shorter(data, params),
+    ):
+        changes += _mildest(fits, kind)
+    if not model.quantized and not full:
         command = f"lora-studio models quantize MODEL --bits {QUANTIZED_BITS}"
         changes.append(_Change(f"a {QUANTIZED_BITS}-bit base (`{command}`)", "", {}, True))
     return changes
+
+
+def _smaller_batches(params: TrainingParams, ranks: int) -> list[_Change]:
+    effective = params.batch_size * params.grad_accumulation_steps
+    return [
+        _Change(
+            f"batch {b} x {effective // b} accumulation steps (the same effective batch)",
+            f"--batch-size {b} --grad-accumulation-steps {effective // b}",
+            {"batch_size": b, "grad_accumulation_steps": effective // b},
+        )
+        for b in _halvings(params.batch_size)
+        if b % ranks == 0
+    ]
+
+
+def _fewer_layers(model: ModelShape, params: TrainingParams) -> list[_Change]:
+    method = "full fine-tuning" if params.fine_tune_type == "full" else "LoRA"
+    adapted = model.layers if params.lora_layers < 0 else params.lora_layers
+    return [
+        _Change(
+            f"{method} on the last {n} layers" if n > 1 else f"{method} on the last layer only",
+            f"--lora-layers {n}",
+            {"lora_layers": n},
+        )
+        for n in _halvings(adapted)
+    ]
+
+
+def _shorter(data: DataShape, params: TrainingParams) -> list[_Change]:
+    longest = min(data.longest, params.max_seq_length)
+    return [
+        _Change(
+            f"max sequence length {n} (longer examples truncated)",
+            f"--max-seq-length {n}",
+            {"max_seq_length": n},
+        )
+        for n in (4096, 2048, 1024, 512, 256)
+        if n < longest
+    ]
 
 
 def _halvings(value: int) -> list[int]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from core import protocol
-from core.adapters.layout import EVENTS_FILE, WEIGHTS_FILE
+from core.adapters.layout import EVENTS_FILE, MODEL_INDEX, WEIGHTS_FILE
 from core.data.scan import DatasetScan
 from core.errors import StudioError
 from core.machine.launch import Host
@@ -239,9 +239,10 @@ class TrainingRun:
     def _finish(self, code: int, ending: protocol.Event | None) -> protocol.Event:
         """Publish a run that completed; otherwise record how it ended, and keep it."""
         if isinstance(ending, protocol.Complete) and code == 0:
-            if (self.folder / WEIGHTS_FILE).is_file():
+            full = self.params.fine_tune_type == "full"  # the run made a model
+            if (self.folder / (MODEL_INDEX if full else WEIGHTS_FILE)).is_file():
                 return self.publish(ending)
-            ending = protocol.Error(error="the training process wrote no adapter weights")
+            ending = protocol.Error(error="the training process wrote no weights")
         if self._stop_as is not None:
             step = self.record.checkpoint_step
             final = protocol.Error(
@@ -274,7 +275,13 @@ class TrainingRun:
         """Publish the finished run; on failure keep it (failed, publishable) and say why."""
         self.record.elapsed_seconds = self.elapsed
         try:
-            final = publish(self.record, self.folder, self._settings.adapters, complete)
+            final = publish(
+                self.record,
+                self.folder,
+                complete,
+                adapters=self._settings.adapters,
+                models=self._settings.models,
+            )
         except Exception as exc:  # noqa: BLE001 - the weights must survive any failure here
             log.exception("publishing run %s failed", self.id)
             error = protocol.Error(

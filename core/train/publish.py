@@ -1,6 +1,7 @@
-"""Publishing a finished run: metadata.json, then one rename from ``runs/`` into ``adapters/``.
+"""Publishing a finished run: metadata.json, then one rename from ``runs/`` into ``adapters/``
+(or, for full fine-tuning, into ``models/``: the run made a new base model).
 
-The adapter folder appears whole or not at all. Anything that goes wrong on the way (a full
+The folder appears whole or not at all. Anything that goes wrong on the way (a full
 disk while writing metadata.json, a failed copy to another file system) leaves the run folder
 as it was, with the only copy of the weights, and no partial folder among the adapters.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from statistics import fmean
@@ -98,12 +100,16 @@ def _preference_fields(params: dict, events: list, complete: protocol.Complete) 
 
 
 def publish(
-    record: RunRecord, folder: Path, adapters: Path, complete: protocol.Complete
+    record: RunRecord, folder: Path, complete: protocol.Complete, *, adapters: Path, models: Path
 ) -> protocol.Complete:
-    """Move a finished run folder into ``adapters/`` as one new adapter folder; returns the
-    run's final event, which names the published folder."""
-    target = adapters / folder.name
-    final = complete.model_copy(update={"adapter_path": str(target), "adapter_id": record.id})
+    """Move a finished run folder into ``adapters/`` as one new adapter folder, or (full
+    fine-tuning) into ``models/`` as a new base model; returns the run's final event, which
+    names the published folder."""
+    full = record.params.get("fine_tune_type") == "full"
+    target = models / model_folder_name(record, models) if full else adapters / folder.name
+    update = {"adapter_path": str(target)}
+    update |= {"model_id": target.name} if full else {"adapter_id": record.id}
+    final = complete.model_copy(update=update)
     events = [e for e in protocol.read_events(folder / EVENTS_FILE) if not _ending(e)]
     metadata(record, events, complete).write(folder)
     write_events(folder / EVENTS_FILE, [*events, final])
@@ -120,8 +126,15 @@ def publish(
             _put_back(aside, folder)
             raise
     shutil.rmtree(aside, ignore_errors=True)
-    log.info("published adapter %s to %s", folder.name, target)
+    log.info("published %s %s to %s", "model" if full else "adapter", folder.name, target)
     return final
+
+
+def model_folder_name(record: RunRecord, models: Path) -> str:
+    """A new base model's folder: the run's name as a folder name (``Pirate voice`` ->
+    ``pirate-voice``), with the run id's start when a model already has that name."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", record.name.lower()).strip("-.") or "model"
+    return name if not (models / name).exists() else f"{name}-{record.id[:8]}"
 
 
 def _set_aside(folder: Path) -> Path:

@@ -249,8 +249,9 @@ class TrainingService:
                 return publish(
                     record,
                     self.runs.path(run_id),
-                    self.settings.adapters,
                     protocol.Complete(**record.completed),
+                    adapters=self.settings.adapters,
+                    models=self.settings.models,
                 )
             except OSError as exc:
                 raise StudioError(f"publishing run {run_id} failed again: {exc}") from exc

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -44,7 +42,6 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from mlx_lm.utils import maybe_set_recommended_wired_limit
 
 from core import protocol
-from core.adapters.layout import CONFIG_FILE, WEIGHTS_FILE
 from core.data.check import DatasetError
 from core.data.scan import Dataset, load_dataset
 from core.errors import StudioError
@@ -53,6 +50,7 @@ from core.models.inspect import ModelInfo, inspect_model
 from core.models.loading import load_model
 from core.params import TrainingParams, add_arguments, params_from_args
 from core.train import checkpoints, preference
+from core.train import output as output_files
 from core.train.batches import longer_rows, sft_batches, validation_batch
 from core.train.frozen import frozen_loss
 from core.train.loop import Stopped, TrainingLoop
@@ -103,33 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(parser)
     return parser
-
-
-def lora_parameters(params: TrainingParams) -> dict:
-    """mlx-lm's ``lora_parameters``: what ``linear_to_lora_layers`` and adapter_config.json take."""
-    return {
-        "rank": params.rank,
-        "scale": params.scale,
-        "dropout": params.dropout,
-        "keys": params.keys,
-    }
-
-
-def adapter_config(params: TrainingParams, info: ModelInfo) -> dict:
-    """adapter_config.json in mlx-lm's format (what ``mlx_lm.load(adapter_path=)`` reads),
-    plus the base model it was trained on."""
-    return {
-        "fine_tune_type": params.fine_tune_type,
-        "num_layers": params.lora_layers,
-        "lora_parameters": lora_parameters(params),
-        "model": str(info.path),
-        "base_model_id": info.id,
-        "max_seq_length": params.max_seq_length,
-        "mask_prompt": params.mask_prompt,
-        "seed": params.seed,
-        "grad_accumulation_steps": params.grad_accumulation_steps,
-        "grad_checkpoint": params.grad_checkpoint,
-    }
 
 
 def _prepare(args: argparse.Namespace) -> tuple[TrainingParams, ModelInfo, Dataset]:
@@ -207,9 +178,9 @@ def train(
     )
     loop.run()
     if loop.writes:
-        config = adapter_config(params, info)
+        config = output_files.adapter_config(params, info)
         config["lr_schedule"] = lr_schedule(params, steps_per_epoch)
-        emit(_write_adapter(loop, output, config))
+        emit(output_files.write(loop, output, config, info, tokenizer))
 
 
 def _objective(model, params: TrainingParams, sets: tuple, emit, clock: Phases):
@@ -244,12 +215,23 @@ def _load(info: ModelInfo, params: TrainingParams, dataset: Dataset):
     mx.random.seed(params.seed)
     np.random.seed(params.seed)
     model.freeze()
+    _make_trainable(model, params)
+    return model, tokenizer, *_tokenized(dataset, tokenizer, params)
+
+
+def _make_trainable(model, params: TrainingParams) -> None:
+    """What the run trains, as mlx-lm's own ``train_model`` sets it: LoRA (or DoRA) layers
+    in the last ``lora_layers`` layers, or for full fine-tuning those layers' own weights."""
+    if params.fine_tune_type == "full":
+        for layer in model.layers[-params.lora_layers if params.lora_layers > 0 else 0 :]:
+            layer.unfreeze()
+        return
     dora = params.fine_tune_type == "dora"
+    config = output_files.lora_parameters(params)
     try:
-        linear_to_lora_layers(model, params.lora_layers, lora_parameters(params), use_dora=dora)
+        linear_to_lora_layers(model, params.lora_layers, config, use_dora=dora)
     except ValueError as exc:  # mlx-lm refuses DoRA on some layer types
         raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
-    return model, tokenizer, *_tokenized(dataset, tokenizer, params)
 
 
 def _sampler(model, tokenizer, dataset: Dataset, params: TrainingParams) -> Sampler | None:
@@ -280,31 +262,6 @@ def _warn_when_cut(train_set: CacheDataset, max_seq_length: int) -> None:
             max_seq_length,
             max(cut),
         )
-
-
-def _write_adapter(loop: TrainingLoop, output: Path, config: dict) -> protocol.Complete:
-    """The adapter files: the best checkpoint's weights (``--keep best``) or the last step's."""
-    state = loop.state
-    kept = "best" if loop.params.keep == "best" and state.best_step is not None else "last"
-    kept_step = state.best_step if kept == "best" else state.step
-    output.mkdir(parents=True, exist_ok=True)
-    if kept_step == state.step:
-        weights = dict(tree_flatten(loop.model.trainable_parameters()))
-        mx.save_safetensors(str(output / WEIGHTS_FILE), weights)
-    else:
-        best = checkpoints.step_folder(loop.checkpoint_folder, kept_step) / WEIGHTS_FILE
-        shutil.copyfile(best, output / WEIGHTS_FILE)
-    (output / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    return protocol.Complete(
-        adapter_path=str(output),
-        steps=state.step,
-        final_loss=loop.last_loss,
-        kept=kept,
-        kept_step=kept_step,
-        best_step=state.best_step,
-        best_loss=state.best_loss,
-        stopped_early=loop.stopped_early,
-    )
 
 
 def _checkpoint(path: Path) -> Path:

@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -145,7 +146,7 @@ def describe_plan(memory, info) -> str:
         f"memory plan for {info.id}: longest example {memory.data.longest} tokens, "
         f"loss window {memory.data.window}",
         f"  base weights          {parts.weights_gb:6.2f} GB",
-        f"  LoRA, grads, Adam     {parts.trained_gb:6.2f} GB",
+        f"  trained, grads, Adam  {parts.trained_gb:6.2f} GB",
         f"  activations           {parts.activations_gb:6.2f} GB",
         f"  loss (logits)         {parts.loss_gb:6.2f} GB",
         f"  dataset (rows, tokens){parts.data_gb:6.2f} GB",
@@ -175,9 +176,10 @@ def follow_run(run, service, settings: Settings) -> int:
     if isinstance(final, protocol.Complete):
         kept = f" (kept the {final.kept} step, {final.kept_step})" if final.kept == "best" else ""
         early = f"; stopped early at step {final.steps}" if final.stopped_early else ""
-        print(f"adapter saved to {final.adapter_path}{kept}{early}")
-        print(f"model id: lora/{final.adapter_id}")
-        return evaluate_test_rows(settings, final.adapter_id)
+        what = "model" if final.model_id else "adapter"
+        print(f"{what} saved to {final.adapter_path}{kept}{early}")
+        print(f"model id: {final.published_id}")
+        return evaluate_test_rows(settings, final)
     assert isinstance(final, protocol.Error)
     print(f"error: {final.error}", file=sys.stderr)
     if final.hint:
@@ -185,20 +187,21 @@ def follow_run(run, service, settings: Settings) -> int:
     return EXIT_CANCELLED if final.kind == "cancelled" else EXIT_FAILED
 
 
-def evaluate_test_rows(settings: Settings, adapter_id: str) -> int:
-    """The published adapter against its base on the run's test rows, if it kept any."""
+def evaluate_test_rows(settings: Settings, final: protocol.Complete) -> int:
+    """The published adapter (or model) against its base on the run's test rows, if it
+    kept any."""
     from core.eval.runner import evaluate_published
     from core.eval.store import EvalStore
     from core.serve.engine import InferenceEngine
     from core.serve.registry import ModelRegistry
     from webapp.cli.eval_command import print_table
 
-    if not (settings.adapters / adapter_id / TEST_FILE).is_file():
+    if not (Path(final.adapter_path) / TEST_FILE).is_file():
         return 0
-    print("evaluating the adapter against its base on the run's test rows...", file=sys.stderr)
+    print("evaluating it against its base on the run's test rows...", file=sys.stderr)
     engine = InferenceEngine(ModelRegistry(settings))
     try:
-        spec = evaluate_published(EvalStore(settings.evals), engine, adapter_id)
+        spec = evaluate_published(EvalStore(settings.evals), engine, final.published_id)
     except StudioError as exc:
         print(f"error: the test evaluation failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -222,7 +225,7 @@ def runs(args: argparse.Namespace) -> int:
             print(f"discarded run {args.run_id}")
         elif args.runs_command == "publish":
             final = service.publish_again(args.run_id)
-            print(f"adapter saved to {final.adapter_path}\nmodel id: lora/{final.adapter_id}")
+            print(f"saved to {final.adapter_path}\nmodel id: {final.published_id}")
         else:
             print_runs(service.list_runs(), as_json=args.json)
     except StudioError as exc:

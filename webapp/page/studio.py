@@ -69,13 +69,13 @@ class Studio:
 
         def wait_then_evaluate() -> None:
             final = run.wait()
-            if isinstance(final, protocol.Complete) and final.adapter_id:
+            if isinstance(final, protocol.Complete) and final.published_id:
                 try:
                     evaluate_published(
-                        EvalStore(self.settings.evals), self.engine, final.adapter_id
+                        EvalStore(self.settings.evals), self.engine, final.published_id
                     )
                 except StudioError:
-                    log.exception("the test evaluation of %s failed", final.adapter_id)
+                    log.exception("the test evaluation of %s failed", final.published_id)
 
         threading.Thread(target=wait_then_evaluate, name="test-evaluation", daemon=True).start()
 

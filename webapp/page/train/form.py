@@ -58,7 +58,11 @@ LABELS = {
 }
 CHOICES = {
     "keep": {"best": "best validation loss", "last": "last step"},
-    "fine_tune_type": {"lora": "LoRA", "dora": "DoRA (LoRA + a magnitude per output)"},
+    "fine_tune_type": {
+        "lora": "LoRA",
+        "dora": "DoRA (LoRA + a magnitude per output)",
+        "full": "Full fine-tuning (the layers' own weights; makes a new base model)",
+    },
     "method": {
         "sft": "SFT: learn the answers",
         "dpo": "DPO: prefer the chosen answer",

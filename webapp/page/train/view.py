@@ -227,8 +227,9 @@ def _status(run, last) -> tuple[str, str, bool, str | None]:
         early = f" Stopped early at step {last.steps}." if last.stopped_early else ""
         name = _adapter_name(Path(last.adapter_path), run.name)
         status = f"Done: **{name}** trained in {run.elapsed:.0f} s.{early}{kept}"
-        result = f"Adapter `lora/{last.adapter_id}` saved in `{last.adapter_path}`."
-        return status, result, True, f"lora/{last.adapter_id}"
+        what = "Model" if last.model_id else "Adapter"
+        result = f"{what} `{last.published_id}` saved in `{last.adapter_path}`."
+        return status, result, True, last.published_id
     if isinstance(last, protocol.Error) and last.kind == "cancelled":
         return f"Stopped: {last.error}. Resume it from **Unfinished runs**.", "", False, None
     if isinstance(last, protocol.Error):
