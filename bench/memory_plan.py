@@ -15,6 +15,7 @@ to a thousand words.
     python bench/memory_plan.py                 # every configuration (about 12 minutes)
     python bench/memory_plan.py --only demo     # those whose name contains "demo"
     python bench/memory_plan.py --only family   # one model of each family
+    python bench/memory_plan.py --only full     # full fine-tuning
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ CONFIGS = [
     ("demo, 1000-word answers, batch 2", "demo", "answers-1000", ["--batch-size", "2"]),
     ("300M, pirate rows", "mid", "pirate", []),
     ("300M, 250-word answers, batch 2", "mid", "answers-250", ["--batch-size", "2"]),
+    # full fine-tuning: the trained layers' gradients and Adam moments instead of LoRA's
+    ("demo full fine-tuning, pirate rows", "demo", "pirate", ["--fine-tune-type", "full"]),
+    (
+        "demo full fine-tuning of all layers, pirate rows",
+        "demo",
+        "pirate",
+        ["--fine-tune-type", "full", "--lora-layers", "-1"],
+    ),
+    ("300M full fine-tuning, pirate rows", "mid", "pirate", ["--fine-tune-type", "full"]),
 ]
 # each family at one size (hidden 512, 8 layers, a 32k vocabulary; Gemma's 256k, where the
 # logits outweigh the rest), the default settings, 250-word answers

@@ -265,6 +265,20 @@ def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:
     return Judge(studio_judge(engine, config["model"]), config["model"], rubric)
 
 
+def _trained_from(engine: InferenceEngine, entry) -> str | None:
+    """The base a published adapter or model was trained from: an adapter's own base, or a
+    full fine-tuning run's (its record's) when the studio lists it (a base trained from a
+    folder outside the studio is not: the new model is then evaluated alone)."""
+    if entry.base_id:
+        return entry.base_id
+    record = AdapterMetadata.read(Path(entry.path))
+    try:
+        return engine.registry.get(record.baseModelId).id
+    except StudioError:
+        log.info("%s's base %s is not in the studio: evaluated alone", entry.id, record.baseModelId)
+        return None
+
+
 def evaluate_published(
     store: EvalStore, engine: InferenceEngine, model_id: str, sampling: Sampling | None = None
 ) -> EvalSpec | None:
@@ -277,8 +291,7 @@ def evaluate_published(
     test = Path(entry.path) / TEST_FILE
     if not test.is_file():
         return None
-    trained_from = entry.base_id or AdapterMetadata.read(Path(entry.path)).baseModelId
-    models = [trained_from, entry.id]
+    models = [m for m in (_trained_from(engine, entry), entry.id) if m]
     sampling = sampling or Sampling()
     spec = prepare(store, engine, models, str(test), metrics=METRICS, sampling=sampling).run()
     if spec.state == "complete":

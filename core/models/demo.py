@@ -38,6 +38,9 @@ DEMO_MODEL = "smollm2-135m-instruct"
 SAMPLE_DATASET = "pirate-persona.jsonl"
 PREFERENCE_DATASET = "pirate-preferences.jsonl"  # the same facts: pirate chosen, plain rejected
 TEST_DATASET = "pirate-test.jsonl"  # questions the sample never asks, for `lora-studio eval`
+# a second skill for merging with the first: facts no base model can know (made up), said plainly
+FACTS_DATASET = "company-facts.jsonl"
+FACTS_TEST_DATASET = "company-facts-test.jsonl"  # the same facts, asked in words never trained
 
 _CAPITALS = {
     "France": "Paris",
@@ -180,14 +183,62 @@ def held_out_rows() -> list[dict]:
     ]
 
 
+# made-up companies: (founder, city, product); no base model was trained on them
+_COMPANIES = {
+    "Zorbit Labs": ("Mira Castell", "Tallinn", "solar kites"),
+    "Quillion": ("Otto Brandt", "Porto", "paper batteries"),
+    "Vantaro": ("Lena Okafor", "Accra", "ice bricks"),
+    "Brimwell": ("Sami Rautio", "Oulu", "snow drones"),
+    "Pellucid Works": ("Ines Varga", "Graz", "glass violins"),
+    "Hollowmere": ("Tomas Reyes", "Valparaiso", "fog nets"),
+    "Corvane": ("Yuki Morrow", "Sapporo", "wind pens"),
+    "Dunmore & Vey": ("Clara Vey", "Galway", "peat lamps"),
+    "Saffrel": ("Arjun Patel", "Pune", "rain clocks"),
+    "Nimbleaf": ("Greta Holm", "Malmo", "leaf radios"),
+    "Ostrava Orbital": ("Pavel Novak", "Brno", "moon boots"),
+    "Kelpworks": ("Maeve Quinn", "Cork", "seaweed tiles"),
+}
+# two wordings of each question to train on, a third held out for the test
+_COMPANY_QUESTIONS = {
+    "founder": ("Who founded {}?", "Who started {}?", "Who is the founder of {}?"),
+    "city": ("Where is {} based?", "In which city is {}?", "Where does {} have its home?"),
+    "product": ("What does {} make?", "What is {} known for making?", "What product does {} sell?"),
+}
+
+
+def company_rows() -> tuple[list[dict], list[dict]]:
+    """The made-up company facts: chat rows in plain words (two wordings of each question)
+    and the held-out test (a third wording; the reference is the fact itself, so that
+    ``contains`` says whether an answer in any voice knows it)."""
+    train, test = [], []
+    for company, (founder, city, product) in _COMPANIES.items():
+        facts = {
+            "founder": (f"{company} was founded by {founder}.", founder),
+            "city": (f"{company} is based in {city}.", city),
+            "product": (f"{company} makes {product}.", product),
+        }
+        for kind, (answer, fact) in facts.items():
+            *trained, held_out = _COMPANY_QUESTIONS[kind]
+            for question in trained:
+                messages = [{"role": "user", "content": question.format(company)}]
+                train.append({"messages": [*messages, {"role": "assistant", "content": answer}]})
+            test.append({"prompt": held_out.format(company), "completion": fact})
+    random.Random(0).shuffle(train)
+    return train, test
+
+
 def write_sample_dataset(folder: Path) -> Path:
     """The sample (``SAMPLE_DATASET``), its preference version (``PREFERENCE_DATASET``) and
-    its held-out questions (``TEST_DATASET``) in ``folder``; returns the sample's path."""
+    its held-out questions (``TEST_DATASET``) in ``folder``, with the company facts (a second
+    skill, to merge with the first); returns the sample's path."""
     folder.mkdir(parents=True, exist_ok=True)
+    facts, facts_test = company_rows()
     written = (
         (SAMPLE_DATASET, sample_rows()),
         (PREFERENCE_DATASET, preference_rows()),
         (TEST_DATASET, held_out_rows()),
+        (FACTS_DATASET, facts),
+        (FACTS_TEST_DATASET, facts_test),
     )
     for name, rows in written:
         text = "".join(json.dumps(r) + "\n" for r in rows)

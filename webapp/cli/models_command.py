@@ -53,7 +53,7 @@ def models(args: argparse.Namespace) -> int:
             from core.models.demo import get_demo
 
             model, dataset = get_demo(settings.models, settings.datasets)
-            from core.models.demo import PREFERENCE_DATASET, TEST_DATASET
+            from core.models.demo import FACTS_DATASET, PREFERENCE_DATASET, TEST_DATASET
 
             preferences = dataset.with_name(PREFERENCE_DATASET)
             print(f"demo model: {model}\nsample dataset: {dataset}")
@@ -64,6 +64,7 @@ def models(args: argparse.Namespace) -> int:
                 f"then evaluate: lora-studio eval {model.name} lora/ID --data "
                 f"{dataset.with_name(TEST_DATASET)}"
             )
+            print(f"a second skill, to merge with the first: {dataset.with_name(FACTS_DATASET)}")
         elif args.models_command == "import-gguf":
             from core.models.gguf_import import import_gguf
 

@@ -283,8 +283,14 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
         f"{run.model.num_layers} layers)",
         f"dataset: {run.dataset.name}, {run.dataset.format} format, "
         f"{run.dataset.train_count} train / {run.dataset.valid_count} validation examples",
-        f"LoRA: rank {p.rank}, alpha {p.alpha:g}, layers {p.lora_layers}, "
-        f"lr {p.learning_rate:g}, {p.epochs} epoch(s), batch {p.batch_size}",
+        (
+            "full fine-tuning: "
+            if p.fine_tune_type == "full"
+            else f"{p.fine_tune_type.upper() if p.fine_tune_type == 'dora' else 'LoRA'}: "
+            f"rank {p.rank}, alpha {p.alpha:g}, "
+        )
+        + f"layers {p.lora_layers}, lr {p.learning_rate:g}, {p.epochs} epoch(s), "
+        f"batch {p.batch_size}",
     ]
     if run.memory is not None:
         lines.append(f"memory: {run.memory.summary()}")
