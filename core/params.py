@@ -117,17 +117,47 @@ class TrainingParams(BaseModel):
         description="lora; dora: LoRA plus a trained magnitude per output (DoRA); full: "
         "every weight of the last lora_layers layers, published as a new base model",
     )
-    method: Literal["sft", "dpo", "orpo"] = Field(
+    method: Literal["sft", "dpo", "orpo", "grpo"] = Field(
         "sft",
         description="sft: learn the answers; dpo or orpo: learn which of two answers is "
-        "better, from preference rows (prompt, chosen, rejected)",
+        "better, from preference rows (prompt, chosen, rejected); grpo: answer prompts "
+        "and learn from the rewards the answers get",
     )
     beta: float = Field(
         0.1,
         gt=0,
         le=10,
         description="DPO: how far from the base the adapter may move (its temperature); "
-        "ORPO: the weight of the odds-ratio term",
+        "ORPO: the weight of the odds-ratio term; GRPO: the weight of the KL to the base",
+    )
+    group_size: int = Field(
+        4, ge=2, le=64, description="GRPO: answers drawn for each prompt (compared as a group)"
+    )
+    max_completion_tokens: int = Field(
+        128, ge=1, le=8192, description="GRPO: the longest answer drawn, in tokens"
+    )
+    temperature: float = Field(1.0, gt=0, le=5, description="GRPO: sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="GRPO: nucleus sampling's probability mass")
+    epsilon: float = Field(
+        0.2, gt=0, lt=1, description="GRPO: the clip of the policy ratio (PPO's epsilon)"
+    )
+    grpo_loss: Literal["grpo", "dr_grpo", "bnpo"] = Field(
+        "grpo",
+        description="GRPO's normalisation: grpo (each answer's tokens averaged), bnpo (the "
+        "batch's tokens averaged) or dr_grpo (over answers x max completion tokens, rewards "
+        "not scaled by their spread)",
+    )
+    reward: list[str] | None = Field(
+        None,
+        description="GRPO: a reward, NAME[:WEIGHT], repeatable: exact, contains, "
+        "regex:PATTERN, length:MIN-MAX, json, or a function of --reward-file",
+        json_schema_extra={"repeat": True},
+    )
+    reward_file: list[str] | None = Field(
+        None,
+        description="GRPO: a .py file whose functions f(prompt, completion, row) -> float "
+        "are rewards (repeatable; without --reward, each public function is one)",
+        json_schema_extra={"repeat": True},
     )
     dpo_loss: Literal["sigmoid", "ipo"] = Field(
         "sigmoid", description="DPO's loss: sigmoid (the DPO paper's) or ipo (squared, IPO's)"
@@ -185,7 +215,10 @@ class TrainingParams(BaseModel):
             )
 
     def check_data(self, data_format: str) -> None:
-        """The method must suit the rows: preference rows for DPO and ORPO, answers for SFT."""
+        """The method must suit the rows: preference rows for DPO and ORPO, answers for SFT,
+        prompts for GRPO."""
+        if (self.method == "grpo") != (data_format == "prompts"):
+            self._refuse_prompts(data_format)
         preference = data_format == "preference"
         if self.method == "sft" and preference:
             raise MethodError(
@@ -193,7 +226,7 @@ class TrainingParams(BaseModel):
                 "which have no single answer to learn",
                 hint="train them with --method dpo or --method orpo",
             )
-        if self.method != "sft" and not preference:
+        if self.method in ("dpo", "orpo") and not preference:
             raise MethodError(
                 f"method = {self.method} needs preference rows "
                 '({"prompt", "chosen", "rejected"}); '
@@ -201,6 +234,19 @@ class TrainingParams(BaseModel):
                 hint="train them with --method sft, or import preference data "
                 "(lora-studio data import SOURCE --shape preference)",
             )
+
+    def _refuse_prompts(self, data_format: str) -> None:
+        if self.method == "grpo":
+            raise MethodError(
+                f'method = grpo needs prompts to answer ({{"prompt": ...}}, or messages '
+                f"ending on a user turn); the dataset holds {data_format} rows",
+                hint="train them with --method sft (or dpo/orpo for preference rows)",
+            )
+        raise MethodError(
+            f"method = {self.method}: the dataset holds prompts without answers, which only "
+            "GRPO can learn from (it answers them itself and scores the answers)",
+            hint="train them with --method grpo --reward ..., or add the answers",
+        )
 
     @property
     def scale(self) -> float:
@@ -245,6 +291,8 @@ class TrainingParams(BaseModel):
             flag = "--" + name.replace("_", "-")
             if isinstance(value, bool):
                 argv.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list) and _repeated(name):
+                argv += [part for item in value for part in (flag, item)]
             elif isinstance(value, list):
                 argv += [flag, ",".join(value)]
             else:
@@ -298,6 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = field.description + ("" if default is None else f" (default: {default})")
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif _repeated(name):
+            parser.add_argument(flag, action="append", help=help_text)
         elif get_origin(field.annotation) is Literal:
             parser.add_argument(flag, choices=get_args(field.annotation), help=help_text)
         else:
@@ -314,3 +364,10 @@ def params_from_args(args: argparse.Namespace) -> TrainingParams:
             continue
         values[name] = value.split(",") if name == "keys" else value
     return validate_params(values)
+
+
+def _repeated(name: str) -> bool:
+    """A flag given once per value (``--reward exact --reward json``): values that may hold
+    commas themselves, as a regular expression may."""
+    extra = TrainingParams.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("repeat"))

@@ -68,6 +68,14 @@ class _Figures(_Message):
     rejected_reward: float | None = None
     log_odds_ratio: float | None = None
     nll: float | None = None
+    # GRPO: the mean reward of the answers (weighted sum of the rewards) and each reward's
+    # own mean; the KL to the base per answer token; the answers' length in tokens; the share
+    # of answers whose group had no signal (every answer rewarded the same: nothing learnt)
+    reward: float | None = None
+    rewards: dict[str, float] | None = None
+    kl: float | None = None
+    completion_length: float | None = None
+    no_signal: float | None = None
 
 
 class Progress(_Figures):
@@ -164,8 +172,16 @@ class Error(_Message):
     line: int | None = None
 
 
+class Notice(_Message):
+    """Something the person should know once, that does not stop the run: a GRPO reward
+    that failed on an answer (scored 0 there), with its first message and the count so far."""
+
+    type: Literal["notice"] = "notice"
+    message: str
+
+
 Event = Annotated[
-    Start | Progress | Activity | Validation | Samples | Checkpoint | Complete | Error,
+    Start | Progress | Activity | Validation | Samples | Notice | Checkpoint | Complete | Error,
     Field(discriminator="type"),
 ]
 _event = TypeAdapter(Event)

@@ -21,8 +21,9 @@ MAX_PROBLEMS = 50
 BINARY_PROBE = 1 << 16  # bytes looked at for a zero byte: text has none
 FORMAT_FIX = (
     'each line needs {"text": ...}, {"prompt": ..., "completion": ...}, '
-    '{"messages": [{"role": ..., "content": ...}, ...]} '
-    'or {"prompt": ..., "chosen": ..., "rejected": ...}'
+    '{"messages": [{"role": ..., "content": ...}, ...]}, '
+    '{"prompt": ..., "chosen": ..., "rejected": ...} '
+    'or (GRPO) a prompt alone: {"prompt": ...} or "messages" ending on a user turn'
 )
 PREFERENCE_FIX = (
     'a preference row is {"prompt": ..., "chosen": ..., "rejected": ...} '
@@ -60,13 +61,18 @@ class DatasetError(StudioError):
 def row_format(row: dict[str, Any]) -> str | None:
     """The format of one row, tested in mlx-lm's own order so both sides agree (preference
     rows first: mlx-lm does not train them, and their "prompt" or "messages" would pass for
-    its formats)."""
+    its formats). A prompt with no answer (``{"prompt"}``, or messages ending on a user turn)
+    is a ``prompts`` row: what GRPO answers itself; any other fields are the rewards' to read."""
     if "chosen" in row or "rejected" in row:
         return "preference"
     if "prompt" in row and "completion" in row:
         return "completions"
     if "messages" in row:
-        return "chat"
+        messages = row["messages"]
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        return "prompts" if isinstance(last, dict) and last.get("role") == "user" else "chat"
+    if "prompt" in row:
+        return "prompts"
     if "text" in row:
         return "text"
     return None
@@ -110,6 +116,12 @@ def row_problems(row: dict[str, Any], fmt: str) -> list[str]:
         return preference_problems(row)
     if fmt == "text":
         found = [_text_field(row, "text")]
+    elif fmt == "prompts":
+        found = (
+            _message_problems(row["messages"], answered=False)
+            if "messages" in row
+            else [_text_field(row, "prompt")]
+        )
     elif fmt == "completions":
         found = [_text_field(row, "prompt"), _text_field(row, "completion")]
     else:
@@ -212,6 +224,7 @@ def _fix_for(fmt: str) -> str:
         "preference": PREFERENCE_FIX,
         "text": 'give "text" a non-empty string',
         "completions": 'give "prompt" and "completion" non-empty strings',
+        "prompts": 'give "prompt" a non-empty string, or end "messages" on a user turn',
         "chat": "each message needs a known role and non-empty string content, "
         "and one assistant turn at least",
     }[fmt]

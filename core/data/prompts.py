@@ -3,8 +3,8 @@ answer the row gives, for evaluations and for the samples a run generates while 
 
 Completions ask their prompt and answer their completion; a chat asks the turns before its
 last assistant turn and answers with that turn (a chat that ends on a user turn asks it all
-and has no answer); a preference row asks its prompt and answers with its chosen answer. A
-text row asks nothing.
+and has no answer, as does a prompt alone: GRPO's rows); a preference row asks its prompt
+and answers with its chosen answer. A text row asks nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ def question_and_answer(row: dict[str, Any]) -> tuple[list[dict], str | None]:
             "a text row has no prompt to answer: an evaluation needs prompts (and answers "
             "to compare with)"
         )
+    if fmt == "prompts" and "messages" not in row:
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError('"prompt" must be a non-empty string')
+        return [{"role": "user", "content": prompt}], None
     if fmt == "completions":
         prompt, answer = row.get("prompt"), row.get("completion")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -32,7 +37,7 @@ def question_and_answer(row: dict[str, Any]) -> tuple[list[dict], str | None]:
     if fmt == "preference":
         pair = preference_pair(row)
         return pair.prompt, pair.chosen
-    if fmt == "chat":
+    if fmt in ("chat", "prompts"):
         return _chat(row.get("messages"))
     raise ValueError(f"no known fields (found {sorted(row)[:5]})")
 

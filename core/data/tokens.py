@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.data.check import preference_pair
+from core.data.prompts import question_and_answer
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,22 @@ def processed_rows(
             for tokens in (chosen, rejected)
         ]
 
+    if fmt == "prompts":  # GRPO's: the prompt as asked, all of it before the answer
+        return [(ids, len(ids)) for ids in map(prompt_ids(tokenizer), rows)]
     config = SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
     processed = create_dataset(rows, tokenizer, config)
     return [processed.process(row) for row in rows]
+
+
+def prompt_ids(tokenizer: Any):
+    """``row -> token ids`` of a prompt row as the model is asked it (chat template and
+    generation prompt): what GRPO answers."""
+
+    def ids(row: dict) -> list[int]:
+        messages, _ = question_and_answer(row)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
+    return ids
 
 
 def preference_rows(rows: list[dict], tokenizer: Any) -> list[tuple[list[int], list[int], int]]:

@@ -318,6 +318,8 @@ class TrainingLoop:
         """The loss compiled once for validation (traced in eval mode: no dropout), reading
         the weights at each call; a validation batch has a training batch's widths, so the
         shapes compiled are reused from one validation to the next."""
+        if self.loss.validation is not None:
+            return partial(self.loss.validation, self.model)
         if self._compiled_validation is None:
             self._compiled_validation = mx.compile(
                 partial(self.loss.fn, self.model), inputs=[self.model.state]
@@ -383,7 +385,13 @@ class _Window:
         weight = max(total(self.weight), 1)
         sums = {name: total(value) for name, value in self.sums.items()}
         tokens = int(sums.pop("tokens", weight))
-        figures = {name: value / weight for name, value in sums.items()}
+        figures: dict = {}
+        for name, value in sums.items():  # "rewards.exact" -> figures["rewards"]["exact"]
+            group, dot, key = name.partition(".")
+            if dot:
+                figures.setdefault(group, {})[key] = value / weight
+            else:
+                figures[name] = value / weight
         result = total(self.weighted) / weight, tokens, self.seconds, figures
         self.__init__()
         return result

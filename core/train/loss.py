@@ -37,6 +37,9 @@ class Loss:
     name: str
     fn: Callable
     figures: tuple[str, ...] = ()
+    # what validation computes instead of ``fn``, uncompiled (GRPO: minus the held-out
+    # reward); None: ``fn`` itself
+    validation: Callable | None = None
 
 
 MLX_LM_LOSS = Loss(DEFAULT, trainer.default_loss)

@@ -51,6 +51,7 @@ PAD_TO = 8  # core.train.batches.trimmed's widths
 QUANTIZED_BITS = 4  # the "quantized base" alternative
 QUANTIZED_GROUP = 64
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+SEQUENCES_PER_ROW = {"dpo": 2, "orpo": 2}  # a preference row is its two answers (GRPO: G)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,15 @@ def estimate(
     """The peak of one worker process (one rank of ``ranks``, which share each batch). A
     preference row is two sequences (its chosen and rejected answers, in one batch); DPO's
     reference pass runs before training, forward only, and holds less than a step."""
-    batch = max(1, params.batch_size // ranks) * (1 if params.method == "sft" else 2)
+    grpo = params.method == "grpo"
+    per_row = params.group_size if grpo else SEQUENCES_PER_ROW.get(params.method, 1)
+    batch = max(1, params.batch_size // ranks) * per_row
+    if grpo:  # G answers a prompt, each up to the longest answer drawn
+        data = replace(
+            data,
+            longest=data.longest + params.max_completion_tokens,
+            window=params.max_completion_tokens + 1,
+        )
     length = min(data.longest, params.max_seq_length)
     width = min(PAD_TO * math.ceil(length / PAD_TO), params.max_seq_length)
     window = width if model.head_softcap else min(data.window, width)

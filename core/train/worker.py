@@ -49,7 +49,7 @@ from core.machine.blas import loaded_blas
 from core.models.inspect import ModelInfo, inspect_model
 from core.models.loading import load_model
 from core.params import TrainingParams, add_arguments, params_from_args
-from core.train import checkpoints, preference
+from core.train import checkpoints, grpo, preference, rewards
 from core.train import output as output_files
 from core.train.batches import longer_rows, sft_batches, validation_batch
 from core.train.frozen import frozen_loss
@@ -135,7 +135,8 @@ def train(
     clock.mark("model")
     steps_per_epoch = len(train_set) // params.batch_size
     schedule = Schedule.for_run(params, steps_per_epoch)
-    loss, batches, frozen = _objective(model, params, (train_set, valid_set), emit, clock)
+    sets = (train_set, valid_set)
+    loss, batches, frozen = _objective(model, tokenizer, params, sets, emit, clock)
     output = Path(args.output)
     loop = TrainingLoop(
         model=model,
@@ -183,10 +184,15 @@ def train(
         emit(output_files.write(loop, output, config, info, tokenizer))
 
 
-def _objective(model, params: TrainingParams, sets: tuple, emit, clock: Phases):
+def _objective(model, tokenizer, params: TrainingParams, sets: tuple, emit, clock: Phases):
     """The method's loss and batches, and how many frozen layers the batches carry the
     output of; for DPO, the reference pass too (before any checkpoint is loaded: the
-    adapter still does nothing)."""
+    adapter still does nothing); for GRPO, the rewards and the rollouts."""
+    if params.method == "grpo":
+        scorer = rewards.Scorer(rewards.load(params.reward, params.reward_file))
+        loss, per_token = grpo.choose_loss(model, params, [r.name for r in scorer.rewards])
+        clock.mark("loss")
+        return loss, grpo.Rollouts(model, tokenizer, params, scorer, per_token, emit), 0
     if params.method == "sft":
         frozen = frozen_loss(model, *sets, max_seq_length=params.max_seq_length)
         if frozen is not None:
@@ -245,6 +251,8 @@ def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:
     pairs of a preference set."""
     if dataset.format == "preference":
         return preference.tokenized(dataset, tokenizer, params.max_seq_length)
+    if dataset.format == "prompts":
+        return grpo.tokenized(dataset, tokenizer)
     config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
     train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
     valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
