@@ -265,6 +265,13 @@ class TrainingParams(BaseModel):
                 hint="train LoRA on it (QLoRA: --fine-tune-type lora), or fully fine-tune "
                 "the unquantized model",
             )
+        if self.method == "grpo" and self.fine_tune_type != "lora":
+            raise StudioError(
+                f"method = grpo with fine_tune_type = {self.fine_tune_type}: GRPO's reference "
+                "is the base, computed at each step by switching the LoRA adapter off, which a "
+                f"{self.fine_tune_type} run does not have (a frozen copy is not kept)",
+                hint="train GRPO with --fine-tune-type lora",
+            )
         if self.lora_layers > model.num_layers:
             raise StudioError(
                 f"lora_layers = {self.lora_layers}: {model.id} has {model.num_layers} layers",

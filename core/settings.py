@@ -29,6 +29,7 @@ class Settings:
     datasets: Path
     exports: Path  # files made for download, one folder per export, pruned by age
     evals: Path  # evaluations, one folder each: their summary and their rows
+    rewards: Path  # the owner's GRPO reward files: all a shared studio's page may run
 
     @classmethod
     def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
@@ -48,6 +49,7 @@ class Settings:
             datasets=folder("datasets"),
             exports=folder("exports"),
             evals=folder("evals"),
+            rewards=folder("rewards"),
         )
 
     def dataset_roots(self) -> list[Path]:
@@ -68,6 +70,6 @@ class Settings:
         """Create the folders; the runs and adapters folders must share a file system so
         that publishing an adapter is one atomic rename."""
         folders = (self.models, self.adapters, self.runs, self.datasets, self.exports, self.evals)
-        for path in folders:
+        for path in (*folders, self.rewards):
             path.mkdir(parents=True, exist_ok=True)
         return self

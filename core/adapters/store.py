@@ -70,7 +70,7 @@ class AdapterMetadata(BaseModel):
     durationSeconds: float | None = None
     tokensPerSecond: float | None = None
     tokensCounted: str | None = None  # what tokensPerSecond counts: "trained" (the loss's targets)
-    method: str | None = None  # sft, dpo or orpo
+    method: str | None = None  # sft, dpo, orpo or grpo
     beta: float | None = None  # DPO's temperature, ORPO's odds-ratio weight
     rewardAccuracy: float | None = None  # of the published weights, on the validation pairs
     rewardMargin: float | None = None

@@ -88,6 +88,17 @@ def _preference_fields(params: dict, events: list, complete: protocol.Complete) 
     validations = {e.step: e for e in events if isinstance(e, protocol.Validation)}
     kept = validations.get(complete.kept_step if complete.kept_step is not None else complete.steps)
     first = validations.get(0)
+    if method == "grpo":
+        return {
+            "method": method,
+            "beta": params.get("beta"),
+            "grpoLoss": params.get("grpo_loss"),
+            "groupSize": params.get("group_size"),
+            "rewards": params.get("reward"),
+            "rewardFiles": [Path(f).name for f in params.get("reward_file") or []],
+            "heldOutReward": kept and kept.reward,
+            "initialHeldOutReward": first and first.reward,
+        }
     return {
         "method": method,
         "beta": params.get("beta"),

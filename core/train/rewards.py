@@ -59,7 +59,7 @@ class Reward:
 
 
 def _text(value) -> str:
-    return re.sub(r"[^\w\s.-]", "", str(value)).strip().lower()
+    return " ".join(re.sub(r"[^\w\s]", "", str(value)).lower().split())
 
 
 def _number(text: str) -> float | None:
@@ -207,9 +207,22 @@ def _line_in(exc: BaseException, path: Path) -> str:
     return f", line {lines[-1]}" if lines else ""
 
 
+def check(specs: list[str] | None, files: list[str] | None) -> None:
+    """Everything ``load`` checks that can be known without running the files: the specs,
+    and each file's syntax and signatures (the studio checks this before any process
+    starts; the worker imports the files)."""
+    defined = {name for file in files or [] for name in check_file(Path(file))}
+    for spec in specs or []:
+        name, _ = split_weight(spec)
+        if name not in defined and built_in(name) is None:
+            raise _unknown(spec, defined)
+    if not specs and not defined:
+        raise _none_given()
+
+
 def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
-    """The run's rewards, checked: each ``--reward`` spec a built-in or a function of one of
-    the ``files`` (all of their functions when no spec names one)."""
+    """The run's rewards: each ``--reward`` spec a built-in or a function of one of the
+    ``files`` (all of their functions when no spec names one)."""
     functions: dict[str, Reward] = {}
     for file in files or []:
         path = Path(file)
@@ -222,11 +235,7 @@ def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
             functions[name] = Reward(name, 1.0, fn, f"{path.name}, line {line}")
     if not specs:
         if not functions:
-            raise RewardError(
-                "GRPO needs at least one reward",
-                hint="add --reward exact (or contains, regex:PATTERN, length:MIN-MAX, json), "
-                "or --reward-file rewards.py",
-            )
+            raise _none_given()
         return list(functions.values())
     rewards = []
     for spec in specs:
@@ -236,9 +245,21 @@ def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
         elif (fn := built_in(name)) is not None:
             rewards.append(Reward(name, weight, fn))
         else:
-            known = ", ".join([*BUILT_INS, "regex:PATTERN", "length:MIN-MAX", *functions])
-            raise RewardError(f"--reward {spec}: no such reward", hint=f"choose among: {known}")
+            raise _unknown(spec, set(functions))
     return rewards
+
+
+def _unknown(spec: str, defined: set[str]) -> RewardError:
+    known = ", ".join([*BUILT_INS, "regex:PATTERN", "length:MIN-MAX", *sorted(defined)])
+    return RewardError(f"--reward {spec}: no such reward", hint=f"choose among: {known}")
+
+
+def _none_given() -> RewardError:
+    return RewardError(
+        "GRPO needs at least one reward",
+        hint="add --reward exact (or contains, regex:PATTERN, length:MIN-MAX, json), "
+        "or --reward-file rewards.py",
+    )
 
 
 @dataclass

@@ -32,6 +32,7 @@ from core.train import checkpoints
 STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"
 DATA = "data"
+REWARDS = "rewards"  # a GRPO run's copies of its reward files
 LOCK_FILE = ".training.lock"
 ALIVE_FILE = ".alive"  # locked by whoever runs the run, for as long as it runs
 STOP_REQUEST = "stop"  # "stop this run", from a process that does not own it (core.train.watch)

@@ -31,13 +31,14 @@ from core.machine.memory import available_memory_gb
 from core.models.inspect import ModelInfo, inspect_model, tokenizer
 from core.params import TrainingParams
 from core.settings import Settings
-from core.train import checkpoints
+from core.train import checkpoints, rewards
 from core.train.plan import DataShape, MemoryPlan, ModelShape, plan, refusal
 from core.train.process import TrainingRun
 from core.train.publish import publish, write_events
 from core.train.runs import (
     CHECKPOINTS,
     DATA,
+    REWARDS,
     RunRecord,
     RunStore,
     hold_alive,
@@ -123,6 +124,8 @@ class TrainingService:
             dataset.name = dataset_name
         params.check_data(dataset.format)
         params.check_steps(dataset.train_count // params.batch_size)
+        if params.method == "grpo":
+            rewards.check(params.reward, params.reward_file)
         (launch or Launch()).check(params.batch_size, dataset.valid_count)
         return info, params, dataset
 
@@ -198,6 +201,8 @@ class TrainingService:
             folder.mkdir(parents=True)
             locks.append(hold_alive(folder))
             _write_data(folder, dataset, test_data)
+            params = _keep_reward_files(folder, params)
+            record.params = params.model_dump(mode="json")
             record.write(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -317,6 +322,22 @@ class TrainingService:
                 "terminal), then start again",
             )
         return lock
+
+
+def _keep_reward_files(folder: Path, params: TrainingParams) -> TrainingParams:
+    """GRPO's reward files copied into the run (``rewards/``), which trains with the copies:
+    a resumed run scores as it began, whatever became of the originals."""
+    if not params.reward_file:
+        return params
+    kept = folder / REWARDS
+    kept.mkdir()
+    copies = []
+    for index, file in enumerate(params.reward_file):  # one folder each: names may clash
+        copy = kept / str(index) / Path(file).name
+        copy.parent.mkdir()
+        shutil.copyfile(file, copy)
+        copies.append(str(copy))
+    return params.model_copy(update={"reward_file": copies})
 
 
 def _write_data(folder: Path, dataset: DatasetScan, test_data: str | Path | None) -> None:

@@ -1,8 +1,5 @@
-"""``lora-studio train`` and ``lora-studio runs``: training from the shell.
-
-On a terminal the run shows as a rich progress bar (step, ETA, loss, validation loss, trained
-tokens/s); when stdout or stderr is not a terminal (a log file, CI), as plain lines.
-"""
+"""``lora-studio train`` and ``lora-studio runs``: training from the shell (the run's events
+shown by ``webapp.cli.progress``)."""
 
 from __future__ import annotations
 
@@ -11,16 +8,6 @@ import json
 import signal
 import sys
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from core import protocol
 from core.adapters.layout import TEST_FILE
@@ -31,6 +18,7 @@ from core.models.quantize import cpu_slowdown_warning
 from core.params import add_arguments, params_from_args
 from core.settings import Settings
 from webapp.cli.hosts_command import add_launch_arguments, launch_from_args
+from webapp.cli.progress import ProgressBar
 
 EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
 
@@ -310,6 +298,12 @@ def describe_tokens(run) -> str:
     rows = run.dataset.sample
     tokens = run.dataset.sample_tokens(tokenizer(run.model.path), run.params.mask_prompt)
     stats = token_statistics(tokens, max_seq_length=run.params.max_seq_length)
+    if run.dataset.format == "prompts":  # GRPO's answers are drawn while it trains
+        return (
+            f"tokens per prompt: min {stats.min_tokens}, median {stats.median_tokens:g}, "
+            f"max {stats.max_tokens}; answers of up to {run.params.max_completion_tokens} "
+            f"tokens, {run.params.group_size} per prompt"
+        )
     text = (
         f"tokens per example: min {stats.min_tokens}, median {stats.median_tokens:g}, "
         f"max {stats.max_tokens}; {stats.trained_tokens:,} tokens trained on per epoch"
@@ -322,122 +316,3 @@ def describe_tokens(run) -> str:
             f"{run.params.max_seq_length} and will be truncated"
         )
     return text
-
-
-def _short(text: str, width: int = 70) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def preference_figures(event: protocol.Progress | protocol.Validation) -> str:
-    """A preference run's reward accuracy and margin (and ORPO's log-odds ratio); "" for SFT."""
-    if event.reward_accuracy is None:
-        return ""
-    text = f"reward accuracy {event.reward_accuracy:.2f}, margin {event.reward_margin:.3f}"
-    if event.log_odds_ratio is not None:
-        text += f", log-odds ratio {event.log_odds_ratio:.3f}"
-    return text
-
-
-class ProgressBar:
-    """The run's progress: a rich bar on a terminal, one plain line per event otherwise."""
-
-    def __init__(self, stream=sys.stderr):
-        self.console = Console(file=stream, highlight=False)
-        self.live = self.console.is_terminal
-        self.val_loss: float | None = None
-        self.stats = ""  # the last report's figures, shown until the next one
-        self.progress: Progress | None = None
-        self.task = None
-
-    def show(self, event: protocol.Event) -> None:
-        if isinstance(event, protocol.Start):
-            self._start(event)
-        elif isinstance(event, protocol.Validation):
-            self.val_loss = event.loss
-            figures = preference_figures(event)
-            self._line(
-                f"validation loss {event.loss:.3f}{figures and ', ' + figures} (step {event.step}"
-                + (f", {event.seconds:.1f} s)" if event.seconds is not None else ")")
-            )
-        elif isinstance(event, protocol.Checkpoint):
-            self._line(f"checkpoint at step {event.step}")
-        elif isinstance(event, protocol.Progress):
-            self._progress(event)
-        elif isinstance(event, protocol.Activity):
-            self._activity(event)
-        elif isinstance(event, protocol.Samples):
-            self._line(f"samples at step {event.step} ({event.seconds:.1f} s):")
-            for sample in event.samples:
-                self._line(f"  {_short(sample.prompt)} -> {_short(sample.answer)}")
-
-    def _start(self, event: protocol.Start) -> None:
-        if event.ready_seconds is not None:
-            parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in event.phases.items())
-            self._line(f"ready in {event.ready_seconds:.1f} s ({parts})", always=True)
-        if event.resumed_from:
-            self._line(f"resuming at step {event.resumed_from}/{event.total_steps}", always=True)
-        else:
-            self._line(
-                f"training {event.total_steps} steps ({event.epochs} epoch(s) x "
-                f"{event.steps_per_epoch}), {event.trainable_params:,} trainable parameters, "
-                f"BLAS: {event.blas}",
-                always=True,
-            )
-        if event.method != "sft":
-            self._line(f"method {event.method}, beta {event.beta:g}", always=True)
-        if event.ranks > 1:
-            self._line(
-                f"{event.ranks} ranks share each batch: tok/s is their sum, memory the "
-                "largest rank's",
-                always=True,
-            )
-        if self.live and self.progress is None:
-            self.progress = Progress(
-                TextColumn("[bold]training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps · ETA"),
-                TimeRemainingColumn(),
-                TextColumn("· {task.fields[stats]}"),
-                TimeElapsedColumn(),
-                console=self.console,
-            )
-            self.progress.start()
-            done = event.resumed_from or 0
-            self.task = self.progress.add_task(
-                "", total=event.total_steps, completed=done, stats=""
-            )
-
-    def _progress(self, event: protocol.Progress) -> None:
-        val = f" val {self.val_loss:.3f}" if self.val_loss is not None else ""
-        figures = preference_figures(event)
-        stats = (
-            f"loss {event.loss:.3f}{val}{figures and ' · ' + figures} · "
-            f"{event.tokens_per_second:.0f} trained tok/s · {event.peak_memory_gb:.2f} GB"
-        )
-        self.stats = stats
-        if self.progress is not None:
-            self.progress.update(self.task, completed=event.step, stats=stats)
-        else:
-            self._line(f"step {event.step}/{event.total_steps} epoch {event.epoch} {stats}")
-
-    def _activity(self, event: protocol.Activity) -> None:
-        """A sign of life between reports: the bar moves; a validation says how far it is."""
-        validating = event.phase in ("validate", "reference")
-        doing = "validating" if event.phase == "validate" else "the base's log-probabilities"
-        where = f"{doing}: batch {event.batch} of {event.batches}" if validating else ""
-        if self.progress is not None:
-            stats = f"{where} · {self.stats}" if where else self.stats
-            self.progress.update(self.task, completed=event.step, stats=stats)
-        elif validating:
-            self._line(where)
-
-    def _line(self, text: str, always: bool = False) -> None:
-        """A line above the bar on a terminal (if ``always``), or a plain log line."""
-        if self.progress is not None or always or not self.live:
-            self.console.print(text, markup=False)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
