@@ -5,9 +5,10 @@ A studio on loopback serves its owner, who may name any file of theirs. A shared
 (a dataset, an import, a test file, a rubric) is expanded (``~``, ``~user``), resolved
 (``..``, symlinks) and only then held to the studio's folders and the owner's
 ``LORA_STUDIO_DATA_ROOTS``; and every URL the server will call for them (a judge, a teacher)
-must name a loopback address or a host the owner listed. Checking before expanding, or
-expanding after checking, is how a ``~/secret.csv`` slips through: here both happen in one
-call, and what it returns is what is read.
+must name a loopback address or a host the owner listed; and the only code they may have it
+run (a GRPO reward file) is the owner's, in the studio's rewards/ folder. Checking before
+expanding, or expanding after checking, is how a ``~/secret.csv`` slips through: here both
+happen in one call, and what it returns is what is read.
 
 A Hugging Face dataset name is only ever a strict ``owner/name[:config][@split]`` that names
 no local file or folder: a local folder shaped like one is a path, and held to the roots.
@@ -80,6 +81,25 @@ class Access:
             f"{str(text)[:200]} is outside the folders datasets may be read from ({allowed})",
             hint="upload the file instead, or add its folder to LORA_STUDIO_DATA_ROOTS",
         )
+
+    def code(self, text: str, folder: Path) -> Path:
+        """A file of code a page user named (a GRPO reward file), as it will be run: a file
+        of the owner's ``folder`` (the studio's rewards/) by its name; on a shared studio
+        nothing else, so no code from a page user (an upload, a dataset) ever runs there."""
+        name = str(text).strip()
+        if not name:
+            raise StudioError("no reward file given")
+        home = resolve(folder)
+        kept = resolve(home / name)
+        if kept.parent == home and kept.is_file():
+            return kept
+        if self.shared:
+            raise StudioError(
+                f"{name[:200]}: a shared studio runs only the reward files in {home}",
+                hint="pick one of those by name (the studio's owner puts them there), or "
+                "use the built-in rewards",
+            )
+        return resolve(name)
 
     def source(self, text: str) -> str:
         """A data source a page user named: a strict hub name as it is, else a path

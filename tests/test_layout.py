@@ -17,7 +17,7 @@ VOCABULARY = {"params", "protocol", "settings", "errors", "files", "access"}
 # wing -> level; a module imports its own wing, the root and lower levels only
 LEVELS = {"data": 1, "machine": 1, "models": 2, "adapters": 3, "train": 4, "serve": 4, "eval": 5}
 WORKER_SIDE = {"worker", "loop", "loss", "checkpoints", "batches", "schedule", "preference"}
-WORKER_SIDE |= {"samples", "phases", "frozen", "output"}
+WORKER_SIDE |= {"samples", "phases", "frozen", "output", "grpo", "rewards"}
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 60
 LAYOUT_FUNCTION_LINES = 80  # declarative Gradio layout, where splitting would scatter it

@@ -180,22 +180,8 @@ class TrainingService:
         memory = self.plan(info, params, dataset, launch)
         if not memory.fits and not force:
             raise refusal(memory)
-        run_id = str(uuid.uuid4())
-        folder = self.settings.runs / run_id
-        record = RunRecord(
-            id=run_id,
-            name=(name or "").strip() or f"Trained on {dataset.name}",
-            state="running",
-            model_id=info.id,
-            model_path=str(info.path),
-            model_layers=info.num_layers,
-            model_quantization=info.quantization,
-            dataset_name=dataset.name,
-            dataset_format=dataset.format,
-            dataset_system=dataset.system_prompt,
-            params=params.model_dump(mode="json"),
-            launch=launch.model_dump(mode="json") if launch.distributed else None,
-        )
+        record = _new_record(name, info, dataset, params, launch)
+        folder = self.settings.runs / record.id
         locks = [self._take_lock()]
         try:
             folder.mkdir(parents=True)
@@ -210,7 +196,7 @@ class TrainingService:
             raise
         run = self._launch(record, folder, info, dataset, params, locks, history=[])
         run.memory = memory
-        log.info("training %s started (BLAS: %s; %s)", run_id, self.blas.name, memory.summary())
+        log.info("training %s started (BLAS: %s; %s)", record.id, self.blas.name, memory.summary())
         return run
 
     def resume(self, run_id: str) -> TrainingRun:
@@ -322,6 +308,26 @@ class TrainingService:
                 "terminal), then start again",
             )
         return lock
+
+
+def _new_record(
+    name: str | None, info: ModelInfo, dataset: DatasetScan, params: TrainingParams, launch
+) -> RunRecord:
+    """A new run's record: what it trains, on what, with what (a new id)."""
+    return RunRecord(
+        id=str(uuid.uuid4()),
+        name=(name or "").strip() or f"Trained on {dataset.name}",
+        state="running",
+        model_id=info.id,
+        model_path=str(info.path),
+        model_layers=info.num_layers,
+        model_quantization=info.quantization,
+        dataset_name=dataset.name,
+        dataset_format=dataset.format,
+        dataset_system=dataset.system_prompt,
+        params=params.model_dump(mode="json"),
+        launch=launch.model_dump(mode="json") if launch.distributed else None,
+    )
 
 
 def _keep_reward_files(folder: Path, params: TrainingParams) -> TrainingParams:

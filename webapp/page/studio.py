@@ -15,6 +15,7 @@ from core.adapters.store import AdapterStore
 from core.errors import StudioError
 from core.eval.runner import evaluate_published
 from core.eval.store import EvalStore
+from core.params import TrainingParams
 from core.serve.engine import InferenceEngine
 from core.serve.registry import ModelRegistry
 from core.settings import Settings
@@ -96,6 +97,18 @@ class Studio:
         """A dataset path from the page or its API: anything on a loopback-only studio,
         only under the dataset roots on one that other machines reach."""
         return self.access.path(text)
+
+    def with_reward_files(self, params: TrainingParams) -> TrainingParams:
+        """GRPO's reward files as a page user named them, each through the gate: on a shared
+        studio only the owner's files in rewards/ (``Access.code``)."""
+        if not params.reward_file:
+            return params
+        files = [str(self.access.code(f, self.settings.rewards)) for f in params.reward_file]
+        return params.model_copy(update={"reward_file": files})
+
+    def reward_file_names(self) -> list[str]:
+        """The owner's reward files (the studio's rewards/ folder), by name."""
+        return sorted(p.name for p in self.settings.rewards.glob("*.py") if p.is_file())
 
     def preferred_base(self) -> str | None:
         """The base model a new training starts with: the only one, else the one used last

@@ -15,7 +15,7 @@ from core.params import default_rank
 from webapp.page import hosts_panel, quantize_panel, runs_panel
 from webapp.page.background import with_progress
 from webapp.page.studio import Studio, explain
-from webapp.page.train import mapping
+from webapp.page.train import mapping, rewards_panel
 from webapp.page.train.form import params as form_params
 from webapp.page.train.view import render, summary
 
@@ -54,6 +54,14 @@ class TrainActions:
     def quantize(self, base_model: str | None, bits: int, group_size: int):
         """A quantized copy of the picked base, then picked."""
         return quantize_panel.make(self.studio, base_model, bits, group_size)
+
+    def reward_choices(self):
+        """The rewards and reward files the GRPO panel offers (the owner's, as they are now)."""
+        return rewards_panel.choices(self.studio)
+
+    def preview_rewards(self, base_model: str, dataset_path: str, **form) -> str:
+        """What each reward gives the base model's own answers to the dataset's first rows."""
+        return rewards_panel.preview(self.studio, base_model, dataset_path, form)
 
     def preselect(self):
         """The base model to start with: the only one, or the one used last (with the list
@@ -133,7 +141,7 @@ class TrainActions:
             run = self.studio.training.start(
                 self.studio.registry.get(base_model).path,
                 self.studio.dataset_path(dataset_path),
-                form_params(form),
+                self.studio.with_reward_files(form_params(form)),
                 name=adapter_name,
                 dataset_name=dataset_name,
                 launch=hosts_panel.launch(self.studio, form.get("hosts"), form.get("processes")),

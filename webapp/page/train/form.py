@@ -55,7 +55,26 @@ LABELS = {
     "method": "Method",
     "beta": "β (DPO: how far from the base; ORPO: weight of the odds ratio)",
     "dpo_loss": "DPO loss",
+    "group_size": "GRPO: answers per prompt",
+    "max_completion_tokens": "GRPO: longest answer (tokens)",
+    "temperature": "GRPO: sampling temperature",
+    "top_p": "GRPO: top-p",
+    "epsilon": "GRPO: clip ε",
+    "grpo_loss": "GRPO loss",
+    "reward": "GRPO rewards: pick, or type regex:PATTERN, length:MIN-MAX; :WEIGHT after any",
+    "reward_file": "GRPO reward files (the studio's rewards/ folder)",
 }
+GRPO_FIELDS = (
+    "reward",
+    "reward_file",
+    "group_size",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "epsilon",
+    "grpo_loss",
+)
+REWARD_CHOICES = ["exact", "contains", "json", "regex:", "length:20-80"]
 CHOICES = {
     "keep": {"best": "best validation loss", "last": "last step"},
     "fine_tune_type": {
@@ -67,8 +86,14 @@ CHOICES = {
         "sft": "SFT: learn the answers",
         "dpo": "DPO: prefer the chosen answer",
         "orpo": "ORPO: SFT + odds ratio, no reference",
+        "grpo": "GRPO: answer prompts, learn from rewards",
     },
     "dpo_loss": {"sigmoid": "sigmoid (DPO's)", "ipo": "IPO (squared)"},
+    "grpo_loss": {
+        "grpo": "GRPO (per answer)",
+        "bnpo": "BNPO (per token)",
+        "dr_grpo": "Dr. GRPO (unscaled)",
+    },
 }
 # what a field whose default the model decides shows before a model is picked
 SHOWN = {"rank": 8, "alpha": 16, "save_every": EVERY_EPOCH, "eval_every": EVERY_EPOCH}
@@ -76,7 +101,7 @@ SHOWN["keys"] = list(ATTENTION_KEYS)  # until a model is picked: then its own mo
 
 
 def preference_only(method: str) -> dict:
-    """β means something to DPO and ORPO only: shown for them."""
+    """β means something to DPO, ORPO and GRPO only: shown for them."""
     return gr.update(visible=method != "sft")
 
 
@@ -86,6 +111,11 @@ def field(name: str) -> gr.components.Component:
     label = LABELS.get(name) or spec.description.capitalize()
     value = SHOWN.get(name, spec.get_default(call_default_factory=True))
     kind = spec.annotation
+    if name in ("reward", "reward_file"):  # the rewards/ folder's names come at page load
+        choices = REWARD_CHOICES if name == "reward" else []
+        return gr.Dropdown(
+            choices, value=[], label=label, multiselect=True, allow_custom_value=True
+        )
     if kind is bool:
         return gr.Checkbox(value, label=label)
     if get_origin(kind) is Literal:
@@ -109,14 +139,16 @@ def main_fields() -> dict[str, gr.components.Component]:
 
 
 def advanced_fields() -> dict[str, gr.components.Component]:
-    """Every other field, in TrainingParams' order (placed where the caller opened them)."""
-    return {name: field(name) for name in TrainingParams.model_fields if name not in MAIN_FIELDS}
+    """Every other field but GRPO's (``rewards_panel``), in TrainingParams' order (placed
+    where the caller opened them)."""
+    mine = (n for n in TrainingParams.model_fields if n not in MAIN_FIELDS + GRPO_FIELDS)
+    return {name: field(name) for name in mine}
 
 
 def params(form: dict) -> TrainingParams:
     """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
     Fields a script leaves out keep their defaults."""
-    form = {k: v for k, v in form.items() if v is not None and k not in LAUNCH_FIELDS}
+    form = {k: v for k, v in form.items() if v not in (None, []) and k not in LAUNCH_FIELDS}
     form["keys"] = form.get("keys") or DEFAULTS.keys
     for name in ("save_every", "eval_every"):
         if form.get(name) == EVERY_EPOCH:

@@ -10,7 +10,7 @@ import gradio as gr
 from webapp.page import charts, hosts_panel, quantize_panel, runs_panel
 from webapp.page.studio import Studio
 from webapp.page.train import form as fields
-from webapp.page.train import mapping
+from webapp.page.train import mapping, rewards_panel
 
 
 @dataclass
@@ -41,6 +41,21 @@ class _Layout:
     quantizing: quantize_panel.QuantizePanel
     mapping: mapping.MappingPanel
     demo_box: gr.Accordion
+    grpo: rewards_panel.RewardsPanel
+
+
+def _parameters(studio: Studio):
+    """The adapter's name and the run's parameters: the main fields, GRPO's panel, the
+    advanced fields with the hosts to train on."""
+    name = gr.Textbox(label="Adapter name", placeholder="Trained on <dataset>")
+    form = fields.main_fields()
+    grpo = rewards_panel.build()
+    form |= grpo.fields
+    with gr.Accordion("Advanced", open=False):
+        form |= fields.advanced_fields()
+        hosts = hosts_panel.build(studio)
+    form["hosts"], form["processes"] = hosts.mode, hosts.processes
+    return name, form, grpo, hosts
 
 
 def layout(studio: Studio) -> _Layout:
@@ -73,12 +88,7 @@ def layout(studio: Studio) -> _Layout:
             # train event's API so gradio_client can drive it)
             data_path = gr.Textbox(visible=False)
             data_name = gr.Textbox(visible=False)
-            name = gr.Textbox(label="Adapter name", placeholder="Trained on <dataset>")
-            form = fields.main_fields()
-            with gr.Accordion("Advanced", open=False):
-                form |= fields.advanced_fields()
-                hosts = hosts_panel.build(studio)
-            form["hosts"], form["processes"] = hosts.mode, hosts.processes
+            name, form, grpo, hosts = _parameters(studio)
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
@@ -121,4 +131,5 @@ def layout(studio: Studio) -> _Layout:
         quantizing,
         imports,
         demo_box,
+        grpo,
     )

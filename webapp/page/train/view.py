@@ -54,7 +54,7 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         return "", "", "", "Pick a base model." if not model_id else "Add a dataset.", refused
     try:
         path = studio.dataset_path(path)
-        params = form_params(form)
+        params = studio.with_reward_files(form_params(form))
         if not model_id:
             text = f"{_counts_only(path, name, params)}  \nPick a base model for token statistics."
             return text, "", "", "Pick a base model.", refused
@@ -99,10 +99,16 @@ def _counts_only(path, name: str, params: TrainingParams) -> str:
 
 def _tokens_text(name: str, data, stats, params: TrainingParams) -> str:
     """The dataset's counts and token statistics, and how many examples will be truncated."""
+    trained = (
+        f"GRPO draws {params.group_size} answers of up to {params.max_completion_tokens} "
+        "tokens to each prompt"
+        if data.format == "prompts"
+        else f"{stats.trained_tokens:,} trained on per epoch"
+    )
     text = (
         f"### {name}\n{_counts(data)} Tokens per example: "
         f"min {stats.min_tokens}, median {stats.median_tokens:g}, max {stats.max_tokens}; "
-        f"{stats.trained_tokens:,} trained on per epoch."
+        f"{trained}."
     )
     if data.format == "preference":
         text += " (Each preference row counts twice: its chosen and its rejected answer.)"

@@ -10,6 +10,7 @@ import gradio as gr
 
 from webapp.page.concurrency import CHECK, HEAVY, QUICK, WATCH
 from webapp.page.studio import Studio
+from webapp.page.train import rewards_panel
 from webapp.page.train.actions import STARTING, TrainActions
 from webapp.page.train.form import FORM_FIELDS, preference_only
 from webapp.page.train.layout import layout
@@ -78,7 +79,9 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
     alpha.input(lambda: False, None, alpha_follows, **SMALL)
-    ui.form["method"].change(preference_only, ui.form["method"], ui.form["beta"], **SMALL)
+    method = ui.form["method"]
+    method.change(preference_only, method, ui.form["beta"], **SMALL)
+    method.change(rewards_panel.shown_for, method, ui.grpo.box, **SMALL)
     for field in form.values():
         # a check still running must not swallow the latest edit
         field.input(**check, trigger_mode="always_last")
@@ -95,6 +98,16 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     ).then(**pick).then(**check)
     page.load(act.preselect, None, ui.model, **WAITING).then(**pick).then(**check)
     page.load(act.demo_offer, None, ui.demo_box, **WAITING)
+    rewards = [ui.form["reward"], ui.form["reward_file"]]
+    page.load(act.reward_choices, None, rewards, **WAITING)
+    ui.grpo.try_them.click(
+        act.preview_rewards,
+        [ui.model, ui.data_path],
+        ui.grpo.table,
+        inputs_kwargs=form,
+        **PRIVATE,
+        **HEAVY,  # the base model answers: the engine's work
+    )
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
