@@ -153,3 +153,41 @@ def test_the_evaluate_tabs_upload_is_stored_where_a_shared_studio_reads(shared_s
     evaluate = EvaluateActions(studio)
     path, name = evaluate._test_file(str(upload), "", None)
     assert Path(path).parent == studio.settings.datasets.resolve() and name == "held-out.jsonl"
+
+
+RUNS_ONLY_THE_OWNERS = "a shared studio runs only the reward files in"
+
+
+def test_a_shared_studio_runs_only_the_owners_reward_files(shared_studio, tmp_path):
+    """GRPO's reward files are code: from a page user (an upload, a dataset folder, any
+    path) a shared studio runs none, at the check, the preview or Start; the owner's files
+    in rewards/ are offered by name."""
+    from webapp.page.train.actions import TrainActions
+
+    studio, allowed = shared_studio
+    train = TrainActions(studio)
+    prompts = write_jsonl(allowed / "sky.jsonl", [{"prompt": f"sky {i}?"} for i in range(24)])
+    uploaded = tmp_path / "gradio" / "evil.py"  # where an upload would land
+    uploaded.parent.mkdir()
+    uploaded.write_text("def score(prompt, completion, row):\n    return 1.0\n")
+    in_data = allowed / "evil.py"  # beside the datasets a shared studio may read
+    shutil.copy(uploaded, in_data)
+    shutil.copy(uploaded, studio.settings.datasets / "evil.py")  # where uploads are stored
+    owners = studio.settings.rewards / "owners.py"
+    owners.write_text("def says_sky(prompt, completion, row):\n    return 1.0\n")
+    form = dict(method="grpo", lora_layers=-1, max_completion_tokens=4)
+    for name in (str(uploaded), str(in_data), "../datasets/evil.py", "~/evil.py"):
+        picked = form | {"reward_file": [name]}
+        *_, why, _ = train.check_dataset("toy", str(prompts), "sky.jsonl", **picked)
+        assert RUNS_ONLY_THE_OWNERS in why, name
+        assert RUNS_ONLY_THE_OWNERS in train.preview_rewards("toy", str(prompts), **picked)
+        *_, refused = train.train("toy", str(prompts), "sky.jsonl", "x", **picked)
+        assert RUNS_ONLY_THE_OWNERS in refused[2], name
+    assert studio.training.runs.list() == []
+    rewards, files = train.reward_choices()
+    assert files["choices"] == ["owners.py"] and "says_sky" in rewards["choices"]
+    *_, why, _ = train.check_dataset(
+        "toy", str(prompts), "sky.jsonl", **form, reward_file=["owners.py"]
+    )
+    assert why.startswith("Ready"), why
+    assert Access(shared=False).code(str(uploaded), studio.settings.rewards) == uploaded
