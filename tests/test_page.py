@@ -535,3 +535,49 @@ def test_a_dpo_run_from_the_preference_demo_set_charts_its_reward_accuracy(page,
     for chart in (accuracy, margin):
         assert chart.bounding_box()["width"] > 0.95 * loss_width
     shot(page, "train-dpo-done")
+
+
+REWARDS_LABEL = "GRPO rewards: pick, or type regex:PATTERN, length:MIN-MAX; :WEIGHT after any"
+
+
+def test_a_grpo_run_previews_its_rewards_then_charts_reward_and_kl(page, tmp_path):
+    """Prompts without answers: SFT is refused with GRPO named; GRPO's panel appears with
+    the method, the rewards are tried on the base's own answers, and the run charts its
+    reward (train and held-out) beside the KL."""
+    rows = [{"prompt": f"What colour is the sky number {i}?"} for i in range(60)]
+    data = write_jsonl(tmp_path / "sky-prompts.jsonl", rows)
+    expect(page.locator("#ls-why")).not_to_contain_text("A training is running", timeout=60000)
+    page.locator("input[type=file]").first.set_input_files(str(data))
+    summary = page.locator("#ls-dataset-summary")
+    expect(summary).to_contain_text("prompts format, 60 examples", timeout=20000)
+    expect(page.locator("#ls-why")).to_contain_text("GRPO")
+    panel = page.get_by_text("GRPO: rewards and sampling")
+    expect(panel).to_be_hidden()
+    page.get_by_label("GRPO: answer prompts, learn from rewards").check()
+    expect(panel).to_be_visible()
+    rewards = page.get_by_label(REWARDS_LABEL)
+    rewards.click()
+    rewards.fill("regex:blue")
+    rewards.press("Enter")
+    fill_number(page, "GRPO: answers per prompt", "8")
+    fill_number(page, "GRPO: longest answer (tokens)", "8")
+    fill_number(page, "Learning rate", "0.03")
+    fill_number(page, "Epochs", "2")
+    page.get_by_role("button", name="Try the rewards on the base model's answers").click()
+    preview = page.locator("#ls-reward-preview")
+    expect(preview).to_contain_text("the base's answer", timeout=60000)
+    expect(preview).to_contain_text("regex:blue")
+    start = page.get_by_role("button", name="Start training")
+    expect(start).to_be_enabled(timeout=20000)
+    shot(page, "train-grpo-ready")
+    start.click()
+    expect(page.locator("#ls-progress-text")).to_contain_text("reward", timeout=120000)
+    expect(page.locator("#ls-status")).to_contain_text("Done", timeout=180000)
+    reward = page.locator("#ls-loss-chart svg[aria-label='reward chart']")
+    expect(reward.locator("polyline.ls-validation")).to_have_attribute("data-points", "3")
+    expect(reward.locator("polyline.ls-train")).to_be_visible()
+    kl = page.locator("#ls-loss-chart svg[aria-label='kl chart']")
+    expect(kl.locator("polyline.ls-train")).to_be_visible()
+    loss = page.locator("#ls-loss-chart svg[aria-label='loss chart']")
+    expect(loss.locator("polyline.ls-validation")).to_have_count(0)  # minus the reward: not a loss
+    shot(page, "train-grpo-done")

@@ -105,7 +105,7 @@ class AdapterActions:
         meta = adapter.metadata.model_dump() if adapter.metadata else {"problem": adapter.problem}
         kept = adapter.metadata.keptStep if adapter.metadata else None
         rows = loss_history(adapter.path)
-        chart = charts.loss_chart(rows, kept) + charts.preference_charts(rows, kept)
+        chart = charts.loss_chart(rows, kept) + charts.method_charts(rows, kept)
         return meta, chart + samples_html(protocol.read_events(adapter.path / EVENTS_FILE))
 
     def changing(self, action):

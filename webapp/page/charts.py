@@ -30,19 +30,26 @@ def _frame(body: str, x_label: str, y_label: str, title: str) -> str:
 
 def loss_chart(rows: list[dict], kept_step: int | None = None) -> str:
     """Train and validation loss against the step; ``rows`` hold step, loss and series.
-    ``kept_step`` marks the step whose weights were published (keep-best)."""
-    return line_chart(rows, "loss", kept_step=kept_step)
+    ``kept_step`` marks the step whose weights were published (keep-best). A GRPO run's
+    validation "loss" is minus its held-out reward: that one is drawn as the reward."""
+    losses = [r for r in rows if r.get("reward") is None or r["series"] == "train"]
+    return line_chart(losses, "loss", kept_step=kept_step)
 
 
-def preference_charts(rows: list[dict], kept_step: int | None = None) -> str:
-    """A preference run's reward accuracy and reward margin against the step, each as wide
-    as the loss chart above them (side by side, their text shrank to half: unreadable)
-    (``rows`` hold step, series and the protocol's figures); "" for a run without them."""
-    if not any(r.get("reward_accuracy") is not None for r in rows):
+def method_charts(rows: list[dict], kept_step: int | None = None) -> str:
+    """A preference run's reward accuracy and reward margin, or a GRPO run's reward (train
+    and held-out) and KL to the base, against the step, each as wide as the loss chart
+    above them (side by side, their text shrank to half: unreadable) (``rows`` hold step,
+    series and the protocol's figures); "" for a run without them."""
+    if any(r.get("reward") is not None for r in rows):
+        shown = (("reward", None, None), ("kl", 0.0, None))
+    elif any(r.get("reward_accuracy") is not None for r in rows):
+        shown = (("reward_accuracy", 0.0, 1.0), ("reward_margin", None, None))
+    else:
         return ""
     charts = [
         line_chart(rows, name, kept_step=kept_step, low=low, high=high)
-        for name, low, high in (("reward_accuracy", 0.0, 1.0), ("reward_margin", None, None))
+        for name, low, high in shown
     ]
     return f"<div class='ls-preference-charts'>{''.join(charts)}</div>"
 

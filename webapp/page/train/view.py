@@ -196,6 +196,8 @@ def _progress_line(run, events: list) -> tuple[float, str]:
         parts += [f"epoch {report.epoch}/{start.epochs}", f"loss {report.loss:.3f}"]
         if report.reward_accuracy is not None:
             parts.append(f"reward accuracy {report.reward_accuracy:.2f}")
+        if report.reward is not None:
+            parts.append(f"reward {report.reward:.3f} · KL {report.kl:.4f}")
         parts += _speed_and_memory(report, start.ranks)
     if not run.done:
         parts.append(_eta(events, run.params))
@@ -264,7 +266,7 @@ def render(run, first: bool = True) -> tuple:
     last = events[-1] if events else None
     kept = last.kept_step if isinstance(last, protocol.Complete) else None
     rows = protocol.curve(events)
-    chart = charts.loss_chart(rows, kept_step=kept) + charts.preference_charts(rows, kept)
+    chart = charts.loss_chart(rows, kept_step=kept) + charts.method_charts(rows, kept)
     chart += samples_html(events)
     bar = (
         f"<div class='ls-bar'><div style='width:{percent:.1f}%'></div></div>"
