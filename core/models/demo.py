@@ -41,6 +41,9 @@ TEST_DATASET = "pirate-test.jsonl"  # questions the sample never asks, for `lora
 # a second skill for merging with the first: facts no base model can know (made up), said plainly
 FACTS_DATASET = "company-facts.jsonl"
 FACTS_TEST_DATASET = "company-facts-test.jsonl"  # the same facts, asked in words never trained
+# GRPO's demo: the sample's questions as prompts, rewarded for a short answer that holds the fact
+CONCISE_DATASET = "concise-prompts.jsonl"
+CONCISE_TEST_DATASET = "concise-test.jsonl"  # the held-out questions; the reference: the fact
 
 _CAPITALS = {
     "France": "Paris",
@@ -183,6 +186,25 @@ def held_out_rows() -> list[dict]:
     ]
 
 
+def _fact(answer: str) -> str:
+    """The word an answer turns on: "the capital of Sweden be Stockholm" -> "Stockholm"."""
+    return answer.split()[-1].strip("'")
+
+
+def concise_rows() -> tuple[list[dict], list[dict]]:
+    """GRPO's demo: each sample question as a prompt whose ``keywords`` are its fact (for
+    ``--reward contains``; with ``--reward length:1-6`` the answer must also be short), and
+    the held-out questions with the fact as the reference (``lora-studio eval``'s
+    exact_match then says how many answers are the fact alone)."""
+    prompts = [
+        {"prompt": question, "answer": _fact(answer), "keywords": [_fact(answer)]}
+        for question, answer, _ in _facts()
+    ]
+    random.Random(0).shuffle(prompts)
+    test = [{"prompt": q, "completion": _fact(answer)} for q, answer in _HELD_OUT_FACTS]
+    return prompts, test
+
+
 # made-up companies: (founder, city, product); no base model was trained on them
 _COMPANIES = {
     "Zorbit Labs": ("Mira Castell", "Tallinn", "solar kites"),
@@ -230,15 +252,18 @@ def company_rows() -> tuple[list[dict], list[dict]]:
 def write_sample_dataset(folder: Path) -> Path:
     """The sample (``SAMPLE_DATASET``), its preference version (``PREFERENCE_DATASET``) and
     its held-out questions (``TEST_DATASET``) in ``folder``, with the company facts (a second
-    skill, to merge with the first); returns the sample's path."""
+    skill, to merge with the first) and GRPO's prompts; returns the sample's path."""
     folder.mkdir(parents=True, exist_ok=True)
     facts, facts_test = company_rows()
+    concise, concise_test = concise_rows()
     written = (
         (SAMPLE_DATASET, sample_rows()),
         (PREFERENCE_DATASET, preference_rows()),
         (TEST_DATASET, held_out_rows()),
         (FACTS_DATASET, facts),
         (FACTS_TEST_DATASET, facts_test),
+        (CONCISE_DATASET, concise),
+        (CONCISE_TEST_DATASET, concise_test),
     )
     for name, rows in written:
         text = "".join(json.dumps(r) + "\n" for r in rows)

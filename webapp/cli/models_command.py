@@ -53,7 +53,12 @@ def models(args: argparse.Namespace) -> int:
             from core.models.demo import get_demo
 
             model, dataset = get_demo(settings.models, settings.datasets)
-            from core.models.demo import FACTS_DATASET, PREFERENCE_DATASET, TEST_DATASET
+            from core.models.demo import (
+                CONCISE_DATASET,
+                FACTS_DATASET,
+                PREFERENCE_DATASET,
+                TEST_DATASET,
+            )
 
             preferences = dataset.with_name(PREFERENCE_DATASET)
             print(f"demo model: {model}\nsample dataset: {dataset}")
@@ -65,6 +70,10 @@ def models(args: argparse.Namespace) -> int:
                 f"{dataset.with_name(TEST_DATASET)}"
             )
             print(f"a second skill, to merge with the first: {dataset.with_name(FACTS_DATASET)}")
+            print(
+                f"GRPO: lora-studio train --method grpo --model {model.name} --data "
+                f"{dataset.with_name(CONCISE_DATASET)} --reward contains --reward length:1-6"
+            )
         elif args.models_command == "import-gguf":
             from core.models.gguf_import import import_gguf
 
