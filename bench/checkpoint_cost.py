@@ -46,8 +46,8 @@ def main() -> None:
     from core.train import checkpoints
     from core.train.checkpoints import TrainerState
     from core.train.loop import TrainingLoop
-    from core.train.schedule import Schedule
     from core.train.output import lora_parameters
+    from core.train.schedule import Schedule
 
     model, _ = load(args.model)
     params = TrainingParams(rank=8, alpha=16)

@@ -50,8 +50,8 @@ def main() -> None:
     from core.params import TrainingParams
     from core.train import preference
     from core.train.loop import TrainingLoop
-    from core.train.schedule import Schedule
     from core.train.output import lora_parameters
+    from core.train.schedule import Schedule
 
     model, tokenizer = load(args.model)
     params = TrainingParams(rank=8, alpha=16, method="dpo", batch_size=args.batch)

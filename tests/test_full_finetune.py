@@ -85,8 +85,9 @@ def test_a_full_run_resumes_bitwise_after_sigkill(studio, toy_model, straight):
     resumed = service.resume(killed.id)
     final = resumed.wait(timeout=240)
     assert isinstance(final, protocol.Complete), final
-    again, reference_weights = model_weights(studio.models / "sky"), model_weights(
-        reference.models / "sky"
+    again, reference_weights = (
+        model_weights(studio.models / "sky"),
+        model_weights(reference.models / "sky"),
     )
     for name, value in reference_weights.items():
         assert np.array_equal(again[name], value), name
@@ -139,9 +140,7 @@ def test_the_plan_counts_the_trained_layers_and_offers_lora_first(toy_model):
     full = TrainingParams(fine_tune_type="full", lora_layers=2).for_model(info)
     lora = TrainingParams(lora_layers=2).for_model(info)
     layer = shape.layer_bytes
-    assert layer == sum(
-        int(np.prod(s)) * 4 for n, s in info.tensors.items() if ".layers.3." in n
-    )
+    assert layer == sum(int(np.prod(s)) * 4 for n, s in info.tensors.items() if ".layers.3." in n)
     assert estimate(shape, full, data).trained_gb == pytest.approx(2 * layer * 3 / 1e9)
     assert estimate(shape, full, data).trained_gb > estimate(shape, lora, data).trained_gb
     between = (estimate(shape, lora, data).peak_gb + estimate(shape, full, data).peak_gb) / 2

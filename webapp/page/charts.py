@@ -48,8 +48,7 @@ def method_charts(rows: list[dict], kept_step: int | None = None) -> str:
     else:
         return ""
     charts = [
-        line_chart(rows, name, kept_step=kept_step, low=low, high=high)
-        for name, low, high in shown
+        line_chart(rows, name, kept_step=kept_step, low=low, high=high) for name, low, high in shown
     ]
     return f"<div class='ls-preference-charts'>{''.join(charts)}</div>"
 
