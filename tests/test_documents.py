@@ -68,3 +68,35 @@ def test_a_folder_without_text_is_refused_and_writes_nothing(tmp_path, toy_model
     assert not (home / "datasets" / "d.jsonl").exists()
     no_model = lora_studio("data", "import", str(docs), "--shape", "text", "--name", "d", home=home)
     assert no_model.returncode == 2 and "needs --model" in no_model.stderr
+
+
+def test_the_pages_path_box_takes_a_folder_of_documents_in_the_picked_bases_tokens(
+    tmp_path, toy_model
+):
+    """The Train tab's server path: a folder of documents (a binary among them) becomes a
+    dataset of text chunks, checked like any other; without a base picked it says why."""
+    import gradio as gr
+    import pytest
+
+    from webapp.page.studio import Studio
+    from webapp.page.train.actions import TrainActions
+
+    settings = studio_with_toy(tmp_path / "studio", toy_model)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "story.txt").write_text(" ".join(random.Random(1).choices(WORDS, k=9000)) + ".")
+    (docs / "blob.txt").write_bytes(b"PK\x03\x04\x00\x00binary")
+    studio = Studio.open(settings)
+    try:
+        train = TrainActions(studio)
+        with pytest.raises(gr.Error, match="pick a base model first"):
+            train.take_path(str(docs))
+        path, name, *_ = train.take_path(str(docs), "toy")
+        assert name == "docs.jsonl" and path == str(settings.datasets / "docs.jsonl")
+        source = json.loads((settings.datasets / "docs.source.json").read_text())
+        assert [f["name"] for f in source["files"]] == ["story.txt"]
+        assert source["skipped"][0]["name"] == "blob.txt"
+        summary, *_, why, _ = train.check_dataset("toy", path, name, lora_layers=2)
+        assert "text** format" in summary and why.startswith("Ready"), why
+    finally:
+        studio.close()

@@ -106,9 +106,10 @@ class TrainActions:
             return (gr.skip(),) * (2 + len(NO_FORM)) + (None, gr.skip())
         return str(stored), Path(path).name, *NO_FORM, gr.skip(), ""
 
-    def take_path(self, text):
+    def take_path(self, text, model_id: str | None = None):
         """The same for a path on the server, or a Hugging Face dataset's name (it empties
-        the upload box)."""
+        the upload box); a folder of documents becomes text chunks of the picked base's
+        tokens, for continued pretraining."""
         text = (text or "").strip()
         if not text:
             return "", "", *NO_FORM, gr.skip(), gr.skip()
@@ -118,6 +119,8 @@ class TrainActions:
             raise gr.Error(str(exc)) from None
         if mapping.is_studio_dataset(source):
             return source, Path(source).name, *NO_FORM, None, gr.skip()
+        if mapping.is_documents(source):
+            return *mapping.arrive_documents(self.studio, source, model_id), None, gr.skip()
         return *mapping.arrive(self.studio, source), None, gr.skip()
 
     def preview_import(self, source, *mapped):

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.data.documents import OPTIONAL_READERS, TEXT_SUFFIXES, import_documents
 from core.data.imports import NAME, Options, columns_of, import_dataset, preview
 from core.errors import StudioError
+from core.models.inspect import tokenizer
 from webapp.page.studio import Studio, explain
 
 TARGETS = ("prompt", "completion", "text", "system")
@@ -56,6 +58,40 @@ def build() -> MappingPanel:
         shown = gr.HTML(elem_id="ls-mapping-preview")
         save = gr.Button("Save as dataset", variant="primary")
     return MappingPanel(box, gr.State(None), note, fields, name, replace, shown, save)
+
+
+def is_documents(source: str) -> bool:
+    """A folder of documents (.txt, .md, ...), not a dataset folder (no train.jsonl)."""
+    folder = Path(source)
+    if not folder.is_dir() or (folder / "train.jsonl").exists():
+        return False
+    kinds = (*TEXT_SUFFIXES, *OPTIONAL_READERS)
+    return any(p.suffix.lower() in kinds for p in folder.rglob("*") if p.is_file())
+
+
+def arrive_documents(studio: Studio, source: str, model_id: str | None) -> tuple:
+    """A folder of documents as a dataset of text chunks for continued pretraining
+    (``core.data.documents``), in chunks of the picked base's tokens; the skipped files said."""
+    if not model_id:
+        raise gr.Error("pick a base model first: its tokens size the documents' chunks")
+    name = _free_name(studio.settings.datasets, Path(source.rstrip("/")).name)
+    try:
+        report = import_documents(
+            Path(source),
+            name,
+            studio.settings.datasets,
+            tokenizer(studio.registry.get(model_id).path),
+            tokenizer_name=model_id,
+        )
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from None
+    skipped = "; ".join(f"{s['name']} ({s['reason']})" for s in report.skipped[:5])
+    gr.Info(
+        f"{report.rows_written} chunks of {report.chunk_tokens} tokens from "
+        f"{len(report.files)} document(s)" + (f"; skipped: {skipped}" if skipped else "")
+    )
+    hidden = (gr.update(visible=False), None, "", *([gr.skip()] * len(TARGETS)), gr.skip(), "")
+    return report.path, f"{name}.jsonl", *hidden
 
 
 def arrive(studio: Studio, source: str) -> tuple:

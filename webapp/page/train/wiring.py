@@ -73,7 +73,8 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         **{**check, "api_visibility": "public"}, api_name="check_dataset"
     )
     ui.model.input(**pick).then(**check)
-    ui.server_path.submit(act.take_path, ui.server_path, arrived, **PRIVATE, **CHECK).then(**check)
+    path = [ui.server_path, ui.model]
+    ui.server_path.submit(act.take_path, path, arrived, **PRIVATE, **CHECK).then(**check)
     _wire_import(ui, act, check)
     rank.input(
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
