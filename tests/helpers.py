@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -153,3 +154,12 @@ def studio_with_toy(home: Path, toy_model: Path):
     settings = Settings.from_env(home).ensure()
     shutil.copytree(toy_model, settings.models / "toy")
     return settings
+
+
+def sigkill_at(run, step: int, timeout: float = 180) -> None:
+    """SIGKILL ``run``'s worker once it reports ``step`` (or later), and wait for its end."""
+    for event in run.follow(timeout=timeout):
+        if getattr(event, "step", 0) >= step:
+            os.kill(run.pid, signal.SIGKILL)
+            break
+    run.wait(timeout=60)

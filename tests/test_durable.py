@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from tests.helpers import (
     colour_rows,
     grow_filesystem,
     processes_mentioning,
+    sigkill_at,
     small_filesystem,
     write_jsonl,
 )
@@ -118,11 +118,8 @@ def test_resumed_after_sigkill_equals_the_uninterrupted_run(studio, toy_model, s
     service = TrainingService(studio)
     killed = service.start(toy_model, data, TrainingParams(**RESUMED), name="killed")
     kill_at = random.Random(seed).randint(6, 40)
-    for event in killed.follow(timeout=180):
-        if getattr(event, "step", 0) >= kill_at:
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-    final = killed.wait(timeout=60)
+    sigkill_at(killed, kill_at)
+    final = killed.last_event
     assert isinstance(final, protocol.Error) and "SIGKILL" in final.error
     record = service.runs.get(killed.id)
     assert record.state == "interrupted" and record.checkpoint_step >= 5

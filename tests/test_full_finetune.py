@@ -7,8 +7,6 @@ Real worker processes on the toy llama; the kill is a real SIGKILL.
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import mlx.core as mx
 import numpy as np
@@ -24,7 +22,7 @@ from core.settings import Settings
 from core.train import checkpoints
 from core.train.plan import DataShape, ModelShape, estimate, plan
 from core.train.service import TrainingService
-from tests.helpers import colour_preferences, colour_rows, lora_studio, write_jsonl
+from tests.helpers import colour_preferences, colour_rows, lora_studio, sigkill_at, write_jsonl
 
 # 48 training rows: 12 steps an epoch at batch 4; checkpoints every 5 steps fall mid-epoch;
 # the toy's last 2 of 4 layers trained (the first two give their kept outputs)
@@ -75,11 +73,8 @@ def test_a_full_run_resumes_bitwise_after_sigkill(studio, toy_model, straight):
     reference, expected, data = straight
     service = TrainingService(studio)
     killed = service.start(toy_model, data, TrainingParams(**FULL), name="Sky")
-    for event in killed.follow(timeout=180):
-        if getattr(event, "step", 0) >= 22:
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-    assert "SIGKILL" in killed.wait(timeout=60).error
+    sigkill_at(killed, 22)
+    assert "SIGKILL" in killed.last_event.error
     kept = checkpoints.steps(studio.runs / killed.id / "checkpoints")
     assert 1 <= len(kept) <= 2 and kept[-1] >= 20, kept
     resumed = service.resume(killed.id)

@@ -9,8 +9,6 @@ adapter learns it: the held-out greedy answers go from never to always saying it
 from __future__ import annotations
 
 import json
-import os
-import signal
 import textwrap
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from core.settings import Settings
 from core.train import grpo, rewards
 from core.train.batches import padded
 from core.train.service import TrainingService
-from tests.helpers import colour_rows, lora_studio, write_jsonl
+from tests.helpers import colour_rows, lora_studio, sigkill_at, write_jsonl
 from tests.test_loss import lora_model
 
 GRPO = dict(
@@ -208,11 +206,8 @@ def test_a_grpo_run_resumes_bitwise_after_sigkill(studio, toy_model, grpo_run):
     reference, expected_events, data = grpo_run
     service = TrainingService(studio)
     killed = service.start(toy_model, data, TrainingParams(**GRPO), name="sky")
-    for event in killed.follow(timeout=180):
-        if getattr(event, "step", 0) >= 17:
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-    assert "SIGKILL" in killed.wait(timeout=60).error
+    sigkill_at(killed, 17)
+    assert "SIGKILL" in killed.last_event.error
     assert service.runs.get(killed.id).checkpoint_step >= 15
     resumed = service.resume(killed.id)
     events = list(resumed.follow(timeout=300))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import signal
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,7 +28,7 @@ from core.params import TrainingParams
 from core.settings import Settings
 from core.train import preference
 from core.train.service import TrainingService
-from tests.helpers import colour_preferences, colour_rows, lora_studio, write_jsonl
+from tests.helpers import colour_preferences, colour_rows, lora_studio, sigkill_at, write_jsonl
 from tests.test_loss import lora_model
 
 # 60 rows: 48 to train (12 steps an epoch at batch 4), 12 to validate; checkpoints every 5
@@ -214,11 +212,8 @@ def test_a_dpo_run_resumed_after_sigkill_equals_the_uninterrupted_one(
     service = TrainingService(studio)
     killed = service.start(toy_model, data, TrainingParams(**DPO), name="killed")
     kill_at = random.Random(seed).randint(6, 18)
-    for event in killed.follow(timeout=180):
-        if getattr(event, "step", 0) >= kill_at:
-            os.kill(killed.pid, signal.SIGKILL)
-            break
-    final = killed.wait(timeout=60)
+    sigkill_at(killed, kill_at)
+    final = killed.last_event
     assert isinstance(final, protocol.Error)
     record = service.runs.get(killed.id)
     assert record.state == "interrupted" and record.checkpoint_step >= 5
