@@ -105,6 +105,7 @@ class Validation(_Figures):
 class Sample(BaseModel):
     prompt: str
     answer: str
+    reward: float | None = None  # GRPO: what the run's rewards give the answer
 
 
 class Samples(_Message):

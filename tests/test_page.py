@@ -580,4 +580,5 @@ def test_a_grpo_run_previews_its_rewards_then_charts_reward_and_kl(page, tmp_pat
     expect(kl.locator("polyline.ls-train")).to_be_visible()
     loss = page.locator("#ls-loss-chart svg[aria-label='loss chart']")
     expect(loss.locator("polyline.ls-validation")).to_have_count(0)  # minus the reward: not a loss
+    expect(page.locator("#ls-samples .ls-sample-reward").first).to_contain_text("reward ")
     shot(page, "train-grpo-done")

@@ -275,6 +275,10 @@ class Scorer:
         values = [self._one(reward, prompt, completion, row) for reward in self.rewards]
         return sum(r.weight * v for r, v in zip(self.rewards, values, strict=True)), values
 
+    def total(self, prompt: str, completion: str, row: dict) -> float:
+        """The weighted sum alone."""
+        return self.score(prompt, completion, row)[0]
+
     def _one(self, reward: Reward, prompt: str, completion: str, row: dict) -> float:
         try:
             value = reward.fn(prompt, completion, row)

@@ -150,7 +150,7 @@ def train(
         stop=stop,
         loss=loss,
         batches=batches,
-        sampler=_sampler(model, tokenizer, dataset, params),
+        sampler=_sampler(model, tokenizer, dataset, params, batches),
     )
     if args.resume:
         resumed = _checkpoint(Path(args.resume))
@@ -240,10 +240,12 @@ def _make_trainable(model, params: TrainingParams) -> None:
         raise WorkerError("params", f"fine_tune_type = {params.fine_tune_type}: {exc}") from None
 
 
-def _sampler(model, tokenizer, dataset: Dataset, params: TrainingParams) -> Sampler | None:
+def _sampler(model, tokenizer, dataset: Dataset, params, batches) -> Sampler | None:
     if not params.samples:
         return None
-    return Sampler(model, tokenizer, dataset.valid, params.samples, params.sample_tokens)
+    # a GRPO run's samples carry their reward
+    score = batches.scorer.total if isinstance(batches, grpo.Rollouts) else None
+    return Sampler(model, tokenizer, dataset.valid, params.samples, params.sample_tokens, score)
 
 
 def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:

@@ -78,7 +78,8 @@ class ProgressBar:
         elif isinstance(event, protocol.Samples):
             self._line(f"samples at step {event.step} ({event.seconds:.1f} s):")
             for sample in event.samples:
-                self._line(f"  {_short(sample.prompt)} -> {_short(sample.answer)}")
+                reward = f" (reward {sample.reward:g})" if sample.reward is not None else ""
+                self._line(f"  {_short(sample.prompt)} -> {_short(sample.answer)}{reward}")
 
     def _validation(self, event: protocol.Validation) -> None:
         figures = method_figures(event)

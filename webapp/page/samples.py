@@ -17,7 +17,13 @@ def samples_html(events: list) -> str:
     for event in reversed(found):
         answers = "".join(
             f"<tr><td>{html.escape(s.prompt)}</td><td class='ls-sample-answer'>"
-            f"{html.escape(s.answer) or '<i>(nothing)</i>'}</td></tr>"
+            f"{html.escape(s.answer) or '<i>(nothing)</i>'}</td>"
+            + (
+                f"<td class='ls-sample-reward'>reward {s.reward:g}</td>"
+                if s.reward is not None
+                else ""
+            )
+            + "</tr>"
             for s in event.samples
         )
         blocks.append(
@@ -30,4 +36,15 @@ def samples_html(events: list) -> str:
         "<p><b>Samples</b>: greedy answers to validation prompts at each validation</p>"
         + "".join(blocks)
         + "</div>"
+    )
+
+
+def _row(sample: protocol.Sample) -> str:
+    """A sample's table row: the prompt, the answer, and (GRPO) its reward."""
+    reward = sample.reward
+    return (
+        f"<tr><td>{html.escape(sample.prompt)}</td><td class='ls-sample-answer'>"
+        f"{html.escape(sample.answer) or '<i>(nothing)</i>'}</td>"
+        + (f"<td class='ls-sample-reward'>reward {reward:g}</td>" if reward is not None else "")
+        + "</tr>"
     )
