@@ -38,6 +38,7 @@ from core.train.rewards import Scorer
 
 log = logging.getLogger(__name__)
 ADVANTAGE_EPSILON = 1e-4  # added to a group's spread (TRL's), so one outlier stays finite
+GREEDY_WIDTH = 32  # validation's greedy answers generated together (one each: no group)
 
 
 @dataclass
@@ -66,6 +67,14 @@ def tokenized(dataset: Dataset, tokenizer) -> tuple[PromptSet, PromptSet]:
         return PromptSet(rows, ids, [tokenizer.decode(i) for i in ids])
 
     return prompts(dataset.train), prompts(dataset.valid)
+
+
+def _greedy_width(count: int, batch_size: int) -> int:
+    """The widest multiple of the validation batch, up to ``GREEDY_WIDTH``, that validates
+    the very rows the batch would (whole batches only, as mlx-lm's)."""
+    covered = count // batch_size * batch_size
+    widths = range(batch_size, max(GREEDY_WIDTH, batch_size) + 1, batch_size)
+    return max(w for w in widths if count // w * w == covered)
 
 
 def advantages(rewards: np.ndarray, group_size: int, scale: bool = True) -> np.ndarray:
@@ -182,8 +191,10 @@ class Rollouts:
         comm_group=None,
         start: int = 0,
     ) -> Iterator[tuple]:
-        order = batch_order(len(dataset), dataset.length, batch_size, seed, comm_group)
         group = self.params.group_size if seed is not None else 1
+        if seed is None:  # one greedy answer a prompt: batch generation serves more at once
+            batch_size = _greedy_width(len(dataset), batch_size)
+        order = batch_order(len(dataset), dataset.length, batch_size, seed, comm_group)
         for indices in order[start:]:
             yield self.rollout(dataset, indices, group, greedy=seed is None)
 
