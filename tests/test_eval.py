@@ -20,6 +20,7 @@ from core.eval import judge as judging
 from core.eval import metrics, runner
 from core.eval.generation import Sampling
 from core.eval.store import EvalStore
+from core.eval.verdicts import verdicts
 from core.serve.engine import InferenceEngine
 from core.serve.registry import ModelRegistry
 from tests.helpers import free_port, lora_studio, lora_studio_server, studio_with_toy, write_jsonl
@@ -363,3 +364,19 @@ def test_a_run_with_a_test_split_is_evaluated_against_its_base(tmp_path, toy_mod
         home=home,
     )
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_answer_words_describes_every_answer_and_judges_none(home, test_file, trained_adapter):
+    """``--metrics answer_words``: each answer's length in words (a GRPO length reward's
+    effect), rows without a reference too; a description, so no verdict says better."""
+    adapter = f"lora/{trained_adapter.name}"
+    args = ["eval", "toy", adapter, "--data", str(test_file), "--metrics", "answer_words"]
+    done = lora_studio(*args, "--json", "--max-tokens", "24", home=home)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    rows = saved_rows(result)
+    for model in result["models"]:
+        words = [len(row["answers"][model].split()) for row in rows]
+        found = result["metrics"][model]["answer_words"]
+        assert found["n"] == 6 and found["mean"] == pytest.approx(sum(words) / 6)
+    assert verdicts(result["models"], result["metrics"]) == []

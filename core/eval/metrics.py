@@ -25,6 +25,8 @@ BOOTSTRAP_SAMPLES = 1000
 REFERENCE_METRICS = ("exact_match", "contains", "token_f1", "rouge_l", "chrf", "bleu")
 MODEL_METRICS = ("loss", "perplexity")
 METRICS = REFERENCE_METRICS + MODEL_METRICS
+# what an answer is, not how good: asked for by name only (a GRPO length reward's effect)
+ANSWER_METRICS = ("answer_words",)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -91,11 +93,11 @@ def parse_metrics(text: str | None) -> tuple[str, ...]:
     if not text:
         return METRICS
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in METRICS]
+    unknown = [name for name in names if name not in METRICS + ANSWER_METRICS]
     if unknown or not names:
         raise StudioError(
             f"unknown metric {', '.join(unknown) or '(none)'}",
-            hint=f"choose among {', '.join(METRICS)}",
+            hint=f"choose among {', '.join(METRICS + ANSWER_METRICS)}",
         )
     return names
 

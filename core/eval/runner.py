@@ -121,6 +121,8 @@ class Evaluation:
                 found["loss"] = made.reference_loss  # perplexity's interval is the loss's
             if made.reference_loss is not None and "perplexity" in metrics:
                 found["perplexity"] = perplexity(made.reference_loss)
+            if "answer_words" in metrics:
+                found["answer_words"] = float(len(made.text.split()))
             scores[model] = found
         row = {
             "line": case.line,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
+NEITHER = {"answer_words"}  # a description of the answers: no better or worse
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def verdicts(models: list[str], metrics: dict[str, dict[str, dict]]) -> list[Ver
     for model in models[1:]:
         for metric, theirs in metrics.get(baseline, {}).items():
             ours = metrics.get(model, {}).get(metric)
-            if not ours or not ours.get("n") or not theirs.get("n"):
+            if not ours or not ours.get("n") or not theirs.get("n") or metric in NEITHER:
                 continue
             overlap = ours["low"] <= theirs["high"] and theirs["low"] <= ours["high"]
             higher = ours["mean"] > theirs["mean"]

@@ -16,7 +16,7 @@ from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
 from core.eval.judge import read_rubric
-from core.eval.metrics import METRICS, parse_metrics
+from core.eval.metrics import ANSWER_METRICS, METRICS, parse_metrics
 from core.eval.store import EvalSpec, EvalStore
 from core.eval.verdicts import sentences, verdicts
 from core.settings import Settings
@@ -31,7 +31,9 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("models", nargs="*", metavar="MODEL", help="base id or lora/<id>")
     evaluate.add_argument("--data", help="the test file (.jsonl: prompt/completion, chat)")
     evaluate.add_argument(
-        "--metrics", help=f"comma-separated, of {','.join(METRICS)} (default: all that apply)"
+        "--metrics",
+        help=f"comma-separated, of {','.join(METRICS + ANSWER_METRICS)} (default: all that "
+        "apply but answer_words, the answers' length in words)",
     )
     evaluate.add_argument("--max-tokens", type=int, default=256, help="per answer (256)")
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
