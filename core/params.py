@@ -150,8 +150,23 @@ class TrainingParams(BaseModel):
     reward: list[str] | None = Field(
         None,
         description="GRPO: a reward, NAME[:WEIGHT], repeatable: exact, contains, "
-        "regex:PATTERN, length:MIN-MAX, json, or a function of --reward-file",
+        "regex:PATTERN, length:MIN-MAX, json, judge (1-10, with --judge-url), or a function "
+        "of --reward-file",
         json_schema_extra={"repeat": True},
+    )
+    judge_url: str | None = Field(
+        None,
+        description="GRPO's judge reward: an OpenAI-compatible endpoint (…/v1), e.g. "
+        "another `lora-studio serve`, Ollama",
+    )
+    judge_model: str | None = Field(None, description="GRPO's judge reward: the model there")
+    judge_key_env: str | None = Field(
+        None, description="GRPO's judge reward: the variable holding the endpoint's key"
+    )
+    rubric: str | None = Field(
+        None,
+        description="GRPO's judge reward: a prompt file with {question} and {answer} asking "
+        "for Rating: [[N]] (a row's own rubric field wins)",
     )
     reward_file: list[str] | None = Field(
         None,

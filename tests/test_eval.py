@@ -15,8 +15,8 @@ import sacrebleu
 from mlx_lm import generate, load
 from rouge_score import rouge_scorer
 
+from core import judge as judging
 from core.errors import StudioError
-from core.eval import judge as judging
 from core.eval import metrics, runner
 from core.eval.generation import Sampling
 from core.eval.store import EvalStore

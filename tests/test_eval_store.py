@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from core import judge as judging
 from core.errors import StudioError
-from core.eval import judge as judging
 from core.eval import runner, store
 from core.eval.generation import Sampling
 from core.eval.store import EvalStore

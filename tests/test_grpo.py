@@ -20,6 +20,7 @@ from mlx_lm import load
 
 from core import protocol
 from core.errors import StudioError
+from core.judge import RUBRIC
 from core.params import TrainingParams
 from core.settings import Settings
 from core.train import grpo, rewards
@@ -315,3 +316,50 @@ def test_prompts_and_methods_must_match(studio, toy_model, tmp_path):
         service.check(toy_model, prompts, TrainingParams(**GRPO | {"reward": ["exactly"]}))
     with pytest.raises(StudioError, match="GRPO's reference is the base"):
         service.check(toy_model, prompts, TrainingParams(**GRPO | {"fine_tune_type": "dora"}))
+
+
+def test_the_judge_reward_is_the_judges_rating_and_no_rating_is_a_failure():
+    asked = []
+
+    def judge(prompt: str) -> str:
+        asked.append(prompt)
+        return "Fine. Rating: [[8]]" if "Paris" in prompt else "I cannot say."
+
+    reward = rewards.judged(judge, RUBRIC)
+    scorer = rewards.Scorer(rewards.load(["judge:0.1", "contains"], None, reward))
+    row = {"prompt": "Capital of France?", "answer": "Paris", "keywords": ["paris"]}
+    total, values = scorer.score("<user>Capital of France?", "It is Paris.", row)
+    assert values == [8.0, 1.0] and total == pytest.approx(1.8)
+    assert "Capital of France?" in asked[0] and "'Paris'" in asked[0]  # question and reference
+    assert scorer.score("x", "It is Rome.", row | {"answer": "Rome"})[0] == 0.0  # no rating
+    assert "the judge gave no rating: 'I cannot say.'" in scorer.first_failure["judge"]
+    with pytest.raises(StudioError, match="--reward judge needs a judge"):
+        rewards.load(["judge"], None)
+
+
+def test_a_grpo_run_asks_a_judge_behind_another_lora_studio_serve(tmp_path, toy_model):
+    """The judge reward end to end, against a real second studio serving the toy model: the
+    run asks it for every answer and goes on when its replies hold no rating (the toy's
+    never do), saying so with the judge's own words."""
+    from tests.helpers import lora_studio_server, studio_with_toy
+
+    judge_home = tmp_path / "judge"
+    studio_with_toy(judge_home, toy_model)
+    data = write_jsonl(tmp_path / "sky.jsonl", sky_prompts(10))
+    with lora_studio_server(judge_home, "serve") as (_, url, _):
+        done = lora_studio(
+            *("train", "--method", "grpo", "--reward", "judge:0.1", "--reward", "regex:blue"),
+            *("--judge-url", f"{url}/v1", "--judge-model", "toy", "--epochs", "1"),
+            *("--lora-layers", "-1", "--group-size", "2", "--max-completion-tokens", "4"),
+            *("--batch-size", "2", "--samples", "0", "--model", str(toy_model)),
+            *("--data", str(data)),
+            home=tmp_path / "home",
+        )
+    assert done.returncode == 0, done.stderr
+    assert "note: reward judge (built-in): ValueError: the judge gave no rating" in done.stderr
+    refused = lora_studio(
+        *("train", "--method", "grpo", "--reward", "judge", "--model", str(toy_model)),
+        *("--lora-layers", "2", "--data", str(data)),
+        home=tmp_path / "home",
+    )
+    assert refused.returncode == 2 and "--reward judge needs a judge" in refused.stderr

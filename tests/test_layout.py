@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCABULARY = {"params", "protocol", "settings", "errors", "files", "access"}
+VOCABULARY = {"params", "protocol", "settings", "errors", "files", "access", "judge"}
 # wing -> level; a module imports its own wing, the root and lower levels only
 LEVELS = {"data": 1, "machine": 1, "models": 2, "adapters": 3, "train": 4, "serve": 4, "eval": 5}
 WORKER_SIDE = {"worker", "loop", "loss", "checkpoints", "batches", "schedule", "preference"}

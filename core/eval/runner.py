@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import judge as judging
 from core.adapters.layout import TEST_FILE
 from core.adapters.store import AdapterMetadata
 from core.errors import StudioError
-from core.eval import judge as judging
 from core.eval.cases import Case, fingerprint, read_cases
 from core.eval.generation import Answer, Sampling, answer, perplexity
 from core.eval.metrics import METRICS, MODEL_METRICS, bootstrap, reference_scores

@@ -14,7 +14,10 @@ their weighted sum is the answer's reward. Built-ins:
 - ``regex:PATTERN``: 1 when the pattern is found in the completion (Python's ``re.search``);
 - ``length:MIN-MAX``: 1 when the completion has MIN to MAX words;
 - ``json``: 1 when the completion (or its one fenced code block) parses as JSON, and, when
-  the row has a ``schema``, validates against it (the ``jsonschema`` library).
+  the row has a ``schema``, validates against it (the ``jsonschema`` library);
+- ``judge``: an LLM judge's 1-10 rating (``core.judge``'s rubric, or the row's ``rubric``),
+  from an OpenAI-compatible endpoint (``--judge-url``: another ``lora-studio serve`` for a
+  local model, Ollama, vLLM); the row's ``answer`` is given to the judge as a reference.
 
 The user's own: ``--reward-file FILE.py`` (each public function with exactly the parameters
 ``prompt, completion, row`` is a reward; ``--reward NAME`` picks some of them by name). A file
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import StudioError
+from core.judge import EndpointJudge, read_rubric, rubric_score
 
 RewardFunction = Callable[[str, str, dict], float]
 PARAMETERS = ["prompt", "completion", "row"]
@@ -135,6 +139,22 @@ BUILT_INS: dict[str, RewardFunction] = {"exact": exact, "contains": contains, "j
 PARAMETRISED = {"regex": _regex, "length": _length}
 
 
+def judged(ask: Callable[[str], str], rubric: str) -> RewardFunction:
+    """The ``judge`` reward: the judge's rating of the answer to the row's question (its
+    ``prompt`` when it has one, else the prompt as asked); no rating is a failure."""
+
+    def judge(prompt: str, completion: str, row: dict) -> float:
+        question = row["prompt"] if isinstance(row.get("prompt"), str) else prompt
+        reference = row.get("answer")
+        mine = row["rubric"] if isinstance(row.get("rubric"), str) else rubric
+        score, reply = rubric_score(ask, question, reference and str(reference), completion, mine)
+        if score is None:
+            raise ValueError(f"the judge gave no rating: {reply[:120]!r}")
+        return score
+
+    return judge
+
+
 def split_weight(spec: str) -> tuple[str, float]:
     """``NAME[:WEIGHT]``: a last ``:number`` is the weight when what precedes it is a whole
     reward (``regex:a:2`` is ``regex:a`` weighed 2; ``regex:5`` is the pattern ``5``)."""
@@ -207,22 +227,26 @@ def _line_in(exc: BaseException, path: Path) -> str:
     return f", line {lines[-1]}" if lines else ""
 
 
-def check(specs: list[str] | None, files: list[str] | None) -> None:
+def check(specs: list[str] | None, files: list[str] | None, judge: bool = False) -> None:
     """Everything ``load`` checks that can be known without running the files: the specs,
     and each file's syntax and signatures (the studio checks this before any process
-    starts; the worker imports the files)."""
+    starts; the worker imports the files). ``judge``: whether a judge is configured."""
     defined = {name for file in files or [] for name in check_file(Path(file))}
     for spec in specs or []:
         name, _ = split_weight(spec)
-        if name not in defined and built_in(name) is None:
+        if name == "judge" and name not in defined and not judge:
+            raise _no_judge()
+        if name not in defined and name != "judge" and built_in(name) is None:
             raise _unknown(spec, defined)
     if not specs and not defined:
         raise _none_given()
 
 
-def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
-    """The run's rewards: each ``--reward`` spec a built-in or a function of one of the
-    ``files`` (all of their functions when no spec names one)."""
+def load(
+    specs: list[str] | None, files: list[str] | None, judge: RewardFunction | None = None
+) -> list[Reward]:
+    """The run's rewards: each ``--reward`` spec a built-in (``judge``: the given one) or a
+    function of one of the ``files`` (all of their functions when no spec names one)."""
     functions: dict[str, Reward] = {}
     for file in files or []:
         path = Path(file)
@@ -242,6 +266,10 @@ def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
         name, weight = split_weight(spec)
         if name in functions:
             rewards.append(Reward(name, weight, functions[name].fn, functions[name].where))
+        elif name == "judge":
+            if judge is None:
+                raise _no_judge()
+            rewards.append(Reward(name, weight, judge))
         elif (fn := built_in(name)) is not None:
             rewards.append(Reward(name, weight, fn))
         else:
@@ -250,8 +278,15 @@ def load(specs: list[str] | None, files: list[str] | None) -> list[Reward]:
 
 
 def _unknown(spec: str, defined: set[str]) -> RewardError:
-    known = ", ".join([*BUILT_INS, "regex:PATTERN", "length:MIN-MAX", *sorted(defined)])
+    known = ", ".join([*BUILT_INS, "regex:PATTERN", "length:MIN-MAX", "judge", *sorted(defined)])
     return RewardError(f"--reward {spec}: no such reward", hint=f"choose among: {known}")
+
+
+def _no_judge() -> RewardError:
+    return RewardError(
+        "--reward judge needs a judge",
+        hint="give --judge-url (an OpenAI-compatible …/v1) and --judge-model",
+    )
 
 
 def _none_given() -> RewardError:
@@ -260,6 +295,16 @@ def _none_given() -> RewardError:
         hint="add --reward exact (or contains, regex:PATTERN, length:MIN-MAX, json), "
         "or --reward-file rewards.py",
     )
+
+
+def scorer_for(params) -> Scorer:
+    """A run's scorer (``TrainingParams``): its rewards loaded, the judge's endpoint
+    connected when ``judge`` is among them."""
+    judge = None
+    if params.judge_url and params.judge_model:
+        endpoint = EndpointJudge(params.judge_url, params.judge_model, params.judge_key_env)
+        judge = judged(endpoint, read_rubric(params.rubric))
+    return Scorer(load(params.reward, params.reward_file, judge))
 
 
 @dataclass

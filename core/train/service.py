@@ -22,6 +22,7 @@ from core.adapters.layout import EVENTS_FILE, TEST_FILE
 from core.data.check import RowReader
 from core.data.scan import DatasetScan, scan_dataset
 from core.errors import StudioError
+from core.judge import read_rubric
 from core.machine.blas import Blas, with_blas
 from core.machine.blas_choice import choose_blas
 from core.machine.hosts import copy_to_hosts
@@ -125,7 +126,9 @@ class TrainingService:
         params.check_data(dataset.format)
         params.check_steps(dataset.train_count // params.batch_size)
         if params.method == "grpo":
-            rewards.check(params.reward, params.reward_file)
+            judge = bool(params.judge_url and params.judge_model)
+            rewards.check(params.reward, params.reward_file, judge)
+            read_rubric(params.rubric)  # a rubric that does not read is said now
         (launch or Launch()).check(params.batch_size, dataset.valid_count)
         return info, params, dataset
 

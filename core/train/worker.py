@@ -189,7 +189,7 @@ def _objective(model, tokenizer, params: TrainingParams, sets: tuple, emit, cloc
     output of; for DPO, the reference pass too (before any checkpoint is loaded: the
     adapter still does nothing); for GRPO, the rewards and the rollouts."""
     if params.method == "grpo":
-        scorer = rewards.Scorer(rewards.load(params.reward, params.reward_file))
+        scorer = rewards.scorer_for(params)
         loss, per_token = grpo.choose_loss(model, params, [r.name for r in scorer.rewards])
         clock.mark("loss")
         return loss, grpo.Rollouts(model, tokenizer, params, scorer, per_token, emit), 0

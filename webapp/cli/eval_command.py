@@ -15,10 +15,10 @@ from rich.table import Table
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
-from core.eval.judge import read_rubric
 from core.eval.metrics import ANSWER_METRICS, METRICS, parse_metrics
 from core.eval.store import EvalSpec, EvalStore
 from core.eval.verdicts import sentences, verdicts
+from core.judge import read_rubric
 from core.settings import Settings
 from webapp.cli.train_command import EXIT_REFUSED
 

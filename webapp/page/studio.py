@@ -99,12 +99,24 @@ class Studio:
         return self.access.path(text)
 
     def with_reward_files(self, params: TrainingParams) -> TrainingParams:
-        """GRPO's reward files as a page user named them, each through the gate: on a shared
-        studio only the owner's files in rewards/ (``Access.code``)."""
-        if not params.reward_file:
-            return params
-        files = [str(self.access.code(f, self.settings.rewards)) for f in params.reward_file]
-        return params.model_copy(update={"reward_file": files})
+        """GRPO's reward files, judge and rubric as a page user named them, each through the
+        gate: on a shared studio only the owner's files in rewards/ (``Access.code``), a
+        judge on loopback or the owner's hosts, a rubric under the data roots, and no
+        variable of the owner's environment."""
+        gate, update = self.access, {}
+        if params.reward_file:
+            files = [str(gate.code(f, self.settings.rewards)) for f in params.reward_file]
+            update["reward_file"] = files
+        if params.judge_url:
+            update["judge_url"] = gate.url(params.judge_url, "judge")
+        if params.rubric:
+            update["rubric"] = str(gate.path(params.rubric))
+        if params.judge_key_env and gate.shared:
+            raise StudioError(
+                "a shared studio does not send its owner's keys for a page user",
+                hint="leave the judge's key variable empty (a loopback judge needs none)",
+            )
+        return params.model_copy(update=update)
 
     def reward_file_names(self) -> list[str]:
         """The owner's reward files (the studio's rewards/ folder), by name."""

@@ -63,6 +63,10 @@ LABELS = {
     "grpo_loss": "GRPO loss",
     "reward": "GRPO rewards: pick, or type regex:PATTERN, length:MIN-MAX; :WEIGHT after any",
     "reward_file": "GRPO reward files (the studio's rewards/ folder)",
+    "judge_url": "GRPO judge reward: an OpenAI-compatible URL (…/v1)",
+    "judge_model": "GRPO judge reward: the model there",
+    "judge_key_env": "GRPO judge reward: the variable with its key (owner only)",
+    "rubric": "GRPO judge reward: a rubric file (default: the studio's)",
 }
 GRPO_FIELDS = (
     "reward",
@@ -73,8 +77,12 @@ GRPO_FIELDS = (
     "top_p",
     "epsilon",
     "grpo_loss",
+    "judge_url",
+    "judge_model",
+    "judge_key_env",
+    "rubric",
 )
-REWARD_CHOICES = ["exact", "contains", "json", "regex:", "length:20-80"]
+REWARD_CHOICES = ["exact", "contains", "json", "regex:", "length:20-80", "judge"]
 CHOICES = {
     "keep": {"best": "best validation loss", "last": "last step"},
     "fine_tune_type": {
@@ -118,6 +126,8 @@ def field(name: str) -> gr.components.Component:
         )
     if kind is bool:
         return gr.Checkbox(value, label=label)
+    if str in get_args(kind):  # optional text: a URL, a name, a file
+        return gr.Textbox(value or "", label=label)
     if get_origin(kind) is Literal:
         names = CHOICES.get(name, {})
         options = [(names.get(choice, choice), choice) for choice in get_args(kind)]
@@ -148,7 +158,7 @@ def advanced_fields() -> dict[str, gr.components.Component]:
 def params(form: dict) -> TrainingParams:
     """The form's values as checked TrainingParams (0 in the "every" fields: each epoch).
     Fields a script leaves out keep their defaults."""
-    form = {k: v for k, v in form.items() if v not in (None, []) and k not in LAUNCH_FIELDS}
+    form = {k: v for k, v in form.items() if v not in (None, [], "") and k not in LAUNCH_FIELDS}
     form["keys"] = form.get("keys") or DEFAULTS.keys
     for name in ("save_every", "eval_every"):
         if form.get(name) == EVERY_EPOCH:

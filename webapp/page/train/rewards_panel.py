@@ -64,7 +64,7 @@ def preview(studio: Studio, model_id: str | None, data_path: str | None, form: d
         params = studio.with_reward_files(fields.params(form))
         if not model_id or not data_path:
             raise StudioError("pick a base model and add a dataset first")
-        scorer = rewards.Scorer(rewards.load(params.reward, params.reward_file))
+        scorer = rewards.scorer_for(params)
         rows = scan_dataset(studio.dataset_path(data_path), batch_size=1).sample[:PREVIEW_ROWS]
         cases = [Case(n, question_and_answer(row)[0], None) for n, row in enumerate(rows, 1)]
         sampling = Sampling(
