@@ -18,6 +18,7 @@ from pathlib import Path
 from core import judge as judging
 from core.adapters.layout import TEST_FILE
 from core.adapters.store import AdapterMetadata
+from core.data.leaks import file_rows, find_leaks
 from core.errors import StudioError
 from core.eval.cases import Case, fingerprint, read_cases
 from core.eval.generation import Answer, Sampling, answer, perplexity
@@ -166,6 +167,13 @@ def summarize(spec: EvalSpec, rows: list[dict]) -> dict:
         "metrics": metrics,
         "judge": _judge_summary(spec, rows) if any("judge" in row for row in rows) else None,
     }
+    if spec.leaks is not None:  # how many rows copy training rows, and whether they count
+        summary["leaked"] = {
+            "rows": len(spec.leaks["pairs"]),
+            "excluded": spec.leaks["excluded"],
+            "training": spec.leaks["training"],
+            "pairs": spec.leaks["pairs"],
+        }
     return summary
 
 
@@ -210,17 +218,19 @@ def prepare(
     sampling: Sampling,
     judge: dict | None = None,
     data_name: str | None = None,
+    leaks: dict | None = None,
 ) -> Evaluation:
     """A new evaluation, checked before anything runs: every model known and usable, every
     row of the test file readable, the judge reachable in principle (its key set).
-    ``data_name``: the test file's name for people (an upload is stored by its hash)."""
+    ``data_name``: the test file's name for people (an upload is stored by its hash);
+    ``leaks``: its rows that copy training rows (``leaks_against``), left out if excluded."""
     if not models:
         raise StudioError("name at least one model to evaluate")
     if len(set(models)) != len(models):
         raise StudioError("a model is named twice", hint="name each model once")
     for model in models:
         engine.registry.get(model)  # an unknown id is refused here, naming it
-    cases = read_cases(data)
+    cases = _kept(read_cases(data), leaks)
     asker = judge_for(engine, judge)
     spec = store.create(
         models=models,
@@ -231,8 +241,33 @@ def prepare(
         sampling=asdict(sampling),
         judge=judge,
         rows_total=len(cases),
+        leaks=leaks,
     )
     return Evaluation(store, engine, spec, cases, asker)
+
+
+def leaks_against(data: str, training: Path, exclude: bool) -> dict:
+    """The test file's rows that near-duplicate a row of ``training`` (a .jsonl, or a
+    dataset folder's train.jsonl), with both lines (``core.data.leaks``)."""
+    if not training.exists():
+        raise StudioError(f"no training data at {training}", hint="give --train-data FILE")
+    held_out = [(case.line, _case_text(case)) for case in read_cases(data)]
+    found = find_leaks(held_out, file_rows(training))
+    pairs = [[leak.held_out_line, leak.training_line, leak.similarity] for leak in found]
+    return {"training": str(training), "pairs": pairs, "excluded": exclude}
+
+
+def _case_text(case: Case) -> str:
+    asked = " ".join(str(m.get("content") or "") for m in case.messages)
+    return f"{asked} {case.reference or ''}"
+
+
+def _kept(cases: list[Case], leaks: dict | None) -> list[Case]:
+    """The cases to answer: all, or those that leak left out when asked."""
+    if not leaks or not leaks.get("excluded"):
+        return cases
+    leaked = {pair[0] for pair in leaks["pairs"]}
+    return [case for case in cases if case.line not in leaked]
 
 
 def resume(store: EvalStore, engine: InferenceEngine, eval_id: str) -> Evaluation:
@@ -251,7 +286,8 @@ def resume(store: EvalStore, engine: InferenceEngine, eval_id: str) -> Evaluatio
             f"{spec.data} has changed since evaluation {eval_id} started",
             hint="start a new evaluation on it",
         )
-    return Evaluation(store, engine, spec, read_cases(spec.data), judge_for(engine, spec.judge))
+    cases = _kept(read_cases(spec.data), spec.leaks)
+    return Evaluation(store, engine, spec, cases, judge_for(engine, spec.judge))
 
 
 def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:

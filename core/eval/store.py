@@ -45,6 +45,9 @@ class EvalSpec(BaseModel):
     metrics: list[str]
     sampling: dict[str, Any]
     judge: dict[str, Any] | None = None  # {"kind": "url"|"studio", "model", "url"?, ...}
+    # held-out rows near-duplicating training rows: {"training", "pairs": [[line, line,
+    # similarity]], "excluded"} (``core.data.leaks``); None when not checked
+    leaks: dict[str, Any] | None = None
     rows_total: int
     rows_done: int = 0
     # "failed": ended by an error that is not the user's (its message in ``error``); like a

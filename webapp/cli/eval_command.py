@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -46,6 +47,15 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--judge-model", help="the judge's model name at --judge-url")
     evaluate.add_argument("--judge-key-env", metavar="VAR", help="env variable with its key")
     evaluate.add_argument("--rubric", metavar="FILE", help="the judge's scoring prompt")
+    evaluate.add_argument(
+        "--train-data",
+        metavar="FILE",
+        help="the training data (.jsonl or a dataset folder): test rows that nearly copy a "
+        "training row are counted, with both lines",
+    )
+    evaluate.add_argument(
+        "--exclude-leaked", action="store_true", help="with --train-data: leave those rows out"
+    )
     evaluate.add_argument("--resume", metavar="ID", help="continue a stopped evaluation")
     evaluate.add_argument(
         "--stop", metavar="ID", help="stop a running evaluation (from any process) after its rows"
@@ -121,6 +131,11 @@ def _evaluation(args, store: EvalStore, engine) -> runner.Evaluation:
     )
     if sampling.max_tokens < 1 or sampling.batch_size < 1 or sampling.temperature < 0:
         raise StudioError("--max-tokens and --batch-size must be >= 1, --temperature >= 0")
+    if args.exclude_leaked and not args.train_data:
+        raise StudioError("--exclude-leaked needs --train-data FILE: the rows to compare with")
+    leaks = None
+    if args.train_data:
+        leaks = runner.leaks_against(args.data, Path(args.train_data), args.exclude_leaked)
     return runner.prepare(
         store,
         engine,
@@ -129,6 +144,7 @@ def _evaluation(args, store: EvalStore, engine) -> runner.Evaluation:
         metrics=parse_metrics(args.metrics),
         sampling=sampling,
         judge=_judge_config(args),
+        leaks=leaks,
     )
 
 
@@ -207,6 +223,8 @@ def print_table(result: dict) -> None:
     console.print(table)
     for sentence in sentences(verdicts(result["models"], result["metrics"]), {}):
         console.print(sentence, markup=False)
+    if leaked := result.get("leaked"):
+        console.print(leaked_sentence(leaked), markup=False)
     judge = result.get("judge")
     if judge:
         for model, counts in judge["pairwise"].items():
@@ -227,3 +245,18 @@ def _cell(stat: dict | None) -> str:
     if not stat or stat.get("n", 1) == 0:
         return "-"
     return f"{stat['mean']:.3g} [{stat['low']:.3g}, {stat['high']:.3g}]"
+
+
+def leaked_sentence(leaked: dict) -> str:
+    """How many test rows copy training rows (the first pairs of lines), and whether the
+    scores count them."""
+    pairs = leaked["pairs"]
+    if not pairs:
+        return f"no test row is a near-duplicate of a row of {leaked['training']}"
+    shown = ", ".join(f"test line {t} ~ training line {r} ({s:.2f})" for t, r, s in pairs[:5])
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    counted = "left out of the scores" if leaked["excluded"] else "counted in the scores"
+    return (
+        f"{len(pairs)} test row(s) nearly copy rows of {leaked['training']}: {shown}{more}; "
+        f"{counted}" + ("" if leaked["excluded"] else " (--exclude-leaked leaves them out)")
+    )
