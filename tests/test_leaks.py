@@ -73,7 +73,41 @@ def test_eval_counts_a_planted_copy_on_both_lines_and_can_leave_it_out(tmp_path,
     result = json.loads(left_out.stdout)
     assert result["rows"] == 2 and result["leaked"]["excluded"]
     table = lora_studio(*args[:-3], "--train-data", str(train_file), home=home)
-    assert "1 test row(s) nearly copy rows of" in table.stdout
+    assert "1 test row(s) of the test file nearly copy rows of" in table.stdout
     assert "test line 2 ~ training line 7 (1.00)" in table.stdout
     refused = lora_studio(*args[:-3], "--exclude-leaked", home=home)
     assert refused.returncode == 2 and "--exclude-leaked needs --train-data" in refused.stderr
+
+
+def test_a_run_whose_test_rows_copy_training_rows_says_so_before_it_starts(tmp_path, toy_model):
+    """A --test-data file with a planted copy: the CLI warns with both lines before the
+    first step and the adapter's metadata counts it; a test split drawn from a file that
+    repeats its rows: the page says so beside Start."""
+    from webapp.page.studio import Studio
+    from webapp.page.train.actions import TrainActions
+
+    home = tmp_path / "studio"
+    settings = studio_with_toy(home, toy_model)
+    training = colour_rows(24)
+    train_file = write_jsonl(tmp_path / "train.jsonl", training)
+    planted = training[4]["messages"]  # line 5
+    test_rows = [{"prompt": planted[0]["content"], "completion": planted[1]["content"]}]
+    test_rows.append({"prompt": "What is the capital of Peru?", "completion": "Lima."})
+    test_file = write_jsonl(tmp_path / "test.jsonl", test_rows)
+    run = ["train", "--model", "toy", "--data", str(train_file), "--test-data", str(test_file)]
+    done = lora_studio(*run, "--epochs", "1", "--lora-layers", "2", "--samples", "0", home=home)
+    assert done.returncode == 0, done.stderr
+    warned = "warning: 1 test row(s) of the test rows nearly copy rows of the training rows"
+    assert warned in done.stdout and "test line 1 ~ training line 5 (1.00)" in done.stdout
+    adapter = next((home / "adapters").iterdir())
+    assert json.loads((adapter / "metadata.json").read_text())["leakedTestRows"] == 1
+    repeated = write_jsonl(settings.datasets / "twice.jsonl", colour_rows(20) * 2)
+    studio = Studio.open(settings)
+    try:
+        check = TrainActions(studio).check_dataset
+        *_, why, _ = check("toy", str(repeated), "twice.jsonl", lora_layers=2, test_split=0.2)
+        assert "**Note:**" in why and "test row(s) of twice.jsonl nearly copy" in why, why
+        *_, why, _ = check("toy", str(repeated), "twice.jsonl", lora_layers=2)
+        assert "Note" not in why  # no test rows, nothing to say
+    finally:
+        studio.close()

@@ -98,3 +98,17 @@ def find_leaks(
         if best is not None and best[0] >= threshold:
             found.append(Leak(line, best[1], round(best[0], 3)))
     return found
+
+
+def said(pairs: list, test: str, training: str) -> str:
+    """How many test rows nearly copy training rows, with the first pairs of lines (pairs:
+    ``Leak``s, or [test line, training line, similarity] lists)."""
+    rows = [
+        (p.held_out_line, p.training_line, p.similarity) if isinstance(p, Leak) else p
+        for p in pairs
+    ]
+    if not rows:
+        return f"no test row is a near-duplicate of a row of {training}"
+    shown = ", ".join(f"test line {t} ~ training line {r} ({s:.2f})" for t, r, s in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    return f"{len(rows)} test row(s) of {test} nearly copy rows of {training}: {shown}{more}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.check import DatasetError, Problem, RowReader
+from core.data.leaks import Leak, file_rows, find_leaks
 from core.data.tokens import processed_rows
 
 
@@ -198,6 +199,26 @@ class DatasetScan:
         """The dataset's files' size."""
         files = [self.files.train] + ([self.files.valid] if self.files.valid else [])
         return sum(f.stat().st_size for f in files)
+
+    def test_leaks(self, test_data: Path | None = None) -> list[Leak]:
+        """The run's test rows that nearly copy its training rows (``core.data.leaks``), by
+        their lines: in a test file given, the folder's test.jsonl, or (a test split) the one
+        file both come from. Empty when the run keeps no test rows."""
+        test = test_data or self.files.test
+        if test is None and not self.test_count:
+            return []
+        train_lines = None
+        if self.files.valid is None:  # split from one file: its training rows only
+            train, _, tested = split_indices(
+                self.total, self.validation_split, self.seed, self.test_split
+            )
+            train_lines = {index + 1 for index in train}
+        rows = list(file_rows(self.files.train))
+        training = [(line, text) for line, text in rows if not train_lines or line in train_lines]
+        if test is not None:
+            return find_leaks(file_rows(Path(test)), training)
+        tested_lines = {index + 1 for index in tested}
+        return find_leaks([(n, t) for n, t in rows if n in tested_lines], training)
 
     def write(self, folder: Path, test_file: Path | None = None) -> Path:
         """train.jsonl and valid.jsonl in ``folder``, streamed line by line: the split of

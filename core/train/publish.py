@@ -74,6 +74,7 @@ def metadata(
         baseQuantization=record.model_quantization,
         fineTuneType=params.get("fine_tune_type", "lora"),
         lossFunction=start.loss,
+        leakedTestRows=len(record.leaked_test_rows),
         ranks=start.ranks,
         **_preference_fields(params, events, complete),
     )

@@ -62,6 +62,8 @@ class RunRecord(BaseModel):
     dataset_system: str | None = None  # the system prompt of every row, if they share one
     params: dict[str, Any]
     launch: dict[str, Any] | None = None  # core.machine.launch.Launch, for a run over several ranks
+    # test rows that nearly copy training rows: [test line, training line, similarity]
+    leaked_test_rows: list[list] = Field(default_factory=list)
     step: int = 0
     total_steps: int | None = None
     checkpoint_step: int | None = None

@@ -184,6 +184,10 @@ class TrainingService:
         if not memory.fits and not force:
             raise refusal(memory)
         record = _new_record(name, info, dataset, params, launch)
+        record.leaked_test_rows = [
+            [leak.held_out_line, leak.training_line, leak.similarity]
+            for leak in dataset.test_leaks(Path(test_data).expanduser() if test_data else None)
+        ]
         folder = self.settings.runs / record.id
         locks = [self._take_lock()]
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from core.data.leaks import said
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
@@ -248,15 +249,10 @@ def _cell(stat: dict | None) -> str:
 
 
 def leaked_sentence(leaked: dict) -> str:
-    """How many test rows copy training rows (the first pairs of lines), and whether the
-    scores count them."""
-    pairs = leaked["pairs"]
-    if not pairs:
-        return f"no test row is a near-duplicate of a row of {leaked['training']}"
-    shown = ", ".join(f"test line {t} ~ training line {r} ({s:.2f})" for t, r, s in pairs[:5])
-    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
-    counted = "left out of the scores" if leaked["excluded"] else "counted in the scores"
-    return (
-        f"{len(pairs)} test row(s) nearly copy rows of {leaked['training']}: {shown}{more}; "
-        f"{counted}" + ("" if leaked["excluded"] else " (--exclude-leaked leaves them out)")
-    )
+    """How many test rows copy training rows, and whether the scores count them."""
+    text = said(leaked["pairs"], "the test file", leaked["training"])
+    if not leaked["pairs"]:
+        return text
+    if leaked["excluded"]:
+        return f"{text}; left out of the scores"
+    return f"{text}; counted in the scores (--exclude-leaked leaves them out)"

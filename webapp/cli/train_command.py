@@ -12,6 +12,7 @@ from pathlib import Path
 from core import protocol
 from core.adapters.layout import TEST_FILE
 from core.data.imports import dataset_file
+from core.data.leaks import said
 from core.errors import StudioError
 from core.models.inspect import resolve_model
 from core.models.quantize import cpu_slowdown_warning
@@ -282,6 +283,9 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
     ]
     if run.memory is not None:
         lines.append(f"memory: {run.memory.summary()}")
+    if run.record.leaked_test_rows:
+        leaks = said(run.record.leaked_test_rows, "the test rows", "the training rows")
+        lines.append(f"warning: {leaks}: the test evaluation will flatter the adapter")
     if blas_hint:
         lines.append(f"note: {blas_hint}")
     slowdown = cpu_slowdown_warning(run.model)

@@ -11,6 +11,7 @@ import gradio as gr
 from core import protocol
 from core.adapters.store import AdapterMetadata
 from core.data.check import DatasetError
+from core.data.leaks import said
 from core.data.scan import SAMPLE_ROWS, scan_dataset
 from core.data.tokens import preview, token_statistics
 from core.errors import StudioError
@@ -74,6 +75,8 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
     tokens = data.sample_tokens(tokenizer, params.mask_prompt)
     stats = token_statistics(tokens, max_seq_length=params.max_seq_length)
     ready = _ready(params, launch, info) + "  \n" + _memory(memory)
+    if leaks := data.test_leaks():  # the test split copies training rows: it would flatter
+        ready += f"  \n**Note:** {said(leaks, name, 'its training rows')}."
     run = studio.training.active()
     running = run is not None and not run.done
     return (
