@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.data.tools import has_tools, tool_problems
 from core.errors import StudioError
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -126,8 +127,8 @@ def row_problems(row: dict[str, Any], fmt: str) -> list[str]:
         found = [_text_field(row, "prompt"), _text_field(row, "completion")]
     else:
         found = _message_problems(row.get("messages"))
-        if "tools" in row and not isinstance(row["tools"], list):
-            found.append('"tools" must be a list')
+        if isinstance(row.get("messages"), list):
+            found += tool_problems(row)
     return [p for p in found if p]
 
 
@@ -156,6 +157,7 @@ class RowReader:
     def __init__(self) -> None:
         self.out = _Collector()
         self.format: str | None = None
+        self.tool_rows = 0  # rows with tools or tool calls: the base's template must write them
 
     def rows(self, path: Path) -> Iterator[dict]:
         name = path.name
@@ -216,6 +218,7 @@ class RowReader:
             return None
         for message in row_problems(row, this):
             out.add(name, number, message, _fix_for(this))
+        self.tool_rows += this == "chat" and has_tools(row)
         return row
 
 
@@ -225,8 +228,9 @@ def _fix_for(fmt: str) -> str:
         "text": 'give "text" a non-empty string',
         "completions": 'give "prompt" and "completion" non-empty strings',
         "prompts": 'give "prompt" a non-empty string, or end "messages" on a user turn',
-        "chat": "each message needs a known role and non-empty string content, "
-        "and one assistant turn at least",
+        "chat": "each message needs a known role and non-empty string content (an assistant "
+        "turn that calls tools may have none), one assistant turn at least, and each call a "
+        "declared tool with JSON-object arguments",
     }[fmt]
 
 

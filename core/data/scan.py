@@ -174,6 +174,7 @@ class DatasetScan:
     # the system prompt every row has, if they all have the same one (an Ollama export
     # gives it to the model, which then answers as it did in training)
     system_prompt: str | None = None
+    tool_rows: int = 0  # rows with tools or tool calls (``core.data.tools``)
     _tokens: tuple | None = field(default=None, repr=False, compare=False)
 
     def tokenized(self, tokenizer: Any, mask_prompt: bool) -> list[tuple[list[int], int]]:
@@ -292,6 +293,7 @@ def scan_dataset(
         seed=seed,
         test_split=test_split,
         test_count=n_test,
+        tool_rows=reader.tool_rows,
     )
 
 

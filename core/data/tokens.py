@@ -10,6 +10,7 @@ from typing import Any
 
 from core.data.check import preference_pair
 from core.data.prompts import question_and_answer
+from core.data.tools import training_rows
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ def processed_rows(
     if fmt == "prompts":  # GRPO's: the prompt as asked, all of it before the answer
         return [(ids, len(ids)) for ids in map(prompt_ids(tokenizer), rows)]
     config = SimpleNamespace(mask_prompt=mask_prompt and fmt != "text")
+    rows = training_rows(rows)  # a tool-calling row: one example per assistant turn
     processed = create_dataset(rows, tokenizer, config)
     return [processed.process(row) for row in rows]
 

@@ -5,7 +5,8 @@ The toy models of each family (``core.models.families``) carry their family's fo
 every step the tests prove (the completion-only mask, samples, chat, the exports' templates
 and stop tokens) runs on the tokens and template a real checkpoint of the family has. The
 templates are the families' own, kept to what a conversation of system, user and assistant
-turns uses (no tools, no thinking switches); each note says what was left out.
+turns uses (no thinking switches; tools in ChatML's, Qwen 2.5's way, for tool-calling rows);
+each note says what was left out.
 """
 
 from __future__ import annotations
@@ -81,13 +82,43 @@ MISTRAL = ChatFormat(
     end_of_turn="</s>",
 )
 
-# Qwen 2 / 2.5 / 3 and SmolLM3 (Qwen 3's adds <think> handling; SmolLM3's a metadata
-# system turn)
+# Qwen 2 / 2.5 / 3 and SmolLM3, with Qwen 2.5's tools: the tools' JSON schemas in the system
+# turn, each call a <tool_call> JSON object, each result a <tool_response> in a user turn
+# (Qwen 2.5's also writes a default system prompt; Qwen 3's adds <think> handling; SmolLM3's a
+# metadata system turn)
+_TOOLS_INTRO = (
+    "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>"
+)
+_CALL_FORMAT = (
+    "\\n</tools>\\n\\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>'
+)
 CHATML = ChatFormat(
     template=(
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        "{%- if tools %}{{- '<|im_start|>system\\n' }}"
+        "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}"
+        '{%- endif %}{{- "' + _TOOLS_INTRO + '" }}'
+        "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}"
+        '{{- "' + _CALL_FORMAT + '<|im_end|>\\n" }}{%- endif %}'
+        "{%- for message in messages %}"
+        "{%- if tools and loop.first and message['role'] == 'system' %}"
+        "{%- elif message['role'] == 'assistant' and message.tool_calls %}"
+        "{{- '<|im_start|>assistant' }}"
+        "{%- if message['content'] %}{{- '\\n' + message['content'] }}{%- endif %}"
+        "{%- for call in message.tool_calls %}"
+        "{%- if call.function is defined %}{%- set call = call.function %}{%- endif %}"
+        '{{- \'\\n<tool_call>\\n{"name": "\' + call.name + \'", "arguments": \' }}'
+        "{{- call.arguments | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}"
+        "{{- '<|im_end|>\\n' }}"
+        "{%- elif message['role'] == 'tool' %}"
+        "{{- '<|im_start|>user\\n<tool_response>\\n' + message['content'] }}"
+        "{{- '\\n</tool_response><|im_end|>\\n' }}"
+        "{%- else %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
     ),
     special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     bos=None,

@@ -21,6 +21,7 @@ from core import protocol
 from core.adapters.layout import EVENTS_FILE, TEST_FILE
 from core.data.check import RowReader
 from core.data.scan import DatasetScan, scan_dataset
+from core.data.tools import supports_tools
 from core.errors import StudioError
 from core.judge import read_rubric
 from core.machine.blas import Blas, with_blas
@@ -125,6 +126,13 @@ class TrainingService:
             dataset.name = dataset_name
         params.check_data(dataset.format)
         params.check_steps(dataset.train_count // params.batch_size)
+        if dataset.tool_rows and not supports_tools(tokenizer(info.path)):
+            raise StudioError(
+                f"{dataset.tool_rows} row(s) call tools, and {info.id}'s chat template does not "
+                "write tools: the model would learn calls to tools it is never shown",
+                hint="train them on a base whose template has tools (Qwen 2.5, Llama 3.1, "
+                "...), or write the tools and calls into the rows' text",
+            )
         if params.method == "grpo":
             judge = bool(params.judge_url and params.judge_model)
             rewards.check(params.reward, params.reward_file, judge)

@@ -44,6 +44,7 @@ from mlx_lm.utils import maybe_set_recommended_wired_limit
 from core import protocol
 from core.data.check import DatasetError
 from core.data.scan import Dataset, load_dataset
+from core.data.tools import training_rows
 from core.errors import StudioError
 from core.machine.blas import loaded_blas
 from core.models.inspect import ModelInfo, inspect_model
@@ -256,8 +257,9 @@ def _tokenized(dataset: Dataset, tokenizer, params: TrainingParams) -> tuple:
     if dataset.format == "prompts":
         return grpo.tokenized(dataset, tokenizer)
     config = SimpleNamespace(mask_prompt=params.mask_prompt and dataset.format != "text")
-    train_set = CacheDataset(create_dataset(dataset.train, tokenizer, config))
-    valid_set = CacheDataset(create_dataset(dataset.valid, tokenizer, config))
+    # a tool-calling row trains each of its assistant turns (core.data.tools)
+    train_set = CacheDataset(create_dataset(training_rows(dataset.train), tokenizer, config))
+    valid_set = CacheDataset(create_dataset(training_rows(dataset.valid), tokenizer, config))
     _warn_when_cut(train_set, params.max_seq_length)
     return train_set, valid_set
 
