@@ -115,3 +115,36 @@ def test_tool_rows_train_on_a_base_that_writes_tools_and_are_refused_on_one_that
 
     adapter = next((tmp_path / "home" / "adapters").iterdir())
     load(str(qwen), adapter_path=str(adapter))
+
+
+def test_a_call_is_scored_by_name_and_arguments_key_order_ignored(tmp_path, qwen):
+    """The calls a model writes, against the reference turn's: the same names and arguments
+    as JSON values count, whatever the key order or the text around them; the prompt is
+    rendered with the row's tools."""
+    from core.eval.cases import read_cases
+    from core.eval.generation import prompt_tokens
+    from core.eval.metrics import tool_call
+
+    row = weather_row("Oslo", 3, as_string=True)
+    row["messages"] = row["messages"][:2]  # the test: the call is the reference
+    case = read_cases(write_jsonl(tmp_path / "test.jsonl", [row]))[0]
+    assert case.calls == [{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}]
+    said = '<tool_call>\n{"arguments": {"unit": "celsius", "city": "Oslo"}, "name": "get_weather"}'
+    assert tool_call(said + "\n</tool_call>", case.calls) == 1.0
+    arguments = json.dumps({"city": "Oslo", "unit": "celsius"})  # OpenAI's: a string
+    openai = json.dumps({"name": "get_weather", "arguments": arguments})
+    assert tool_call(openai, case.calls) == 1.0
+    assert tool_call('{"name": "get_weather", "arguments": {"city": "Lima"}}', case.calls) == 0.0
+    assert tool_call("It is sunny in Oslo.", case.calls) == 0.0
+    shown = tokenizer(qwen).decode(prompt_tokens(tokenizer(qwen), case))
+    assert '"name": "get_weather"' in shown and shown.endswith("<|im_start|>assistant\n")
+    import shutil
+
+    shutil.copytree(qwen, tmp_path / "home" / "models" / "qwen2")
+    done = lora_studio(
+        *("eval", "qwen2", "--data", str(tmp_path / "test.jsonl"), "--max-tokens", "8"),
+        *("--metrics", "tool_call,exact_match", "--json"),
+        home=tmp_path / "home",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"]["qwen2"]["tool_call"]["n"] == 1

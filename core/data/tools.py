@@ -125,3 +125,32 @@ def supports_tools(tokenizer) -> bool:
     except Exception:  # noqa: BLE001 - a template that fails on tools does not support them
         return False
     return PROBE_TOOL in text
+
+
+def calls_of(message: dict) -> list[dict]:
+    """An assistant turn's calls as ``{"name", "arguments"}`` objects (what is compared)."""
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = _function(call) or {}
+        calls.append(
+            {"name": function.get("name"), "arguments": _arguments(function.get("arguments", {}))}
+        )
+    return calls
+
+
+def calls_in(text: str) -> list[dict]:
+    """The calls a model wrote: each JSON object in ``text`` with a ``name`` (inside
+    ``<tool_call>`` tags or not), as ``{"name", "arguments"}``, in order."""
+    decoder, found, start = json.JSONDecoder(), [], text.find("{")
+    while start != -1:
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict) and "name" in value:
+            found.append(
+                {"name": value["name"], "arguments": _arguments(value.get("arguments", {}))}
+            )
+        start = text.find("{", end)
+    return found

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.data.check import DatasetError, Problem
 from core.data.prompts import question_and_answer
+from core.data.tools import calls_of, has_tools, normalized
 from core.errors import StudioError
 
 MAX_PROBLEMS = 20
@@ -24,6 +25,8 @@ class Case:
     line: int
     messages: list[dict]
     reference: str | None
+    tools: list | None = None  # the row's tools, rendered by the chat template
+    calls: list[dict] | None = None  # the reference turn's tool calls, when it makes some
 
     @property
     def prompt(self) -> str:
@@ -70,5 +73,11 @@ _FIX = (
 def _case(line: int, row: dict) -> Case:
     if not isinstance(row, dict):
         raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    if isinstance(row.get("messages"), list) and has_tools(row):
+        row = normalized(row)  # a call's arguments as objects, its empty content as ""
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and messages[-1].get("tool_calls"):
+        calls = calls_of(messages[-1])  # the reference is a call: compared as one
+        return Case(line, messages[:-1], json.dumps(calls), row.get("tools"), calls)
     messages, reference = question_and_answer(row)
-    return Case(line, messages, reference)
+    return Case(line, messages, reference, row.get("tools"))

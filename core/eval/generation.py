@@ -57,7 +57,9 @@ def answer(
 
 
 def prompt_tokens(tokenizer, case: Case) -> list[int]:
-    return tokenizer.apply_chat_template(case.messages, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        case.messages, tools=case.tools, add_generation_prompt=True
+    )
 
 
 def _generate(model, tokenizer, prompts: list[list[int]], sampling: Sampling, seed: int):

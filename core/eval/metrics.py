@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.data.tools import calls_in
 from core.errors import StudioError
 
 BOOTSTRAP_SAMPLES = 1000
@@ -27,6 +28,8 @@ MODEL_METRICS = ("loss", "perplexity")
 METRICS = REFERENCE_METRICS + MODEL_METRICS
 # what an answer is, not how good: asked for by name only (a GRPO length reward's effect)
 ANSWER_METRICS = ("answer_words",)
+# a reference that calls tools: the calls the answer makes, name and arguments, exactly
+TOOL_METRICS = ("tool_call",)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
@@ -83,6 +86,12 @@ SCORERS: dict[str, Callable[[str, str], float]] = {
 }
 
 
+def tool_call(answer: str, calls: list[dict]) -> float:
+    """1 when the answer makes exactly the reference's calls, in order: the same names and
+    the same arguments as JSON values (key order ignored)."""
+    return float(calls_in(answer) == calls)
+
+
 def reference_scores(answer: str, reference: str, metrics: tuple[str, ...]) -> dict[str, float]:
     """The reference metrics of ``metrics`` for one answer."""
     return {name: SCORERS[name](answer, reference) for name in metrics if name in SCORERS}
@@ -91,13 +100,13 @@ def reference_scores(answer: str, reference: str, metrics: tuple[str, ...]) -> d
 def parse_metrics(text: str | None) -> tuple[str, ...]:
     """``--metrics`` (comma-separated; none: all that apply)."""
     if not text:
-        return METRICS
+        return METRICS + TOOL_METRICS
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in METRICS + ANSWER_METRICS]
+    unknown = [name for name in names if name not in METRICS + ANSWER_METRICS + TOOL_METRICS]
     if unknown or not names:
         raise StudioError(
             f"unknown metric {', '.join(unknown) or '(none)'}",
-            hint=f"choose among {', '.join(METRICS + ANSWER_METRICS)}",
+            hint=f"choose among {', '.join(METRICS + ANSWER_METRICS + TOOL_METRICS)}",
         )
     return names
 

@@ -22,7 +22,14 @@ from core.data.leaks import file_rows, find_leaks
 from core.errors import StudioError
 from core.eval.cases import Case, fingerprint, read_cases
 from core.eval.generation import Answer, Sampling, answer, perplexity
-from core.eval.metrics import METRICS, MODEL_METRICS, bootstrap, reference_scores
+from core.eval.metrics import (
+    METRICS,
+    MODEL_METRICS,
+    TOOL_METRICS,
+    bootstrap,
+    reference_scores,
+    tool_call,
+)
 from core.eval.store import EvalSpec, EvalStore
 from core.serve.engine import GenerationParams, InferenceEngine
 
@@ -124,6 +131,8 @@ class Evaluation:
                 found["perplexity"] = perplexity(made.reference_loss)
             if "answer_words" in metrics:
                 found["answer_words"] = float(len(made.text.split()))
+            if case.calls is not None and "tool_call" in metrics:
+                found["tool_call"] = tool_call(made.text, case.calls)
             scores[model] = found
         row = {
             "line": case.line,
@@ -331,7 +340,8 @@ def evaluate_published(
         return None
     models = [m for m in (_trained_from(engine, entry), entry.id) if m]
     sampling = sampling or Sampling()
-    spec = prepare(store, engine, models, str(test), metrics=METRICS, sampling=sampling).run()
+    metrics = METRICS + TOOL_METRICS
+    spec = prepare(store, engine, models, str(test), metrics=metrics, sampling=sampling).run()
     if spec.state == "complete":
         means = {
             model: {name: round(stat["mean"], 4) for name, stat in found.items()}

@@ -17,7 +17,7 @@ from core.data.leaks import said
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
-from core.eval.metrics import ANSWER_METRICS, METRICS, parse_metrics
+from core.eval.metrics import ANSWER_METRICS, METRICS, TOOL_METRICS, parse_metrics
 from core.eval.store import EvalSpec, EvalStore
 from core.eval.verdicts import sentences, verdicts
 from core.judge import read_rubric
@@ -34,8 +34,9 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--data", help="the test file (.jsonl: prompt/completion, chat)")
     evaluate.add_argument(
         "--metrics",
-        help=f"comma-separated, of {','.join(METRICS + ANSWER_METRICS)} (default: all that "
-        "apply but answer_words, the answers' length in words)",
+        help=f"comma-separated, of {','.join(METRICS + TOOL_METRICS + ANSWER_METRICS)} "
+        "(default: all that apply but answer_words, the answers' length in words; tool_call: "
+        "a reference that calls tools, matched by name and arguments)",
     )
     evaluate.add_argument("--max-tokens", type=int, default=256, help="per answer (256)")
     evaluate.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")

@@ -18,7 +18,7 @@ from core.data.uploads import store_upload
 from core.errors import StudioError
 from core.eval import runner
 from core.eval.generation import Sampling
-from core.eval.metrics import ANSWER_METRICS, METRICS, REFERENCE_METRICS
+from core.eval.metrics import ANSWER_METRICS, METRICS, REFERENCE_METRICS, TOOL_METRICS
 from core.eval.store import EvalSpec, EvalStore
 from core.eval.verdicts import LOWER_IS_BETTER, sentences, verdicts
 from webapp.page.background import with_progress
@@ -353,7 +353,8 @@ def _form(studio: Studio) -> _Form:
         label="...or an adapter's test rows (picks the adapter and its base)",
         allow_custom_value=True,
     )
-    metrics = gr.CheckboxGroup([*METRICS, *ANSWER_METRICS], value=list(METRICS), label="Metrics")
+    shown = [*METRICS, *TOOL_METRICS]
+    metrics = gr.CheckboxGroup([*shown, *ANSWER_METRICS], value=shown, label="Metrics")
     with gr.Accordion("Judge (an LLM comparing the answers)", open=False):
         judge = gr.Dropdown(
             [("no judge", "")] + studio.chat_choices(),
