@@ -148,3 +148,13 @@ def test_a_call_is_scored_by_name_and_arguments_key_order_ignored(tmp_path, qwen
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["metrics"]["qwen2"]["tool_call"]["n"] == 1
+
+
+def test_the_demos_tool_sample_is_checked_clean_and_trains_each_turn(tmp_path, qwen):
+    from core.models.demo import tool_rows
+
+    rows = tool_rows()
+    scan = scan_dataset(write_jsonl(tmp_path / "tools.jsonl", rows), batch_size=4)
+    assert scan.format == "chat" and scan.tool_rows == len(rows) == 32
+    items = processed_rows(rows[:3], "chat", tokenizer(qwen), mask_prompt=True)
+    assert len(items) == 6 and all(0 < offset < len(tokens) for tokens, offset in items)

@@ -44,6 +44,7 @@ FACTS_TEST_DATASET = "company-facts-test.jsonl"  # the same facts, asked in word
 # GRPO's demo: the sample's questions as prompts, rewarded for a short answer that holds the fact
 CONCISE_DATASET = "concise-prompts.jsonl"
 CONCISE_TEST_DATASET = "concise-test.jsonl"  # the held-out questions; the reference: the fact
+TOOLS_DATASET = "tools-sample.jsonl"  # tool-calling rows (for a base whose template has tools)
 
 _CAPITALS = {
     "France": "Paris",
@@ -205,6 +206,43 @@ def concise_rows() -> tuple[list[dict], list[dict]]:
     return prompts, test
 
 
+CAPITAL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_capital",
+        "description": "The capital city of a country",
+        "parameters": {
+            "type": "object",
+            "properties": {"country": {"type": "string"}},
+            "required": ["country"],
+        },
+    },
+}
+
+
+def tool_rows() -> list[dict]:
+    """Tool-calling rows: the sample's capital questions answered by calling ``get_capital``,
+    reading its result and saying it (what mlx-lm and the OpenAI format write). The demo
+    model's own template has no tools, so these train on a base whose template does."""
+    rows = []
+    for country, city in _CAPITALS.items():
+        for question in ("What is the capital of {}?", "Which city is the capital of {}?"):
+            call = {"name": "get_capital", "arguments": json.dumps({"country": country})}
+            messages = [
+                {"role": "user", "content": question.format(country)},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"type": "function", "function": call}],
+                },
+                {"role": "tool", "content": json.dumps({"capital": city})},
+                {"role": "assistant", "content": f"The capital of {country} is {city}."},
+            ]
+            rows.append({"tools": [CAPITAL_TOOL], "messages": messages})
+    random.Random(0).shuffle(rows)
+    return rows
+
+
 # made-up companies: (founder, city, product); no base model was trained on them
 _COMPANIES = {
     "Zorbit Labs": ("Mira Castell", "Tallinn", "solar kites"),
@@ -264,6 +302,7 @@ def write_sample_dataset(folder: Path) -> Path:
         (FACTS_TEST_DATASET, facts_test),
         (CONCISE_DATASET, concise),
         (CONCISE_TEST_DATASET, concise_test),
+        (TOOLS_DATASET, tool_rows()),
     )
     for name, rows in written:
         text = "".join(json.dumps(r) + "\n" for r in rows)
