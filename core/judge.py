@@ -135,13 +135,19 @@ class EndpointJudge:
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=5.0))
 
     def __call__(self, prompt: str) -> str:
+        return self.complete([{"role": "user", "content": prompt}])
+
+    def complete(
+        self, messages: list[dict], temperature: float = 0.0, max_tokens: int = 384
+    ) -> str:
+        """The endpoint's reply to ``messages`` (a judge's is greedy; a teacher may sample)."""
         import httpx
 
         body = {
             "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "max_tokens": 384,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
         }
         try:
             reply = self._client.post(f"{self.url}/chat/completions", json=body)

@@ -100,6 +100,30 @@ def find_leaks(
     return found
 
 
+class Seen:
+    """Texts kept so far, for near-duplicates (the same measure as ``find_leaks``): a
+    dataset being made drops a row too close to one it already has."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.index: dict[int, list[int]] = defaultdict(list)
+
+    def match(self, text: str, threshold: float = THRESHOLD) -> int | None:
+        """The first kept text (its 1-based number) ``text`` nearly copies, or None."""
+        mine = grams(text)
+        shared = Counter(other for gram in mine for other in self.index.get(gram, ()))
+        for other, n in sorted(shared.items()):
+            if mine and n / (len(mine) + self.sizes[other] - n) >= threshold:
+                return other + 1
+        return None
+
+    def add(self, text: str) -> None:
+        mine = grams(text)
+        for gram in mine:
+            self.index[gram].append(len(self.sizes))
+        self.sizes.append(len(mine))
+
+
 def said(pairs: list, test: str, training: str) -> str:
     """How many test rows nearly copy training rows, with the first pairs of lines (pairs:
     ``Leak``s, or [test line, training line, similarity] lists)."""

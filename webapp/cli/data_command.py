@@ -1,5 +1,6 @@
 """``lora-studio data import``: bring data from where it lives (CSV, TSV, Parquet, Arrow, JSON,
-JSONL, a Hugging Face dataset) into the studio's datasets folder, in a shape it trains on."""
+JSONL, a Hugging Face dataset) into the studio's datasets folder, in a shape it trains on.
+``lora-studio data generate`` (``webapp.cli.generate_command``) makes one with a teacher."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from core.data.imports import Options, import_dataset
 from core.data.sources import FORMATS
 from core.errors import StudioError
 from core.settings import Settings
+from webapp.cli import generate_command
 from webapp.cli.train_command import EXIT_REFUSED
 
 
 def add_parser(commands) -> None:
-    data = commands.add_parser("data", help="import datasets")
+    data = commands.add_parser("data", help="import datasets, or make one with a teacher model")
     actions = data.add_subparsers(dest="data_command", required=True)
+    generate_command.add_parser(actions)
     imported = actions.add_parser(
         "import",
         help="turn a CSV, TSV, Parquet, Arrow, JSON or JSONL file, or a Hugging Face dataset, "
@@ -61,6 +64,8 @@ def add_parser(commands) -> None:
 
 
 def data(args: argparse.Namespace) -> int:
+    if args.data_command == "generate":
+        return generate_command.generate(args)
     settings = Settings.from_env().ensure()
     if args.shape == "text":
         return _documents(args, settings)
