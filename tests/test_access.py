@@ -191,3 +191,19 @@ def test_a_shared_studio_runs_only_the_owners_reward_files(shared_studio, tmp_pa
     )
     assert why.startswith("Ready"), why
     assert Access(shared=False).code(str(uploaded), studio.settings.rewards) == uploaded
+
+
+def test_a_shared_studios_teacher_is_on_loopback_or_the_owners_hosts(shared_studio):
+    """Make a dataset on a shared studio: a teacher URL elsewhere, documents outside the
+    roots and the owner's key variables are refused before anything is asked or written."""
+    from webapp.page.train.actions import TrainActions
+
+    studio, _ = shared_studio
+    teaching = TrainActions(studio).teaching
+    metadata = "http://169.254.169.254/v1"
+    status, *_ = next(teaching.make("x", "topics", "sea", 2, None, metadata, "m", "", None, None))
+    assert "this shared studio calls no teacher at 169.254.169.254" in status
+    assert "LORA_STUDIO_TEACHER_HOSTS" in status
+    status, *_ = next(teaching.make("x", "docs", "~/", 2, "toy", "", "", "", None, None))
+    assert OUTSIDE in status
+    assert not list(studio.settings.datasets.glob(".making-*"))

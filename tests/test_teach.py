@@ -153,3 +153,25 @@ def test_bad_options_are_refused_before_anything_is_asked(tmp_path, toy_model):
     for flags, said in cases:
         done = lora_studio(*base, *flags, home=home)
         assert done.returncode == 2 and said in done.stderr, (flags, done.stderr)
+
+
+def test_the_page_makes_a_dataset_with_a_studio_model_and_picks_it(tmp_path, toy_model):
+    from webapp.page.studio import Studio
+    from webapp.page.train.actions import TrainActions
+
+    settings = studio_with_toy(tmp_path / "studio", toy_model)
+    studio = Studio.open(settings)
+    try:
+        train = TrainActions(studio)
+        made = list(
+            train.teaching.make(
+                "sea", "topics", "\n".join(TOPICS), 6, "toy", "", "", "", None, None
+            )
+        )
+        status, path, name = made[-1]
+        assert status.startswith("Made **sea.jsonl**: 6 kept"), status
+        assert name == "sea.jsonl" and path == str(settings.datasets / "sea.jsonl")
+        *_, why, _ = train.check_dataset("toy", path, name, lora_layers=2, batch_size=2)
+        assert why.startswith("Ready"), why
+    finally:
+        studio.close()

@@ -45,6 +45,21 @@ FACTS_TEST_DATASET = "company-facts-test.jsonl"  # the same facts, asked in word
 CONCISE_DATASET = "concise-prompts.jsonl"
 CONCISE_TEST_DATASET = "concise-test.jsonl"  # the held-out questions; the reference: the fact
 TOOLS_DATASET = "tools-sample.jsonl"  # tool-calling rows (for a base whose template has tools)
+TOPICS_FILE = "topics.txt"  # for `lora-studio data generate --topics`: a teacher's questions
+TOPICS = (
+    "the ocean",
+    "pirate ships",
+    "treasure maps",
+    "parrots",
+    "storms at sea",
+    "desert islands",
+    "navigation by the stars",
+    "sea shanties",
+    "lighthouses",
+    "whales",
+    "the life of a sailor",
+    "ports and harbours",
+)
 
 _CAPITALS = {
     "France": "Paris",
@@ -307,6 +322,7 @@ def write_sample_dataset(folder: Path) -> Path:
     for name, rows in written:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         write_text_atomic(folder / name, text)
+    write_text_atomic(folder / TOPICS_FILE, "\n".join(TOPICS) + "\n")
     return folder / SAMPLE_DATASET
 
 

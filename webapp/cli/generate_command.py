@@ -7,11 +7,8 @@ import argparse
 import json
 import signal
 import sys
-from pathlib import Path
 
-from core.data.imports import check_name
 from core.errors import StudioError
-from core.judge import RUBRIC, EndpointJudge, read_rubric
 from core.settings import Settings
 from webapp.cli.train_command import EXIT_CANCELLED, EXIT_REFUSED
 
@@ -73,67 +70,44 @@ def generate(args: argparse.Namespace) -> int:
 
 
 def _making(args, settings: Settings, engine):
-    from core.teach.making import Making
-    from core.teach.recipe import Recipe, read_seeds
-    from core.teach.teacher import Asking, EndpointTeacher, StudioTeacher
+    from core.teach.order import Order, prepare
 
-    name = check_name(args.name)
-    folder = settings.datasets / f".making-{name}"
-    if (settings.datasets / f"{name}.jsonl").exists() and not folder.exists():
-        raise StudioError(f"a dataset named {name} exists already", hint="choose another --name")
-    if args.rows < 1:
-        raise StudioError("--rows must be 1 or more")
-    source, path = next(
-        (kind, Path(given).expanduser())
-        for kind, given in (
+    source, given = next(
+        (kind, value)
+        for kind, value in (
             ("topics", args.topics),
             ("docs", args.from_docs),
             ("examples", args.from_examples),
         )
-        if given
+        if value
     )
-    if args.teacher_url and not args.teacher_model:
-        raise StudioError("--teacher-url needs --teacher-model NAME (the model it serves)")
-    if bool(args.teacher) == bool(args.teacher_url):
-        raise StudioError("give one teacher: --teacher MODEL or --teacher-url URL")
-    teacher = (
-        StudioTeacher(engine, args.teacher)
-        if args.teacher
-        else EndpointTeacher(args.teacher_url, args.teacher_model, args.teacher_key_env)
-    )
-    if args.shape == "preference" and not args.student:
-        raise StudioError("--shape preference needs --student MODEL: its answers are rejected")
-    recipe = Recipe(
-        name=name,
+    order = Order(
+        name=args.name,
         rows=args.rows,
         source=source,
-        seeds=read_seeds(source, path),
-        instructions=args.instructions,
-        shape=args.shape,
-        min_score=args.min_score,
-        seed=args.seed,
-        origin=str(path),
-        extra={"teacher": teacher.describe(), "judge": args.judge_url or args.judge},
+        seeds_from=given,
+        **{name: getattr(args, name) for name in _SAME_NAMES},
     )
-    return Making(
-        recipe,
-        folder,
-        teacher,
-        judge=_judge(args, engine),
-        rubric=read_rubric(args.rubric) if args.rubric else RUBRIC,
-        student=StudioTeacher(engine, args.student) if args.student else None,
-        asking=Asking(args.temperature, args.max_tokens, args.seed),
-        progress=lambda done: print(f"{done.asked} questions: {done.said()}", file=sys.stderr),
-    )
+    making = prepare(order, settings.datasets, engine, settings.access(shared=False))
+    making.progress = lambda done: print(f"{done.asked} questions: {done.said()}", file=sys.stderr)
+    return making
 
 
-def _judge(args, engine):
-    from core.eval.runner import studio_judge
-
-    if args.min_score is not None and not (args.judge or args.judge_url):
-        raise StudioError("--min-score needs a judge: --judge MODEL or --judge-url URL")
-    if args.judge_url:
-        if not args.judge_model:
-            raise StudioError("--judge-url needs --judge-model NAME (the model it serves)")
-        return EndpointJudge(args.judge_url, args.judge_model)
-    return studio_judge(engine, args.judge) if args.judge else None
+# the options that are the order's fields by the same names
+_SAME_NAMES = (
+    "teacher",
+    "teacher_url",
+    "teacher_model",
+    "teacher_key_env",
+    "instructions",
+    "shape",
+    "student",
+    "judge",
+    "judge_url",
+    "judge_model",
+    "rubric",
+    "min_score",
+    "temperature",
+    "max_tokens",
+    "seed",
+)

@@ -10,7 +10,7 @@ import gradio as gr
 from webapp.page import charts, hosts_panel, quantize_panel, runs_panel
 from webapp.page.studio import Studio
 from webapp.page.train import form as fields
-from webapp.page.train import mapping, rewards_panel
+from webapp.page.train import mapping, rewards_panel, teach_panel
 
 
 @dataclass
@@ -42,6 +42,7 @@ class _Layout:
     mapping: mapping.MappingPanel
     demo_box: gr.Accordion
     grpo: rewards_panel.RewardsPanel
+    teach: teach_panel.TeachPanel
 
 
 def _parameters(studio: Studio):
@@ -84,6 +85,7 @@ def layout(studio: Studio) -> _Layout:
                 placeholder="/data/x.jsonl, /data/x.csv, or owner/name[:config][@split]",
             )
             imports = mapping.build()
+            teach = teach_panel.build(studio)
             # the dataset to train on: stored path and name as given (hidden, but part of the
             # train event's API so gradio_client can drive it)
             data_path = gr.Textbox(visible=False)
@@ -132,4 +134,5 @@ def layout(studio: Studio) -> _Layout:
         imports,
         demo_box,
         grpo,
+        teach,
     )

@@ -76,6 +76,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     path = [ui.server_path, ui.model]
     ui.server_path.submit(act.take_path, path, arrived, **PRIVATE, **CHECK).then(**check)
     _wire_import(ui, act, check)
+    _wire_teaching(ui, act, check)
     rank.input(
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
@@ -109,6 +110,14 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
         **PRIVATE,
         **HEAVY,  # the base model answers: the engine's work
     )
+
+
+def _wire_teaching(ui, act: TrainActions, check: dict) -> None:
+    """Make a dataset with a teacher: its progress, then the form checks the dataset made."""
+    panel = ui.teach
+    made = [panel.status, ui.data_path, ui.data_name]
+    panel.make.click(act.teaching.make, panel.inputs(), made, **PRIVATE, **HEAVY).then(**check)
+    panel.stop.click(act.teaching.stop, None, None, **SMALL)
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
