@@ -213,13 +213,22 @@ class RowReader:
         if self.format is None:
             self.format = this
         elif this != self.format:
-            message = f"{this} row in a {self.format} dataset (format set by its first row)"
-            out.add(name, number, message, "use one format for the whole dataset")
+            out.add(name, number, _mixed(this, self.format), "use one format for the whole dataset")
             return None
         for message in row_problems(row, this):
             out.add(name, number, message, _fix_for(this))
         self.tool_rows += this == "chat" and has_tools(row)
         return row
+
+
+def _mixed(this: str, first: str) -> str:
+    """A row in another format than the first row's, said in the words that help most."""
+    if (this, first) == ("prompts", "chat"):
+        return (
+            "the conversation has no assistant turn, so there is nothing to learn (a prompt "
+            "alone is a GRPO row; this dataset's first row is a conversation with its answer)"
+        )
+    return f"{this} row in a {first} dataset (format set by its first row)"
 
 
 def _fix_for(fmt: str) -> str:
