@@ -175,3 +175,24 @@ def test_the_page_makes_a_dataset_with_a_studio_model_and_picks_it(tmp_path, toy
         assert why.startswith("Ready"), why
     finally:
         studio.close()
+
+
+def test_questions_come_from_documents_passages_and_examples_styles(tmp_path):
+    from core.teach.recipe import PASSAGE_CHARS, read_seeds
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "log.md").write_text("# The log\n\nWe saw land.\n\n" + "Waves. " * 400)
+    (docs / "blob.txt").write_bytes(b"\x00\x01binary")
+    passages = read_seeds("docs", docs)
+    assert passages[0].startswith("# The log") and len(passages) >= 2
+    assert all(len(p) <= PASSAGE_CHARS + 3000 for p in passages)  # a block is never split
+    rows = [{"prompt": f"Question {i}?", "completion": "x"} for i in range(7)]
+    examples = read_seeds("examples", write_jsonl(tmp_path / "ex.jsonl", rows))
+    assert examples == [
+        "\n".join(f"- Question {i}?" for i in range(5)),
+        "- Question 5?\n- Question 6?",
+    ]
+    recipe = Recipe("r", rows=3, source="docs", seeds=passages)
+    asked = recipe.question_prompt(len(passages))[0]["content"]  # the first passage, again
+    assert passages[0] in asked and "question number 2" in asked
