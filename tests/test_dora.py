@@ -125,7 +125,7 @@ def test_a_dora_peft_adapter_missing_a_module_is_refused(adapters, tmp_path):
 
 
 def test_an_unknown_fine_tune_type_is_refused_naming_the_field(studio, toy_model, colour_dataset):
-    args = ["--model", str(toy_model), "--data", str(colour_dataset), "--fine-tune-type", "full"]
+    args = ["--model", str(toy_model), "--data", str(colour_dataset), "--fine-tune-type", "lora4"]
     done = lora_studio("train", *args, home=studio.home)
     assert done.returncode == 2
     assert "--fine-tune-type" in done.stderr and "Traceback" not in done.stderr

@@ -242,7 +242,8 @@ class TrainingRun:
             full = self.params.fine_tune_type == "full"  # the run made a model
             if (self.folder / (MODEL_INDEX if full else WEIGHTS_FILE)).is_file():
                 return self.publish(ending)
-            ending = protocol.Error(error="the training process wrote no weights")
+            what = "model" if full else "adapter weights"
+            ending = protocol.Error(error=f"the training process wrote no {what}")
         if self._stop_as is not None:
             step = self.record.checkpoint_step
             final = protocol.Error(

@@ -187,7 +187,8 @@ def evaluate_test_rows(settings: Settings, final: protocol.Complete) -> int:
 
     if not (Path(final.adapter_path) / TEST_FILE).is_file():
         return 0
-    print("evaluating it against its base on the run's test rows...", file=sys.stderr)
+    what = "model" if final.model_id else "adapter"
+    print(f"evaluating the {what} against its base on the run's test rows...", file=sys.stderr)
     engine = InferenceEngine(ModelRegistry(settings))
     try:
         spec = evaluate_published(EvalStore(settings.evals), engine, final.published_id)

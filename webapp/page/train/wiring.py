@@ -116,8 +116,11 @@ def _wire_teaching(ui, act: TrainActions, check: dict) -> None:
     """Make a dataset with a teacher: its progress, then the form checks the dataset made."""
     panel = ui.teach
     made = [panel.status, ui.data_path, ui.data_name]
-    panel.make.click(act.teaching.make, panel.inputs(), made, **PRIVATE, **HEAVY).then(**check)
-    panel.stop.click(act.teaching.stop, None, None, **SMALL)
+    # named: Gradio would name them after their functions, and take the Train tab's "stop"
+    panel.make.click(
+        act.teaching.make, panel.inputs(), made, api_name="make_dataset", **PRIVATE, **HEAVY
+    ).then(**check)
+    panel.stop.click(act.teaching.stop, None, None, api_name="stop_making", **SMALL)
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
