@@ -155,6 +155,7 @@ class Teaching:
         path = self.studio.settings.datasets / f"{name}.jsonl"
         return f"Made **{name}.jsonl**: {done.said()}.", str(path), f"{name}.jsonl"
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the dataset being made after its chunk under way (Make again resumes it)."""
         if self.current is not None:
             self.current.stop.set()

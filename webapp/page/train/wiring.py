@@ -116,11 +116,12 @@ def _wire_teaching(ui, act: TrainActions, check: dict) -> None:
     """Make a dataset with a teacher: its progress, then the form checks the dataset made."""
     panel = ui.teach
     made = [panel.status, ui.data_path, ui.data_name]
-    # named: Gradio would name them after their functions, and take the Train tab's "stop"
+    # named apart: Gradio names an event after its function, and a second function called
+    # "stop" took the Chat tab's Stop from it (its replies then never streamed)
     panel.make.click(
         act.teaching.make, panel.inputs(), made, api_name="make_dataset", **PRIVATE, **HEAVY
     ).then(**check)
-    panel.stop.click(act.teaching.stop, None, None, api_name="stop_making", **SMALL)
+    panel.stop.click(act.teaching.halt, None, None, api_name="stop_making", **SMALL)
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
