@@ -98,7 +98,7 @@ class Studio:
         only under the dataset roots on one that other machines reach."""
         return self.access.path(text)
 
-    def with_reward_files(self, params: TrainingParams) -> TrainingParams:
+    def gated_params(self, params: TrainingParams) -> TrainingParams:
         """GRPO's reward files, judge and rubric as a page user named them, each through the
         gate: on a shared studio only the owner's files in rewards/ (``Access.code``), a
         judge on loopback or the owner's hosts, a rubric under the data roots, and no

@@ -145,7 +145,7 @@ class TrainActions:
             run = self.studio.training.start(
                 self.studio.registry.get(base_model).path,
                 self.studio.dataset_path(dataset_path),
-                self.studio.with_reward_files(form_params(form)),
+                self.studio.gated_params(form_params(form)),
                 name=adapter_name,
                 dataset_name=dataset_name,
                 launch=hosts_panel.launch(self.studio, form.get("hosts"), form.get("processes")),

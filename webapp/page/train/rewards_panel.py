@@ -4,7 +4,7 @@ matches, a field the rows lack: a reward that always gives 0 is seen before a ru
 hour). Shown when the method is GRPO.
 
 The reward files offered are the owner's, in the studio's rewards/ folder; a shared studio
-runs no other (``Studio.with_reward_files``)."""
+runs no other (``Studio.gated_params``)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def preview(studio: Studio, model_id: str | None, data_path: str | None, form: d
     """A table: the first rows' prompts, the base model's answers (the run's sampling), and
     each reward's score, with the failures' first messages."""
     try:
-        params = studio.with_reward_files(fields.params(form))
+        params = studio.gated_params(fields.params(form))
         if not model_id or not data_path:
             raise StudioError("pick a base model and add a dataset first")
         scorer = rewards.scorer_for(params)

@@ -55,7 +55,7 @@ def summary(studio: Studio, model_id, path, name, form: dict) -> tuple:
         return "", "", "", "Pick a base model." if not model_id else "Add a dataset.", refused
     try:
         path = studio.dataset_path(path)
-        params = studio.with_reward_files(form_params(form))
+        params = studio.gated_params(form_params(form))
         if not model_id:
             text = f"{_counts_only(path, name, params)}  \nPick a base model for token statistics."
             return text, "", "", "Pick a base model.", refused
