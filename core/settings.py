@@ -30,6 +30,7 @@ class Settings:
     exports: Path  # files made for download, one folder per export, pruned by age
     evals: Path  # evaluations, one folder each: their summary and their rows
     rewards: Path  # the owner's GRPO reward files: all a shared studio's page may run
+    sweeps: Path  # sweeps, one folder each: what was asked, and the Optuna study in SQLite
 
     @classmethod
     def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
@@ -50,6 +51,7 @@ class Settings:
             exports=folder("exports"),
             evals=folder("evals"),
             rewards=folder("rewards"),
+            sweeps=folder("sweeps"),
         )
 
     def dataset_roots(self) -> list[Path]:
@@ -70,6 +72,6 @@ class Settings:
         """Create the folders; the runs and adapters folders must share a file system so
         that publishing an adapter is one atomic rename."""
         folders = (self.models, self.adapters, self.runs, self.datasets, self.exports, self.evals)
-        for path in (*folders, self.rewards):
+        for path in (*folders, self.rewards, self.sweeps):
             path.mkdir(parents=True, exist_ok=True)
         return self

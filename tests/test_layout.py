@@ -17,6 +17,7 @@ VOCABULARY = {"params", "protocol", "settings", "errors", "files", "access", "ju
 # wing -> level; a module imports its own wing, the root and lower levels only
 LEVELS = {"data": 1, "machine": 1, "models": 2, "adapters": 3, "train": 4, "serve": 4, "eval": 5}
 LEVELS["teach"] = 6  # datasets made by a teacher: the engine, the judge, evaluation's batches
+LEVELS["sweep"] = 6  # several runs, each measured by evaluation
 WORKER_SIDE = {"worker", "loop", "loss", "checkpoints", "batches", "schedule", "preference"}
 WORKER_SIDE |= {"samples", "phases", "frozen", "output", "grpo", "rewards"}
 MAX_FILE_LINES = 450

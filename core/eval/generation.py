@@ -37,12 +37,15 @@ def answer(
     cases: list[Case],
     sampling: Sampling,
     with_loss: bool = True,
+    with_text: bool = True,
 ) -> list[Answer]:
     """``model_id``'s answer to each case, in order, and (``with_loss``) the reference's
     loss under it (the cases in one engine call: call it with a batch's worth for progress
-    between calls)."""
+    between calls). Without ``with_text`` nothing is generated: the loss alone was asked."""
 
     def work(model, tokenizer) -> list[Answer]:
+        if not with_text:
+            return [Answer("", 0, reference_loss(model, tokenizer, c)) for c in cases]
         prompts = [prompt_tokens(tokenizer, case) for case in cases]
         texts, counts = [], []
         for start in range(0, len(prompts), sampling.batch_size):

@@ -110,8 +110,9 @@ class Evaluation:
 
     def _rows(self, cases: list[Case], sampling: Sampling) -> list[dict]:
         with_loss = bool(set(MODEL_METRICS) & set(self.spec.metrics))
+        with_text = bool(set(self.spec.metrics) - set(MODEL_METRICS)) or self.judge is not None
         answers = {
-            model: answer(self.engine, model, cases, sampling, with_loss)
+            model: answer(self.engine, model, cases, sampling, with_loss, with_text)
             for model in self.spec.models
         }
         rows = []

@@ -171,10 +171,11 @@ def latest_checkpoint_step(run_folder: Path) -> int | None:
     return found[-1] if found else None
 
 
-def take_runs_lock(folder: Path) -> IO | None:
+def take_runs_lock(folder: Path, slot: int = 0) -> IO | None:
     """The exclusive lock on a studio's runs folder, held for a whole run, across processes
-    (a CLI run and the page on one studio); None when another holds it."""
-    return try_lock(folder / LOCK_FILE)
+    (a CLI run and the page on one studio); None when another holds it. A sweep whose memory
+    plan allows several trials at once takes one slot per trial (slot 0 is every run's)."""
+    return try_lock(folder / (LOCK_FILE if slot == 0 else f"{LOCK_FILE}.{slot}"))
 
 
 def hold_alive(run_folder: Path) -> IO:

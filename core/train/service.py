@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 LOOK_SECONDS = 1.0  # how often pages' questions look for a run of another process
 
 
+class BusyError(StudioError):
+    """Another training holds the studio (its runs lock): nothing is wrong with this one."""
+
+
 class TrainingService:
     """Starts and resumes trainings, one at a time per studio, and remembers the current one."""
 
@@ -124,6 +128,15 @@ class TrainingService:
         )
         if dataset_name:
             dataset.name = dataset_name
+        params = self.fit(info, dataset, params)
+        (launch or Launch()).check(params.batch_size, dataset.valid_count)
+        return info, params, dataset
+
+    def fit(self, info: ModelInfo, dataset: DatasetScan, params: TrainingParams) -> TrainingParams:
+        """The parameters against a model and a dataset already checked (a sweep checks each
+        trial's settings so, before its first trial): what the method, the steps, the tool
+        rows and the rewards need."""
+        params = params.for_model(info)
         params.check_data(dataset.format)
         params.check_steps(dataset.train_count // params.batch_size)
         if dataset.tool_rows and not supports_tools(tokenizer(info.path)):
@@ -137,8 +150,7 @@ class TrainingService:
             judge = bool(params.judge_url and params.judge_model)
             rewards.check(params.reward, params.reward_file, judge)
             read_rubric(params.rubric)  # a rubric that does not read is said now
-        (launch or Launch()).check(params.batch_size, dataset.valid_count)
-        return info, params, dataset
+        return params
 
     def plan(
         self,
@@ -172,6 +184,7 @@ class TrainingService:
         launch: Launch | None = None,
         force: bool = False,
         test_data: str | Path | None = None,
+        slot: int = 0,
     ) -> TrainingRun:
         """Check everything, then start the training process; returns the running run.
 
@@ -180,7 +193,8 @@ class TrainingService:
         is the name to record when ``data`` is a stored upload; ``launch`` spreads the run
         over several processes or hosts. The run keeps its test rows (``test_data``, the
         ``test_split``, or a dataset folder's test.jsonl) as ``test.jsonl``, which is
-        published with the adapter for an evaluation.
+        published with the adapter for an evaluation. ``slot``: the runs lock's slot (a
+        sweep's trials side by side, ``take_runs_lock``).
         """
         launch = launch or Launch()
         info, params, dataset = self.check(
@@ -197,7 +211,7 @@ class TrainingService:
             for leak in dataset.test_leaks(Path(test_data).expanduser() if test_data else None)
         ]
         folder = self.settings.runs / record.id
-        locks = [self._take_lock()]
+        locks = [self._take_lock(slot)]
         try:
             folder.mkdir(parents=True)
             locks.append(hold_alive(folder))
@@ -214,10 +228,10 @@ class TrainingService:
         log.info("training %s started (BLAS: %s; %s)", record.id, self.blas.name, memory.summary())
         return run
 
-    def resume(self, run_id: str) -> TrainingRun:
+    def resume(self, run_id: str, slot: int = 0) -> TrainingRun:
         """Continue a stopped or interrupted run from its last checkpoint (from the start if
         it has none): same step numbering, data order, optimizer state and history."""
-        locks = [self._take_lock()]
+        locks = [self._take_lock(slot)]
         try:
             self.runs.mark_interrupted()
             record = self.runs.get(run_id)
@@ -302,10 +316,10 @@ class TrainingService:
         step = checkpoints.step_folder(folder / CHECKPOINTS, record.checkpoint_step)
         return [*command, "--resume", str(step)], [data, step]
 
-    def _take_lock(self) -> IO:
+    def _take_lock(self, slot: int = 0) -> IO:
         """An exclusive lock on the studio's runs folder, held for the whole run; it also
         holds across processes (a CLI run and the page on one studio)."""
-        lock = take_runs_lock(self.settings.runs)
+        lock = take_runs_lock(self.settings.runs, slot)
         if lock is None:
             running = self.current
             detail = ""
@@ -317,7 +331,7 @@ class TrainingService:
                 detail = f" ('{running.name}'" + (
                     f", step {step.step}/{step.total_steps})" if step else ")"
                 )
-            raise StudioError(
+            raise BusyError(
                 f"a training is already running in this studio{detail}",
                 hint="wait for it to finish, or end it with the Stop button (Ctrl-C in a "
                 "terminal), then start again",

@@ -16,6 +16,7 @@ from webapp.cli import (
     eval_command,
     hosts_command,
     models_command,
+    sweep_command,
     train_command,
 )
 from webapp.cli.train_command import EXIT_REFUSED
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_command.add_parser(commands)
     doctor_command.add_parser(commands)
     eval_command.add_parsers(commands)
+    sweep_command.add_parsers(commands)
     return parser
 
 
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "doctor": doctor_command.doctor,
         "eval": eval_command.evaluate,
         "evals": eval_command.evals,
+        "sweep": sweep_command.sweep,
+        "sweeps": sweep_command.sweeps,
     }
     return commands.get(args.command, launch)(args)
 
