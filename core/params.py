@@ -18,6 +18,7 @@ from core.errors import StudioError
 ATTENTION_KEYS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
 MLP_KEYS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 TARGET_KEYS = ATTENTION_KEYS + MLP_KEYS  # llama's names: the page's choices before a model
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # --report-to (core.train.reporters)
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_0-9]\w*)*")
 
 
@@ -185,6 +186,11 @@ class TrainingParams(BaseModel):
         "(0: none)",
     )
     sample_tokens: int = Field(64, ge=1, le=2048, description="tokens of each sample answer")
+    report_to: list[str] | None = Field(
+        None,
+        description="trackers the run reports to, comma-separated: tensorboard, mlflow, "
+        "wandb (each needs pip install 'mlx-lora-studio[tracking]')",
+    )
 
     @field_validator("lora_layers")
     @classmethod
@@ -192,6 +198,16 @@ class TrainingParams(BaseModel):
         if value == 0:
             raise ValueError("0 layers would train nothing")
         return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, value: list[str] | None) -> list[str] | None:
+        if not value:
+            return None
+        unknown = [name for name in value if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(unknown)}: choose {', '.join(TRACKERS)}")
+        return list(dict.fromkeys(value))
 
     @field_validator("keys")
     @classmethod
@@ -384,7 +400,8 @@ def params_from_args(args: argparse.Namespace) -> TrainingParams:
         value = getattr(args, name, None)
         if value is None:
             continue
-        values[name] = value.split(",") if name == "keys" else value
+        listed = name in ("keys", "report_to")
+        values[name] = [v.strip() for v in value.split(",") if v.strip()] if listed else value
     return validate_params(values)
 
 

@@ -32,6 +32,7 @@ from core.eval.metrics import (
 )
 from core.eval.store import EvalSpec, EvalStore
 from core.serve.engine import GenerationParams, InferenceEngine
+from core.train.reporters import MLRUNS, report_scores
 
 log = logging.getLogger(__name__)
 
@@ -314,16 +315,14 @@ def judge_for(engine: InferenceEngine, config: dict | None) -> Judge | None:
 
 
 def _trained_from(engine: InferenceEngine, entry) -> str | None:
-    """The base a published adapter or model was trained from: an adapter's own base, or a
-    full fine-tuning run's (its record's) when the studio lists it (a base trained from a
-    folder outside the studio is not: the new model is then evaluated alone)."""
-    if entry.base_id:
-        return entry.base_id
-    record = AdapterMetadata.read(Path(entry.path))
+    """The base a published adapter or model was trained from (an adapter's own base, a
+    full fine-tuning run's from its record) when the studio lists it; a base trained from a
+    folder outside the studio is not, and the adapter or model is then evaluated alone."""
+    base = entry.base_id or AdapterMetadata.read(Path(entry.path)).baseModelId
     try:
-        return engine.registry.get(record.baseModelId).id
+        return engine.registry.get(base).id
     except StudioError:
-        log.info("%s's base %s is not in the studio: evaluated alone", entry.id, record.baseModelId)
+        log.info("%s's base %s is not in the studio: evaluated alone", entry.id, base)
         return None
 
 
@@ -351,4 +350,8 @@ def evaluate_published(
         meta = AdapterMetadata.read(Path(entry.path))
         update = {"id": spec.id, "rows": spec.summary["rows"], "metrics": means}
         AdapterMetadata(**{**meta.model_dump(), "testEvaluation": update}).write(Path(entry.path))
+        mlruns = engine.registry.settings.home / MLRUNS
+        base = means.get(models[0], {}) if len(models) > 1 else {}
+        scores = means[entry.id] | {f"base/{k}": v for k, v in base.items()}
+        report_scores(Path(entry.path), meta.trainingSteps or 0, scores, mlruns, log.warning)
     return spec

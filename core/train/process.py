@@ -30,6 +30,7 @@ from core.settings import Settings
 from core.train import diagnosis
 from core.train.plan import MemoryPlan
 from core.train.publish import publish
+from core.train.reporters import MLRUNS, Reporters
 from core.train.runs import STOP_REQUEST, RunRecord, RunState, latest_checkpoint_step
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class TrainingRun:
         self._ended: float | None = None  # when the process ended
         self._elapsed_before = record.elapsed_seconds  # earlier sessions of a resumed run
         self.events: list[protocol.Event] = list(history or [])
+        self._said: dict[type, int] = {}  # the last step of each kind the history holds
+        for said in self.events:
+            if isinstance(said, protocol.Progress | protocol.Validation | protocol.Samples):
+                self._said[type(said)] = max(said.step, self._said.get(type(said), -1))
         self.adapter_path: Path | None = None
         self._settings = settings
         self._locks = locks  # the runs lock and the run's liveness lock, held to its end
@@ -176,17 +181,20 @@ class TrainingRun:
         ending: protocol.Complete | protocol.Error | None = None
         try:
             with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as history:
+                reporters = self._reporters(history)
                 for raw in self._process.stdout:
                     event = protocol.parse_line(raw.decode("utf-8", errors="replace"))
                     if isinstance(event, protocol.Complete | protocol.Error):
                         ending = event  # the service announces the end, after publishing
-                    elif event is not None:
+                    elif event is not None and not self._said_before(event):
                         if not isinstance(event, protocol.Activity):  # a sign of life only
                             history.write(event.to_line())
                             history.flush()
                         self._add(event)
+                        reporters.report(event)
             code = self._process.wait()
             self._ended = time.time()
+            reporters.close(finished=isinstance(ending, protocol.Complete) and code == 0)
             final = self._finish(code, ending)
         except Exception as exc:  # noqa: BLE001 - the run must end with an event, whatever
             log.exception("training run %s failed in the service", self.id)
@@ -205,6 +213,32 @@ class TrainingRun:
             self.events.append(final)
             self._done = True
             self._changed.notify_all()
+
+    def _said_before(self, event: protocol.Event) -> bool:
+        """A redone step's figures, validation or samples, which the session a kill ended
+        had said already (``_history_until``): kept as first said, not said twice."""
+        repeatable = protocol.Progress | protocol.Validation | protocol.Samples
+        return isinstance(event, repeatable) and event.step <= self._said.get(type(event), -1)
+
+    def _reporters(self, history: IO) -> Reporters:
+        """The trackers the run reports to (none without ``report_to``); what they say
+        (a tracker missing or failing) is a notice in the run's events."""
+
+        def notice(text: str) -> None:
+            said = protocol.Notice(message=text)
+            history.write(said.to_line())
+            history.flush()
+            self._add(said)
+
+        given = {"base_model": self.model.id, "dataset": self.dataset.name, "run_id": self.id}
+        return Reporters(
+            self.params.report_to or [],
+            self.folder,
+            run_name=self.name,
+            mlruns=self._settings.home / MLRUNS,
+            notice=notice,
+            params=self.record.params | given,
+        )
 
     def _add(self, event: protocol.Event) -> None:
         if isinstance(event, protocol.Start):

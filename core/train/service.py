@@ -414,18 +414,14 @@ def _not_resumable(record: RunRecord) -> StudioError:
 
 
 def _history_until(events: list[protocol.Event], step: int | None) -> list[protocol.Event]:
-    """The events a resumed run keeps: everything up to its checkpoint's step, so the loss
-    history (and the chart) continue where the worker will."""
-    if step is None:
-        return []
+    """The events a resumed run keeps: what the killed session reported (its figures,
+    validations and samples, beyond the checkpoint too), and the checkpoints up to the one
+    it resumes from. The worker redoes the steps after that checkpoint; their events are the
+    same figures (resuming is exact) and the run keeps the first said (``TrainingRun``), so
+    the history, the chart and the trackers never hold a step twice."""
+    said = protocol.Start | protocol.Progress | protocol.Validation | protocol.Samples
     return [
         e
         for e in events
-        if isinstance(e, protocol.Start)
-        or (
-            isinstance(
-                e, protocol.Progress | protocol.Validation | protocol.Samples | protocol.Checkpoint
-            )
-            and e.step <= step
-        )
+        if isinstance(e, said) or (isinstance(e, protocol.Checkpoint) and e.step <= (step or 0))
     ]
