@@ -15,7 +15,7 @@ from core.params import default_rank
 from webapp.page import hosts_panel, quantize_panel, runs_panel
 from webapp.page.background import with_progress
 from webapp.page.studio import Studio, explain
-from webapp.page.train import mapping, rewards_panel, teach_panel
+from webapp.page.train import mapping, rewards_panel, sweep_panel, teach_panel
 from webapp.page.train.form import params as form_params
 from webapp.page.train.view import render, summary
 
@@ -40,6 +40,7 @@ class TrainActions:
     def __init__(self, studio: Studio):
         self.studio = studio
         self.teaching = teach_panel.Teaching(studio)  # a dataset made by a teacher
+        self.sweeping = sweep_panel.Sweeping(studio)  # several settings tried
 
     def check_dataset(self, base_model: str, dataset_path: str, dataset_name: str, **form):
         """Check a dataset (and, with a base model, the parameters against it) before training.

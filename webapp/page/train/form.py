@@ -13,7 +13,7 @@ from typing import Literal, get_args, get_origin
 
 import gradio as gr
 
-from core.params import ATTENTION_KEYS, TARGET_KEYS, TrainingParams, validate_params
+from core.params import ATTENTION_KEYS, TARGET_KEYS, TRACKERS, TrainingParams, validate_params
 
 DEFAULTS = TrainingParams()
 EVERY_EPOCH = 0  # what the "every N steps" fields show for "at each epoch's end"
@@ -67,6 +67,7 @@ LABELS = {
     "judge_model": "GRPO judge reward: the model there",
     "judge_key_env": "GRPO judge reward: the variable with its key (owner only)",
     "rubric": "GRPO judge reward: a rubric file (default: the studio's)",
+    "report_to": "Report to (pip install 'mlx-lora-studio[tracking]')",
 }
 GRPO_FIELDS = (
     "reward",
@@ -124,6 +125,8 @@ def field(name: str) -> gr.components.Component:
         return gr.Dropdown(
             choices, value=[], label=label, multiselect=True, allow_custom_value=True
         )
+    if name == "report_to":
+        return gr.CheckboxGroup(list(TRACKERS), value=[], label=label)
     if kind is bool:
         return gr.Checkbox(value, label=label)
     if str in get_args(kind):  # optional text: a URL, a name, a file

@@ -10,7 +10,7 @@ import gradio as gr
 from webapp.page import charts, hosts_panel, quantize_panel, runs_panel
 from webapp.page.studio import Studio
 from webapp.page.train import form as fields
-from webapp.page.train import mapping, rewards_panel, teach_panel
+from webapp.page.train import mapping, rewards_panel, sweep_panel, teach_panel
 
 
 @dataclass
@@ -43,6 +43,7 @@ class _Layout:
     demo_box: gr.Accordion
     grpo: rewards_panel.RewardsPanel
     teach: teach_panel.TeachPanel
+    sweep: sweep_panel.SweepPanel
 
 
 def _parameters(studio: Studio):
@@ -91,6 +92,7 @@ def layout(studio: Studio) -> _Layout:
             data_path = gr.Textbox(visible=False)
             data_name = gr.Textbox(visible=False)
             name, form, grpo, hosts = _parameters(studio)
+            sweep = sweep_panel.build(studio)
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
@@ -135,4 +137,5 @@ def layout(studio: Studio) -> _Layout:
         demo_box,
         grpo,
         teach,
+        sweep,
     )

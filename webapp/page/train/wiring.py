@@ -77,6 +77,7 @@ def _wire_form(ui, act: TrainActions, page, form: dict, check: dict) -> None:
     ui.server_path.submit(act.take_path, path, arrived, **PRIVATE, **CHECK).then(**check)
     _wire_import(ui, act, check)
     _wire_teaching(ui, act, check)
+    _wire_sweep(ui, act, form)
     rank.input(
         lambda r, f, a: 2 * r if f and r else a, [rank, alpha_follows, alpha], alpha, **SMALL
     )
@@ -122,6 +123,19 @@ def _wire_teaching(ui, act: TrainActions, check: dict) -> None:
         act.teaching.make, panel.inputs(), made, api_name="make_dataset", **PRIVATE, **HEAVY
     ).then(**check)
     panel.stop.click(act.teaching.halt, None, None, api_name="stop_making", **SMALL)
+
+
+def _wire_sweep(ui, act: TrainActions, form: dict) -> None:
+    """Try several settings: a sweep of the form's run; its table as it goes."""
+    panel, sweeping = ui.sweep, act.sweeping
+    shown = [panel.status, panel.table, panel.chart, panel.picker]
+    asked = [panel.vary, panel.trials, panel.objective, ui.model, ui.data_path, ui.data_name]
+    # a sweep is followed for as long as it lasts, like a run: never one at a time across
+    # browsers (the runs lock refuses a second training at once)
+    panel.start.click(sweeping.start, asked, shown, inputs_kwargs=form, api_name="sweep", **WATCH)
+    panel.resume.click(sweeping.resume, panel.picker, shown, api_name="resume_sweep", **WATCH)
+    panel.stop.click(sweeping.halt, None, None, api_name="stop_sweep", **QUICK)
+    panel.picker.input(sweeping.show, panel.picker, shown[:3], **SMALL)
 
 
 def _wire_import(ui, act: TrainActions, check: dict) -> None:
