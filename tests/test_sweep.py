@@ -155,7 +155,9 @@ def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(tmp_path, toy_m
     assert pruned["steps"] < states[1e-2]["steps"]  # stopped before its end
     # its run stays, stopped, saying why; nothing of it is published
     record = RunRecord.read(settings.runs / pruned["run"])
-    assert record.state == "stopped" and "pruned by the sweep" in record.error
+    assert record.state == "stopped" and "pruned by the sweep" in record.pruned
+    listed = json.loads(lora_studio("runs", "--json", home=settings.home).stdout)
+    assert [r["pruned"] for r in listed] == [record.pruned]
     assert not (settings.adapters / pruned["run"]).exists()
     assert found["held_out"] is False  # no test rows: ranked by the best validation loss
     assert [t["rank"] for t in found["trials"][:2]] == [1, 2]

@@ -211,7 +211,7 @@ class Sweep:
         """A pruned trial: its run stays (stopped, resumable by hand) and says why."""
         folder = self.training.settings.runs / run.id
         record = RunRecord.read(folder)
-        record.error, record.hint = note, "resume it to train it to the end anyway"
+        record.pruned, record.hint = note, "resume it to train it to the end anyway"
         record.write(folder)
         trial.set_user_attr("steps", record.step)
         return {"state": "pruned", "note": note}

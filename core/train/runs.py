@@ -70,6 +70,7 @@ class RunRecord(BaseModel):
     best_validation_loss: float | None = None
     error: str | None = None
     hint: str | None = None
+    pruned: str | None = None  # why a sweep stopped it early (core.sweep.runner)
     publishable: bool = False
     completed: dict[str, Any] | None = None  # the worker's complete event, kept to publish again
     elapsed_seconds: float = 0.0

@@ -246,7 +246,7 @@ class TrainingService:
             step = latest_checkpoint_step(folder)
             history = _history_until(protocol.read_events(folder / EVENTS_FILE), step)
             write_events(folder / EVENTS_FILE, history)
-            record.state, record.error, record.hint = "running", None, None
+            record.state, record.error, record.hint, record.pruned = "running", None, None, None
             record.step = record.checkpoint_step = step
             record.write(folder)
         except BaseException:

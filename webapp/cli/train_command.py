@@ -237,6 +237,7 @@ def print_runs(records, as_json: bool) -> None:
                 "checkpoint_step": r.checkpoint_step,
                 "best_validation_loss": r.best_validation_loss,
                 "error": r.error,
+                "pruned": r.pruned,
             }
             for r in records
         ]
@@ -251,7 +252,7 @@ def print_runs(records, as_json: bool) -> None:
             r.id,
             r.name[:40],
             r.model_id,
-            r.state,
+            r.state + (" (pruned by a sweep)" if r.pruned else ""),
             f"{r.step}/{r.total_steps or '?'}",
             "-" if r.checkpoint_step is None else f"step {r.checkpoint_step}",
             "-" if r.best_validation_loss is None else f"{r.best_validation_loss:.3f}",

@@ -54,7 +54,7 @@ def _row(record: RunRecord) -> str:
     cells = [
         record.name,
         record.model_id,
-        f"{record.state} ({STATE_HELP[record.state]})",
+        f"{record.state} ({record.pruned or STATE_HELP[record.state]})",
         f"{record.step}/{record.total_steps or '?'}",
         "-" if record.checkpoint_step is None else f"step {record.checkpoint_step}",
         "-" if record.best_validation_loss is None else f"{record.best_validation_loss:.3f}",

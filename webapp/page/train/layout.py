@@ -92,7 +92,6 @@ def layout(studio: Studio) -> _Layout:
             data_path = gr.Textbox(visible=False)
             data_name = gr.Textbox(visible=False)
             name, form, grpo, hosts = _parameters(studio)
-            sweep = sweep_panel.build(studio)
         with gr.Column(scale=2):
             summary = gr.Markdown(elem_id="ls-dataset-summary")
             histogram = gr.HTML(elem_id="ls-histogram")
@@ -108,6 +107,7 @@ def layout(studio: Studio) -> _Layout:
             chat_with = gr.Button("Chat with it", visible=False, variant="primary")
             new_adapter = gr.State(None)
             runs = runs_panel.build()
+            sweep = sweep_panel.build(studio)
     return _Layout(
         model,
         get_demo,

@@ -33,6 +33,7 @@ class SweepPanel:
     vary: gr.Textbox
     trials: gr.Number
     objective: gr.Dropdown
+    prune: gr.Checkbox
     start: gr.Button
     stop: gr.Button
     picker: gr.Dropdown
@@ -58,16 +59,19 @@ def build(studio: Studio) -> SweepPanel:
             objective = gr.Dropdown(
                 list(OBJECTIVES), value=VALIDATION_LOSS, label="Rank the adapters by"
             )
+            prune = gr.Checkbox(True, label="Stop the clearly worse trials early")
         with gr.Row():
             start = gr.Button("Start the sweep")
             stop = gr.Button("Stop the sweep", variant="stop")
         with gr.Row():
             picker = gr.Dropdown(sweep_choices(studio), label="Sweeps", value=None)
-            resume = gr.Button("Resume")
+            resume = gr.Button("Resume the sweep")
         status = gr.Markdown(elem_id="ls-sweep-status")
         table = gr.HTML(elem_id="ls-sweep-table")
         chart = gr.HTML(elem_id="ls-sweep-chart")
-    return SweepPanel(vary, trials, objective, start, stop, picker, resume, status, table, chart)
+    return SweepPanel(
+        vary, trials, objective, prune, start, stop, picker, resume, status, table, chart
+    )
 
 
 def sweep_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -83,7 +87,7 @@ class Sweeping:
         self.store = SweepStore(studio.settings.sweeps)
         self.current = None
 
-    def start(self, vary: str, trials, objective: str, base: str, data: str, name: str, **form):
+    def start(self, vary: str, trials, objective: str, prune: bool, base, data, name, **form):
         """Check and start a sweep of the form's training; yield (status, table, chart,
         picker) as it goes."""
         try:
@@ -103,6 +107,7 @@ class Sweeping:
                 trials=int(trials) if trials else None,
                 objective=objective or VALIDATION_LOSS,
                 dataset_name=name or None,
+                prune=bool(prune),
             )
         except StudioError as exc:
             yield explain(exc), gr.skip(), gr.skip(), gr.skip()

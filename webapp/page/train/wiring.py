@@ -129,7 +129,8 @@ def _wire_sweep(ui, act: TrainActions, form: dict) -> None:
     """Try several settings: a sweep of the form's run; its table as it goes."""
     panel, sweeping = ui.sweep, act.sweeping
     shown = [panel.status, panel.table, panel.chart, panel.picker]
-    asked = [panel.vary, panel.trials, panel.objective, ui.model, ui.data_path, ui.data_name]
+    asked = [panel.vary, panel.trials, panel.objective, panel.prune]
+    asked += [ui.model, ui.data_path, ui.data_name]
     # a sweep is followed for as long as it lasts, like a run: never one at a time across
     # browsers (the runs lock refuses a second training at once)
     panel.start.click(sweeping.start, asked, shown, inputs_kwargs=form, api_name="sweep", **WATCH)
