@@ -78,7 +78,7 @@ def test_a_sweep_killed_in_its_third_trial_resumes_to_six_trials_and_one_ranking
     )
     (sweep_id,) = [p.name for p in (home / "sweeps").iterdir()]
     listed = json.loads(lora_studio("sweeps", "--json", home=home).stdout)
-    assert listed[0]["id"] == sweep_id and listed[0]["state"] == "running"
+    assert listed[0]["id"] == sweep_id and listed[0]["state"] == "interrupted"
 
     done = lora_studio("sweep", "--resume", sweep_id, "--json", home=home, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -205,3 +205,25 @@ def test_bad_sweeps_are_refused_before_any_trial(tmp_path, toy_model):
         assert "Traceback" not in refused.stderr
     assert not list((home / "sweeps").iterdir()), "a refused sweep left a folder"
     assert not list((home / "runs").iterdir()), "a refused sweep started a run"
+
+
+@pytest.mark.slow
+def test_two_trials_train_side_by_side_when_the_memory_plan_allows(tmp_path, toy_model):
+    from datetime import datetime, timedelta
+
+    from core.adapters.store import AdapterMetadata
+
+    home = tmp_path / "studio"
+    data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
+    command = _sweep_command(toy_model, data, "--trials", "2", "--parallel", "2", "--json")
+    done = lora_studio(*command, home=home, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trials = json.loads(done.stdout)["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"]
+    spans = []
+    for trial in trials:
+        meta = AdapterMetadata.read(home / "adapters" / trial["run"])
+        end = datetime.fromisoformat(meta.createdAt)
+        spans.append((end - timedelta(seconds=meta.durationSeconds), end))
+    (first_start, first_end), (second_start, second_end) = sorted(spans)
+    assert second_start < first_end, "the two trials did not train at the same time"

@@ -46,7 +46,8 @@ class SweepSpec(BaseModel):
     parallel: int = 1
     prune: bool = True
     seed: int = 0
-    state: Literal["running", "stopped", "failed", "complete"] = "running"
+    # "interrupted": said "running" by a process that died (read so, never written)
+    state: Literal["running", "stopped", "failed", "complete", "interrupted"] = "running"
     error: str | None = None
     seconds: float = 0.0  # time spent running it, over all its sessions
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
@@ -91,7 +92,7 @@ class SweepStore:
         file = self.path(sweep_id) / SPEC_FILE
         if not file.is_file():
             raise StudioError(f"no sweep {sweep_id}", hint="see `lora-studio sweeps`")
-        return SweepSpec.model_validate_json(file.read_text(encoding="utf-8"))
+        return self._settled(SweepSpec.model_validate_json(file.read_text(encoding="utf-8")))
 
     def list(self) -> list[SweepSpec]:
         """Every sweep, newest first (a folder without a readable sweep.json is skipped)."""
@@ -99,7 +100,13 @@ class SweepStore:
         for folder in self.folder.glob("*/" + SPEC_FILE):
             with contextlib.suppress(OSError, ValueError):
                 found.append(SweepSpec.model_validate_json(folder.read_text(encoding="utf-8")))
-        return sorted(found, key=lambda s: s.created_at, reverse=True)
+        return sorted(map(self._settled, found), key=lambda s: s.created_at, reverse=True)
+
+    def _settled(self, spec: SweepSpec) -> SweepSpec:
+        """A sweep said running whose process is gone (its lock free) is interrupted."""
+        if spec.state == "running" and not self.is_running(spec.id):
+            spec.state = "interrupted"
+        return spec
 
     @contextlib.contextmanager
     def running(self, sweep_id: str) -> Iterator[None]:

@@ -22,7 +22,7 @@ from core.eval.store import EvalSpec, EvalStore
 from core.eval.verdicts import sentences, verdicts
 from core.judge import read_rubric
 from core.settings import Settings
-from webapp.cli.train_command import EXIT_REFUSED
+from webapp.cli.train_command import EXIT_REFUSED, ask_to_stop
 
 
 def add_parsers(commands) -> None:
@@ -94,7 +94,7 @@ def evaluate(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
     store = EvalStore(settings.evals)
     if args.stop:
-        return _stop(store, args.stop)
+        return ask_to_stop(store, "evaluation", args.stop, "after the rows under way")
     engine = InferenceEngine(ModelRegistry(settings))
     try:
         try:
@@ -105,19 +105,6 @@ def evaluate(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     return _report(spec, store, args.json)
-
-
-def _stop(store: EvalStore, eval_id: str) -> int:
-    try:
-        asked = store.request_stop(eval_id)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    if not asked:
-        print(f"evaluation {eval_id} is not running", file=sys.stderr)
-        return EXIT_REFUSED
-    print(f"evaluation {eval_id} stops after the rows under way")
-    return 0
 
 
 def _evaluation(args, store: EvalStore, engine) -> runner.Evaluation:

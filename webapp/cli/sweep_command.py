@@ -18,7 +18,7 @@ from core.settings import Settings
 from core.sweep.prepare import OBJECTIVES
 from core.sweep.space import varyable, words
 from core.sweep.store import VALIDATION_LOSS, SweepSpec, SweepStore
-from webapp.cli.train_command import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED
+from webapp.cli.train_command import EXIT_CANCELLED, EXIT_FAILED, EXIT_REFUSED, ask_to_stop
 
 
 def add_parsers(commands) -> None:
@@ -67,7 +67,7 @@ def sweep(args: argparse.Namespace) -> int:
     settings = Settings.from_env().ensure()
     store = SweepStore(settings.sweeps)
     if args.stop:
-        return _stop(store, args.stop)
+        return ask_to_stop(store, "sweep", args.stop, "at its trial's next checkpoint")
     reexec_with_fast_blas(["-m", "webapp", *sys.argv[1:]])  # it evaluates in this process
     engine = InferenceEngine(ModelRegistry(settings))
     try:
@@ -117,19 +117,6 @@ def _run(running) -> SweepSpec:
         return running.run()
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _stop(store: SweepStore, sweep_id: str) -> int:
-    try:
-        asked = store.request_stop(sweep_id)
-    except StudioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    if not asked:
-        print(f"sweep {sweep_id} is not running", file=sys.stderr)
-        return EXIT_REFUSED
-    print(f"sweep {sweep_id} stops at its trial's next checkpoint")
-    return 0
 
 
 def _report(spec: SweepSpec, store: SweepStore, as_json: bool) -> int:

@@ -24,6 +24,21 @@ from webapp.cli.progress import ProgressBar
 EXIT_FAILED, EXIT_REFUSED, EXIT_CANCELLED = 1, 2, 130
 
 
+def ask_to_stop(store, what: str, item_id: str, when: str) -> int:
+    """``--stop ID``: ask the process running an evaluation or a sweep to stop it (a ``stop``
+    file its store has it look for)."""
+    try:
+        asked = store.request_stop(item_id)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if not asked:
+        print(f"{what} {item_id} is not running", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"{what} {item_id} stops {when}")
+    return 0
+
+
 def add_parsers(commands) -> None:
     """``train`` and ``runs``."""
     train = commands.add_parser("train", help="train a LoRA adapter from the shell")
