@@ -9,6 +9,7 @@ PEFT and fuses. docs/compatibility.md has the table, each cell one of these test
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -34,7 +35,7 @@ from core.train.batches import sft_batch
 from core.train.frozen import frozen_loss
 from core.train.loss import choose_loss
 from core.train.service import TrainingService
-from tests.helpers import colour_rows, write_jsonl
+from tests.helpers import colour_preferences, colour_rows, write_jsonl
 
 FAMILY_VERSION = "families-v6"  # bump when core/models/families.py changes
 # the families llama.cpp's GGUF has a writer here for (qwen3_5 and gemma4_text: not yet)
@@ -413,3 +414,30 @@ def test_a_gguf_of_each_family_imports_back_as_the_same_model(family_models, fam
     np.testing.assert_array_equal(
         np.array(imported(mx.array([prompt]))), np.array(original(mx.array([prompt])))
     )
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_grpo_dpo_and_full_fine_tuning_train_on_each_family(family_models, family, tmp_path):
+    """The methods beyond SFT on every family: GRPO (answers drawn by mlx-lm's batch
+    generation, the reference with the adapter switched off), DPO (the base's reference
+    pass), and full fine-tuning, whose new model mlx-lm loads and runs."""
+    path = family_models[family]
+    settings = Settings.from_env(tmp_path / "studio")
+    service = TrainingService(settings)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Sky {i}?"} for i in range(24)])
+    preferences = write_jsonl(tmp_path / "prefs.jsonl", colour_preferences(24))
+    sft = write_jsonl(tmp_path / "colours.jsonl", colour_rows(24))
+    grpo = dict(method="grpo", reward=["length:1-3"], group_size=2, max_completion_tokens=6)
+    runs = {
+        "grpo": (prompts, TrainingParams(**RUN, **grpo, samples=0)),
+        "dpo": (preferences, TrainingParams(**RUN, method="dpo")),
+        "full": (sft, TrainingParams(**RUN, fine_tune_type="full", lora_layers=1)),
+    }
+    for method, (rows, params) in runs.items():
+        run = service.start(path, rows, params.model_copy(update={"epochs": 1}))
+        final = run.wait(timeout=240)
+        assert isinstance(final, protocol.Complete), (method, final)
+        assert all(math.isfinite(e.loss) for e in run.events if isinstance(e, protocol.Progress))
+    model, tokenizer = load(str(settings.models / final.model_id))
+    probe = mx.array([tokenizer.encode("What colour is the sky?")])
+    assert np.isfinite(np.array(model(probe))).all()

@@ -100,9 +100,16 @@ class Sweep:
             try:
                 self._trial(trial, frozen, slot)
             except BusyError as exc:  # another training has the studio: resume the sweep later
-                self.spec.error = exc.message
-                self.say(f"sweep stopped: {exc.message}")
-                self.stop.set()
+                self._give_up(exc.message)
+            except Exception as exc:  # noqa: BLE001 - the trial stays running, to resume
+                log.exception("sweep %s: trial %s failed in the studio", self.spec.id, trial.number)
+                self._give_up(f"{type(exc).__name__}: {exc}")
+
+    def _give_up(self, why: str) -> None:
+        """Stop the sweep for a reason that is not a trial's (it resumes where it was)."""
+        self.spec.error = why
+        self.say(f"sweep stopped: {why}")
+        self.halt()
 
     def _next(self, study: optuna.Study) -> tuple[optuna.Trial, FrozenTrial | None] | None:
         """A trial a killed session left unfinished, else a new one while the sweep wants

@@ -300,6 +300,8 @@ def describe_start(run, blas_hint: str | None, settings: Settings) -> str:
     ]
     if run.memory is not None:
         lines.append(f"memory: {run.memory.summary()}")
+    if p.report_to:
+        lines.append(f"reporting to: {', '.join(p.report_to)} (see the README's Trackers)")
     if run.record.leaked_test_rows:
         leaks = said(run.record.leaked_test_rows, "the test rows", "the training rows")
         lines.append(f"warning: {leaks}: the test evaluation will flatter the adapter")
