@@ -227,3 +227,61 @@ def test_two_trials_train_side_by_side_when_the_memory_plan_allows(tmp_path, toy
         spans.append((end - timedelta(seconds=meta.durationSeconds), end))
     (first_start, first_end), (second_start, second_end) = sorted(spans)
     assert second_start < first_end, "the two trials did not train at the same time"
+
+
+def test_the_ranking_the_ties_and_which_setting_mattered(tmp_path):
+    """From a study's trials (made directly, no training): complete trials ranked by their
+    objective, the ones whose interval overlaps the best's marked, pruned ones last, and
+    Optuna's importances once four trials completed with two fields varied."""
+    import optuna
+
+    from core.sweep.results import said
+    from core.sweep.study import importances, results
+
+    store = SweepStore(tmp_path / "sweeps")
+    spec = store.create(
+        name="ties",
+        model="m",
+        data="d",
+        data_name="d",
+        fixed={},
+        vary=[],
+        trials=7,
+        objective="token_f1",
+        direction="maximize",
+        held_out=True,
+    )
+    varied = [parse_vary("rank=4,8,16"), parse_vary("learning_rate=1e-4:1e-2:log")]
+    study = open_study(spec, store.study_url(spec.id), varied)
+    spaces = {v.name: v.distribution() for v in varied}
+    made = [(4, 1e-4, 0.20), (8, 1e-3, 0.62), (16, 1e-3, 0.60), (8, 1e-2, 0.41), (4, 3e-3, 0.58)]
+    for rank, rate, value in made:
+        attrs = {"low": value - 0.03, "high": value + 0.03, "adapter": f"lora/{rank}-{rate}"}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"rank": rank, "learning_rate": rate},
+                distributions=spaces,
+                value=value,
+                user_attrs=attrs,
+            )
+        )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"rank": 4, "learning_rate": 1e-4},
+            distributions=spaces,
+            state=optuna.trial.TrialState.PRUNED,
+            user_attrs={"note": "pruned by the sweep"},
+        )
+    )
+    found = results(study)
+    assert [r.objective for r in found[:5]] == [0.62, 0.60, 0.58, 0.41, 0.20]
+    assert [r.rank for r in found] == [1, 2, 3, 4, 5, None]
+    assert [r.tied_with_best for r in found[:5]] == [False, True, True, False, False]
+    assert found[-1].state == "pruned"
+    weights = importances(study)
+    assert set(weights) == {"rank", "learning_rate"} and sum(weights.values()) == pytest.approx(1)
+    sentences = said(spec, found, weights)
+    assert sentences[0].startswith("best: trial 1 (rank=8, learning_rate=0.001)")
+    assert "trial(s) 2, 4 cannot be told apart from it" in sentences[1]
+    assert "pruned: trial(s) 5" in sentences
+    assert sentences[-1].startswith("which setting mattered")

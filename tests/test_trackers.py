@@ -6,6 +6,7 @@ and the run completes."""
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -106,18 +107,24 @@ def test_the_trackers_read_back_exactly_the_runs_figures_across_a_kill_and_resum
     assert "test/loss" in _tensorboard(folder)
 
 
-def test_a_failing_tracker_is_said_once_and_the_run_completes(tmp_path, toy_model, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nonsense-scheme://nowhere")
+def test_a_missing_or_failing_tracker_is_said_once_and_the_run_completes(
+    tmp_path, toy_model, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nonsense-scheme://nowhere")  # fails
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
     settings = studio_with_toy(tmp_path / "studio", toy_model)
     data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
-    params = TrainingParams(epochs=1, lora_layers=-1, report_to=["mlflow", "tensorboard"])
+    params = TrainingParams(epochs=2, lora_layers=-1, report_to=["mlflow", "tensorboard"])
     run = TrainingService(settings).start(settings.models / "toy", data, params)
     final = run.wait(timeout=300)
     assert isinstance(final, protocol.Complete), final
     notices = [e.message for e in run.events if isinstance(e, protocol.Notice)]
-    assert len(notices) == 1 and notices[0].startswith("mlflow failed"), notices
-    assert "the run goes on without it" in notices[0]
-    assert _tensorboard(settings.adapters / run.id)["train/loss"]  # the other one went on
+    assert len(notices) == 2, notices  # each once, not once per event
+    assert notices[0].startswith("mlflow failed") and "goes on without it" in notices[0]
+    assert notices[1].startswith("tensorboard is not installed (tensorboardX)")
+    assert "pip install 'mlx-lora-studio[tracking]'" in notices[1]
+    published = protocol.read_events(settings.adapters / run.id / "events.jsonl")
+    assert [e.message for e in published if e.type == "notice"] == notices
 
 
 def test_an_unknown_tracker_is_refused_before_the_run():

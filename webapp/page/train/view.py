@@ -256,6 +256,7 @@ def _adapter_name(folder: Path, fallback: str) -> str:
         return fallback
 
 
+NOTES_SHOWN = 3  # the newest notices (a tracker that failed, a reward that raised)
 RUNNING = "**A training is running:** Start is disabled until it ends (the Stop button ends it)."
 
 
@@ -276,6 +277,8 @@ def render(run, first: bool = True) -> tuple:
         f"<p id='ls-progress-text'>{percent:.0f}% · {html.escape(detail)}</p>"
     )
     status, result, chat_visible, new_adapter = _status(run, last)
+    notes = [e.message for e in events if isinstance(e, protocol.Notice)][-NOTES_SHOWN:]
+    status += "".join(f"  \n*Note:* {html.escape(note)}" for note in notes)
     running = not run.done
     return (
         bar,
