@@ -123,7 +123,14 @@ def _services(home: Path):
 
 
 @pytest.mark.slow
-def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(tmp_path, toy_model):
+@pytest.mark.parametrize(
+    ("objective", "split"), [("validation_loss", 0.0), ("token_f1", 0.2)], ids=["loss", "metric"]
+)
+def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(
+    tmp_path, toy_model, objective, split
+):
+    """Whichever way the objective goes (a loss down, a metric up), the pruner reads the
+    validation losses as losses."""
     settings, training, engine = _services(tmp_path / "studio")
     data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
     store = SweepStore(settings.sweeps)
@@ -135,7 +142,8 @@ def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(tmp_path, toy_m
             model=str(toy_model),
             data=data,
             vary=["learning_rate=1e-2,2e-2,1e-7"],
-            fixed=TrainingParams(epochs=3, lora_layers=-1),
+            fixed=TrainingParams(epochs=3, lora_layers=-1, test_split=split),
+            objective=objective,
         )
         # the two good settings first, so that the pruner has trials to compare the third with
         study = open_study(sweep.spec, store.study_url(sweep.spec.id), sweep.varied)
@@ -159,7 +167,7 @@ def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(tmp_path, toy_m
     listed = json.loads(lora_studio("runs", "--json", home=settings.home).stdout)
     assert [r["pruned"] for r in listed] == [record.pruned]
     assert not (settings.adapters / pruned["run"]).exists()
-    assert found["held_out"] is False  # no test rows: ranked by the best validation loss
+    assert found["held_out"] is bool(split)  # without test rows: the best validation loss
     assert [t["rank"] for t in found["trials"][:2]] == [1, 2]
 
 

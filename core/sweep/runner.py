@@ -34,7 +34,7 @@ from core.params import TrainingParams, validate_params
 from core.serve.engine import InferenceEngine
 from core.sweep.space import Vary, settle, words
 from core.sweep.store import VALIDATION_LOSS, SweepSpec, SweepStore
-from core.sweep.study import open_study
+from core.sweep.study import open_study, pruning_value
 from core.train.runs import RunRecord
 from core.train.service import BusyError, TrainingService
 
@@ -197,7 +197,7 @@ class Sweep:
             validations += 1  # the n-th validation (the n-th epoch by default)
             self.say(f"trial {trial.number}: step {event.step} validation loss {event.loss:.4g}")
             if validations not in reported:
-                trial.report(event.loss, validations)
+                trial.report(pruning_value(event.loss, self.spec.direction), validations)
             if trial.should_prune():
                 pruned = _prune_note(event, validations)
                 run.stop()

@@ -29,12 +29,19 @@ MIN_TRIALS_FOR_IMPORTANCE = 4  # completed trials before "which setting mattered
 PRUNE_AFTER_TRIALS = 2  # trials that reach each validation before any is pruned there
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, told its trials one by one: its ``after_trial`` stops
+    ``study.optimize`` once the last point is told, which raises outside ``optimize`` (a
+    sweep asks and tells, and counts its trials itself), so that stop is left out."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 def open_study(spec: SweepSpec, url: str, varied: list[Vary]) -> optuna.Study:
     """The sweep's study, created on first use and loaded (with every trial) after."""
     if grid_size(varied) is not None:
-        sampler = optuna.samplers.GridSampler(
-            {v.name: list(v.values) for v in varied}, seed=spec.seed
-        )
+        sampler = GridSampler({v.name: list(v.values) for v in varied}, seed=spec.seed)
     else:
         startup = max(2, min(10, spec.trials // 2))  # random trials before TPE models them
         sampler = optuna.samplers.TPESampler(
@@ -55,6 +62,13 @@ def open_study(spec: SweepSpec, url: str, varied: list[Vary]) -> optuna.Study:
         pruner=pruner,
         load_if_exists=True,
     )
+
+
+def pruning_value(loss: float, direction: str) -> float:
+    """What a validation loss is reported to the pruner as: the pruner reads intermediate
+    values in the study's direction, and a loss is better lower, so a study that maximizes
+    its objective (a metric) is told minus the loss."""
+    return loss if direction == "minimize" else -loss
 
 
 @dataclass
@@ -92,9 +106,10 @@ STATES = {
 
 def results(study: optuna.Study) -> list[TrialResult]:
     """Every trial, ranked best first (complete ones by objective, then the rest)."""
-    found = [_result(t) for t in study.get_trials(deepcopy=False)]
-    done = [r for r in found if r.state == "complete" and r.objective is not None]
     lower = study.direction == optuna.study.StudyDirection.MINIMIZE
+    direction = "minimize" if lower else "maximize"
+    found = [_result(t, direction) for t in study.get_trials(deepcopy=False)]
+    done = [r for r in found if r.state == "complete" and r.objective is not None]
     done.sort(key=lambda r: (r.objective if lower else -r.objective, r.number))
     for place, result in enumerate(done, start=1):
         result.rank = place
@@ -106,7 +121,7 @@ def results(study: optuna.Study) -> list[TrialResult]:
     return done + rest
 
 
-def _result(trial: FrozenTrial) -> TrialResult:
+def _result(trial: FrozenTrial, direction: str) -> TrialResult:
     attrs = trial.user_attrs
     return TrialResult(
         number=trial.number,
@@ -121,7 +136,10 @@ def _result(trial: FrozenTrial) -> TrialResult:
         steps=attrs.get("steps"),
         seconds=attrs.get("seconds"),
         note=attrs.get("note"),
-        validation=[[n, loss] for n, loss in sorted(trial.intermediate_values.items())],
+        validation=[
+            [n, pruning_value(value, direction)]  # its own inverse: the loss again
+            for n, value in sorted(trial.intermediate_values.items())
+        ],
     )
 
 

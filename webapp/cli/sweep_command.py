@@ -82,14 +82,13 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def _sweep(args, store: SweepStore, training, engine, settings: Settings):
+    from core.models.inspect import resolve_model
     from core.sweep import prepare
 
     if args.resume:
         return prepare.resume(store, training, engine, args.resume)
     if not args.model or not args.data or not args.vary:
         raise StudioError("sweep needs --model, --data and at least one --vary (or --resume ID)")
-    from core.models.inspect import resolve_model
-
     return prepare.prepare(
         store,
         training,

@@ -55,7 +55,7 @@ def build(studio: Studio) -> SweepPanel:
         )
         vary = gr.Textbox(label="Settings to vary", lines=3, placeholder=EXAMPLE)
         with gr.Row():
-            trials = gr.Number(None, label="Trials (default: each combination, or 8)", precision=0)
+            trials = gr.Number(None, label="Trials (0: each combination, or 8)", precision=0)
             objective = gr.Dropdown(
                 list(OBJECTIVES), value=VALIDATION_LOSS, label="Rank the adapters by"
             )
@@ -172,7 +172,7 @@ class Sweeping:
 
     def _view(self, sweep, said: list[str], picker) -> tuple:
         found = summary(self.store, sweep.spec)
-        head = f"Sweep **{sweep.spec.name}**: {found['done']} of {found['trials_asked']} trials"
+        head = f"**{sweep.spec.name}**: {found['done']} of {found['trials_asked']} trials"
         head += f" done ({sweep.spec.state})."
         lines = [head, *said[-SAID_LINES:], *(found["said"] if found["done"] else [])]
         return (
