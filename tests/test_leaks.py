@@ -111,3 +111,19 @@ def test_a_run_whose_test_rows_copy_training_rows_says_so_before_it_starts(tmp_p
         assert "Note" not in why  # no test rows, nothing to say
     finally:
         studio.close()
+
+
+def test_the_leak_check_is_kept_until_the_file_changes(tmp_path):
+    """The page asks at every edit of the form: a file unchanged is not read again; an edited
+    one is."""
+    from core.data.scan import _test_leaks, scan_dataset
+
+    rows = [chat(f"Question {i} about the harbour?", f"Answer {i} about gulls.") for i in range(40)]
+    data = write_jsonl(tmp_path / "rows.jsonl", rows + rows[:5])  # five rows twice
+    found = scan_dataset(data, batch_size=4, seed=0, test_split=0.3).test_leaks()
+    before = _test_leaks.cache_info()
+    again = scan_dataset(data, batch_size=4, seed=0, test_split=0.3).test_leaks()
+    assert again == found and _test_leaks.cache_info().hits == before.hits + 1
+    write_jsonl(data, rows)  # no copies left
+    changed = scan_dataset(data, batch_size=4, seed=0, test_split=0.3).test_leaks()
+    assert _test_leaks.cache_info().misses == before.misses + 1 and not changed

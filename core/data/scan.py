@@ -3,6 +3,7 @@ rows the studio keeps before training (a sample, the longest), in bounded memory
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import json
@@ -204,22 +205,15 @@ class DatasetScan:
     def test_leaks(self, test_data: Path | None = None) -> list[Leak]:
         """The run's test rows that nearly copy its training rows (``core.data.leaks``), by
         their lines: in a test file given, the folder's test.jsonl, or (a test split) the one
-        file both come from. Empty when the run keeps no test rows."""
+        file both come from. Empty when the run keeps no test rows. Kept for files unchanged
+        since (the page asks again at every edit of the form)."""
         test = test_data or self.files.test
         if test is None and not self.test_count:
             return []
-        train_lines = None
-        if self.files.valid is None:  # split from one file: its training rows only
-            train, _, tested = split_indices(
-                self.total, self.validation_split, self.seed, self.test_split
-            )
-            train_lines = {index + 1 for index in train}
-        rows = list(file_rows(self.files.train))
-        training = [(line, text) for line, text in rows if not train_lines or line in train_lines]
-        if test is not None:
-            return find_leaks(file_rows(Path(test)), training)
-        tested_lines = {index + 1 for index in tested}
-        return find_leaks([(n, t) for n, t in rows if n in tested_lines], training)
+        one_file = self.files.valid is None  # split from one file: its training rows only
+        split = (self.total, self.validation_split, self.seed, self.test_split, one_file)
+        files = (self.files.train, _stamp(self.files.train), test, _stamp(test))
+        return list(_test_leaks(*files, split))
 
     def write(self, folder: Path, test_file: Path | None = None) -> Path:
         """train.jsonl and valid.jsonl in ``folder``, streamed line by line: the split of
@@ -248,6 +242,30 @@ class DatasetScan:
                 out = valid if index in held_out else test if index in tested else train
                 out.write(line.rstrip(b"\n") + b"\n")
         return folder
+
+
+@functools.lru_cache(maxsize=16)
+def _test_leaks(train: Path, _train_stamp, test: Path | None, _test_stamp, split) -> tuple:
+    """``DatasetScan.test_leaks``'s finding, for files with these stamps and this split."""
+    total, validation_split, seed, test_split, one_file = split
+    train_lines = None
+    if one_file:
+        kept, _, tested = split_indices(total, validation_split, seed, test_split)
+        train_lines = {index + 1 for index in kept}
+    rows = list(file_rows(train))
+    training = [(line, text) for line, text in rows if not train_lines or line in train_lines]
+    if test is not None:
+        return tuple(find_leaks(file_rows(Path(test)), training))
+    tested_lines = {index + 1 for index in tested}
+    return tuple(find_leaks([(n, t) for n, t in rows if n in tested_lines], training))
+
+
+def _stamp(path: Path | None) -> tuple | None:
+    """What tells a file changed: its size and modification time."""
+    if path is None:
+        return None
+    found = Path(path).stat()
+    return found.st_size, found.st_mtime_ns
 
 
 SAMPLE_ROWS = 1000
