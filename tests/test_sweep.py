@@ -97,18 +97,19 @@ def test_a_sweep_killed_in_its_third_trial_resumes_to_six_trials_and_one_ranking
     assert any(json.loads(e).get("resumed_from") for e in events)
     # the ranking is the one each adapter's own evaluation gives
     assert [t["rank"] for t in trials] == [1, 2, 3, 4, 5, 6]
-    test = home / "adapters" / trials[0]["run"] / "test.jsonl"
-    adapters = [t["adapter"] for t in trials]
-    evaluated = lora_studio(
-        "eval", *adapters, "--data", str(test), "--metrics", "loss", "--json", home=home
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
-    losses = json.loads(evaluated.stdout)["metrics"]
-    by_eval = sorted(adapters, key=lambda a: losses[a]["loss"]["mean"])
-    assert by_eval == adapters
+    adapters, losses = [t["adapter"] for t in trials], {}
     for t in trials:
-        assert t["objective"] == pytest.approx(losses[t["adapter"]]["loss"]["mean"], rel=1e-6)
-        assert t["low"] <= t["objective"] <= t["high"]
+        test = home / "adapters" / t["run"] / "test.jsonl"  # the same rows in every run
+        own = ["eval", t["adapter"], "--data", str(test), "--metrics", "loss", "--json"]
+        evaluated = lora_studio(*own, home=home)
+        assert evaluated.returncode == 0, evaluated.stderr
+        losses[t["adapter"]] = json.loads(evaluated.stdout)["metrics"][t["adapter"]]["loss"]
+    assert sorted(adapters, key=lambda a: losses[a]["mean"]) == adapters
+    for t in trials:
+        assert t["objective"] == pytest.approx(losses[t["adapter"]]["mean"], rel=1e-6)
+        assert (t["low"], t["high"]) == pytest.approx(
+            (losses[t["adapter"]]["low"], losses[t["adapter"]]["high"])
+        )
     # the table says which trials the rows cannot tell apart from the best
     table = lora_studio("sweeps", home=home)
     assert sweep_id in table.stdout and "complete" in table.stdout
