@@ -91,6 +91,7 @@ class Sweeping:
         """Check and start a sweep of the form's training; yield (status, table, chart,
         picker) as it goes."""
         try:
+            self._refuse_a_second()
             lines = [line.strip() for line in (vary or "").splitlines() if line.strip()]
             varied = {line.partition("=")[0].strip().replace("-", "_") for line in lines}
             if not base or not data:
@@ -117,6 +118,7 @@ class Sweeping:
     def resume(self, sweep_id: str | None):
         """Go on with a stopped or killed sweep."""
         try:
+            self._refuse_a_second()
             if not sweep_id:
                 raise StudioError("pick a sweep to resume")
             sweep = prepare.resume(self.store, self.studio.training, self.studio.engine, sweep_id)
@@ -141,10 +143,14 @@ class Sweeping:
         found = summary(self.store, spec)
         return _said(found), table(found), self._chart(found)
 
-    def _follow(self, sweep):
+    def _refuse_a_second(self) -> None:
         if self.current is not None:
-            yield "**Error:** a sweep is running in this studio already", *(gr.skip(),) * 3
-            return
+            raise StudioError(
+                f"the sweep {self.current.spec.name} is running in this studio",
+                hint="stop it first (Stop the sweep), or wait for it",
+            )
+
+    def _follow(self, sweep):
         said: list[str] = []
         sweep.say = said.append
         outcome: dict = {}
