@@ -24,6 +24,8 @@ from core.sweep.study import open_study
 from core.train.runs import RunRecord
 from core.train.service import TrainingService
 from tests.helpers import colour_rows, lora_studio, write_jsonl
+from webapp.cli import sweep_command
+from webapp.cli.main import build_parser
 
 FIXED = ["--epochs", "2", "--lora-layers", "-1", "--test-split", "0.2"]
 
@@ -147,7 +149,7 @@ def test_the_pruner_stops_a_trial_whose_validation_loss_is_worse(
             objective=objective,
         )
         # the two good settings first, so that the pruner has trials to compare the third with
-        study = open_study(sweep.spec, store.study_url(sweep.spec.id), sweep.varied)
+        study = open_study(sweep.spec, store.study_storage(sweep.spec.id), sweep.varied)
         for rate in (1e-2, 2e-2, 1e-7):
             study.enqueue_trial({"learning_rate": rate})
         spec = sweep.run()
@@ -207,11 +209,18 @@ def test_bad_sweeps_are_refused_before_any_trial(tmp_path, toy_model):
         (["--vary", "rank=4,8", "--objective", "chrf", "--test-data", str(prompts)], "have none"),
         (["--vary", "rank=4,8", "--parallel", "9999"], "GB available"),
     ]
-    for extra, said in cases:
-        refused = lora_studio(*base, *extra, home=home)
-        assert refused.returncode == 2, (extra, refused.stderr)
-        assert said in refused.stderr, (extra, refused.stderr)
-        assert "Traceback" not in refused.stderr
+    settings, training, engine = _services(home)
+    try:  # the command's own parsing and checks, in this process (a CLI start costs seconds)
+        for extra, said in cases:
+            args = build_parser().parse_args([*base, *extra])
+            with pytest.raises(StudioError) as refused:
+                sweep_command._sweep(args, SweepStore(settings.sweeps), training, engine, settings)
+            assert said in str(refused.value), (extra, str(refused.value))
+    finally:
+        engine.close()
+    refused = lora_studio(*base, *cases[0][0], home=home)  # and as a person sees it
+    assert refused.returncode == 2 and cases[0][1] in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
     assert not list((home / "sweeps").iterdir()), "a refused sweep left a folder"
     assert not list((home / "runs").iterdir()), "a refused sweep started a run"
 
@@ -261,7 +270,7 @@ def test_the_ranking_the_ties_and_which_setting_mattered(tmp_path):
         held_out=True,
     )
     varied = [parse_vary("rank=4,8,16"), parse_vary("learning_rate=1e-4:1e-2:log")]
-    study = open_study(spec, store.study_url(spec.id), varied)
+    study = open_study(spec, store.study_storage(spec.id), varied)
     spaces = {v.name: v.distribution() for v in varied}
     made = [(4, 1e-4, 0.20), (8, 1e-3, 0.62), (16, 1e-3, 0.60), (8, 1e-2, 0.41), (4, 3e-3, 0.58)]
     for rank, rate, value in made:

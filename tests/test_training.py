@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -294,6 +295,7 @@ class MissingWorkerService(TrainingService):
 def test_a_worker_that_cannot_start_is_explained_and_leaks_nothing(studio, toy_model, tmp_path):
     data = write_jsonl(tmp_path / "colours.jsonl", colour_rows())
     service = MissingWorkerService(studio)
+    gc.collect()  # what earlier tests left to the collector (a database pool) closes now
     open_files = len(os.listdir("/proc/self/fd"))
     with pytest.raises(StudioError, match="the training process did not start"):
         service.start(toy_model, data, TrainingParams(**FAST))

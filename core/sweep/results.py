@@ -17,7 +17,7 @@ def load(store: SweepStore, spec: SweepSpec) -> optuna.Study | None:
     if not (store.path(spec.id) / STUDY_FILE).is_file():
         return None
     try:
-        return optuna.load_study(study_name="sweep", storage=store.study_url(spec.id))
+        return optuna.load_study(study_name="sweep", storage=store.study_storage(spec.id))
     except KeyError:
         return None
 

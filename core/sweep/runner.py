@@ -61,7 +61,7 @@ class Sweep:
         """Run the trials not done yet; then the sweep is complete, or stopped (resumable)."""
         with self.store.running(self.spec.id):
             began = time.monotonic()
-            study = open_study(self.spec, self.store.study_url(self.spec.id), self.varied)
+            study = open_study(self.spec, self.store.study_storage(self.spec.id), self.varied)
             self.spec.state, self.spec.error = "running", None
             self.store.save(self.spec)
             slots = [

@@ -10,12 +10,14 @@ anywhere is a ``stop`` file the runner sees between events.
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from optuna.storages import RDBStorage
 from pydantic import BaseModel, Field
 
 from core.errors import StudioError
@@ -61,6 +63,11 @@ class SweepSpec(BaseModel):
         return f"{metric} on the held-out rows"
 
 
+@functools.lru_cache(maxsize=32)
+def _storage(url: str) -> RDBStorage:
+    return RDBStorage(url)
+
+
 class SweepStore:
     """The ``sweeps/`` folder."""
 
@@ -84,9 +91,10 @@ class SweepStore:
             pass
         raise StudioError(f"'{sweep_id}' is not a sweep id", hint="see `lora-studio sweeps`")
 
-    def study_url(self, sweep_id: str) -> str:
-        """The study's storage, as Optuna (SQLAlchemy) names it."""
-        return f"sqlite:///{self.path(sweep_id) / STUDY_FILE}"
+    def study_storage(self, sweep_id: str) -> RDBStorage:
+        """The study's storage (SQLite), one per file for the process: the page reads a
+        running sweep's table every second, and each new storage would open its own pool."""
+        return _storage(f"sqlite:///{self.path(sweep_id) / STUDY_FILE}")
 
     def get(self, sweep_id: str) -> SweepSpec:
         file = self.path(sweep_id) / SPEC_FILE

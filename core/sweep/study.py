@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from core.sweep.space import Vary, grid_size
@@ -38,7 +39,7 @@ class GridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def open_study(spec: SweepSpec, url: str, varied: list[Vary]) -> optuna.Study:
+def open_study(spec: SweepSpec, storage: BaseStorage, varied: list[Vary]) -> optuna.Study:
     """The sweep's study, created on first use and loaded (with every trial) after."""
     if grid_size(varied) is not None:
         sampler = GridSampler({v.name: list(v.values) for v in varied}, seed=spec.seed)
@@ -55,7 +56,7 @@ def open_study(spec: SweepSpec, url: str, varied: list[Vary]) -> optuna.Study:
         else optuna.pruners.NopPruner()
     )
     return optuna.create_study(
-        storage=url,
+        storage=storage,
         study_name="sweep",
         direction=spec.direction,
         sampler=sampler,
