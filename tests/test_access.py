@@ -207,3 +207,15 @@ def test_a_shared_studios_teacher_is_on_loopback_or_the_owners_hosts(shared_stud
     status, *_ = next(teaching.make("x", "docs", "~/", 2, "toy", "", "", "", None, None))
     assert OUTSIDE in status
     assert not list(studio.settings.datasets.glob(".making-*"))
+
+
+def test_a_shared_studio_reports_no_page_users_run_to_wandb(shared_studio):
+    """W&B would go online under the owner's login: a page user's run may report to the
+    owner's TensorBoard files or MLflow store, not there."""
+    from core.params import TrainingParams
+
+    studio, _ = shared_studio
+    with pytest.raises(StudioError, match="Weights & Biases under its owner's login"):
+        studio.gated_params(TrainingParams(report_to=["tensorboard", "wandb"]))
+    kept = studio.gated_params(TrainingParams(report_to=["tensorboard", "mlflow"]))
+    assert kept.report_to == ["tensorboard", "mlflow"]

@@ -48,16 +48,14 @@ def prepare(
     """A new sweep, every trial's settings checked; nothing runs yet (``Sweep.run``)."""
     varied = [parse_vary(text) for text in vary]
     check_space(varied, fixed, split_test=bool(fixed.test_split))
-    every = corners(varied)[:MAX_CORNERS]
-    first = settle(fixed, every[0])
-    info, _, dataset = training.check(model, data, first, dataset_name=dataset_name)
-    for settings in every[1:]:
-        training.fit(info, dataset, settle(fixed, settings))
+    every = [settle(fixed, settings) for settings in corners(varied)[:MAX_CORNERS]]
+    info, first, dataset = training.check(model, data, every[0], dataset_name=dataset_name)
+    fitted = [first, *(training.fit(info, dataset, params) for params in every[1:])]
     if test_data:
         check_test_data(test_data, fixed)
     held_out = _check_objective(objective, test_data, dataset)
     trials = _trials(trials, grid_size(varied))
-    _check_parallel(training, info, dataset, fixed, varied, parallel)
+    _check_parallel(training, info, dataset, fitted, parallel)
     spec = store.create(
         name=(name or "").strip() or f"Sweep on {dataset.name}",
         model=str(info.path),
@@ -134,18 +132,14 @@ def _check_objective(objective: str, test_data: str | None, dataset: DatasetScan
     return references
 
 
-def _check_parallel(training, info, dataset, fixed, varied, parallel: int) -> None:
-    """``parallel`` trials at once only when the heaviest trial's memory plan, that many
-    times, fits what the machine has."""
+def _check_parallel(training, info, dataset, fitted: list[TrainingParams], parallel: int) -> None:
+    """``parallel`` trials at once only when the heaviest trial's memory plan (of the
+    settings that bound it, ``fitted``), that many times, fits what the machine has."""
     if parallel == 1:
         return
     if parallel < 1:
         raise StudioError(f"--parallel {parallel}: give 1 or more")
-    plans = [
-        training.plan(info, training.fit(info, dataset, settle(fixed, s)), dataset)
-        for s in corners(varied)[:MAX_CORNERS]
-    ]
-    heaviest = max(p.peak_gb for p in plans)
+    heaviest = max(training.plan(info, params, dataset).peak_gb for params in fitted)
     available = available_memory_gb()
     if available is not None and heaviest * parallel > available:
         fit = max(1, int(available // heaviest))

@@ -45,10 +45,11 @@ def summary(store: SweepStore, spec: SweepSpec, trials: bool = True) -> dict[str
     }
     if not trials:
         return out
+    weights = importances(study) if study else None
     return out | {
         "trials": [r.to_json() for r in found],
-        "importances": importances(study) if study else None,
-        "said": said(spec, found, importances(study) if study else None),
+        "importances": weights,
+        "said": said(spec, found, weights),
     }
 
 

@@ -26,7 +26,7 @@ from core.params import TrainingParams, allowed_range, validate_params
 # what a trial's rows must not differ in when the test rows are a split of the dataset:
 # the split would hold other rows for each trial, and their scores could not be compared
 SPLIT_FIELDS = ("seed", "validation_split", "test_split")
-MAX_CORNERS = 64  # settings whose memory is planned before --parallel (the heaviest counts)
+MAX_CORNERS = 64  # combinations checked before the first trial (and planned for --parallel)
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def _kind(name: str) -> type | None:
 
 
 def check_space(varied: list[Vary], fixed: TrainingParams, split_test: bool) -> None:
-    """The varied fields together with the fixed ones: none twice, none also fixed, every
-    trial's settings a valid training's, and the test rows the same for every trial."""
+    """The varied fields together with the fixed ones: none twice, none also fixed, and the
+    test rows the same for every trial (each combination is then settled by ``settle``)."""
     names = [v.name for v in varied]
     twice = {n for n in names if names.count(n) > 1}
     if twice or not varied:
@@ -159,8 +159,6 @@ def check_space(varied: list[Vary], fixed: TrainingParams, split_test: bool) -> 
             "and their scores could not be compared",
             hint="give the test rows as a file (--test-data) to vary it",
         )
-    for settings in corners(varied)[:MAX_CORNERS]:
-        settle(fixed, settings)
 
 
 def corners(varied: list[Vary]) -> list[dict[str, Any]]:

@@ -101,8 +101,8 @@ class Studio:
     def gated_params(self, params: TrainingParams) -> TrainingParams:
         """GRPO's reward files, judge and rubric as a page user named them, each through the
         gate: on a shared studio only the owner's files in rewards/ (``Access.code``), a
-        judge on loopback or the owner's hosts, a rubric under the data roots, and no
-        variable of the owner's environment."""
+        judge on loopback or the owner's hosts, a rubric under the data roots, no variable
+        of the owner's environment, and no run reported to W&B under the owner's login."""
         gate, update = self.access, {}
         if params.reward_file:
             files = [str(gate.code(f, self.settings.rewards)) for f in params.reward_file]
@@ -111,6 +111,13 @@ class Studio:
             update["judge_url"] = gate.url(params.judge_url, "judge")
         if params.rubric:
             update["rubric"] = str(gate.path(params.rubric))
+        if gate.shared and "wandb" in (params.report_to or []):
+            raise StudioError(
+                "a shared studio does not send a page user's run to Weights & Biases under "
+                "its owner's login",
+                hint="report to tensorboard or mlflow (the owner's store), or have the owner "
+                "start it from the command line",
+            )
         if params.judge_key_env and gate.shared:
             raise StudioError(
                 "a shared studio does not send its owner's keys for a page user",
